@@ -1,0 +1,104 @@
+"""Score stage: per-frame audio-visual correspondence (higher = the sound comes from what is on screen).
+
+A scorer maps a decoded clip (frames + one audio window per frame) to a score per frame and optionally a
+coarse heat map per frame. Scorers are loaded once per worker process (`load_scorer` is cached).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from curation.config import ScoreConfig
+from curation.decode import DecodedClip
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    scores: np.ndarray  # (T,) float32
+    maps: np.ndarray | None = None  # (T, h, w) float32, where the scorer localises
+
+
+class Scorer(Protocol):
+    model_id: str
+
+    def score(self, clip: DecodedClip) -> ScoreResult: ...
+
+
+class NoScorer:
+    """Scores every frame 0: selection then keeps the earliest spaced moments of every clip (a speed baseline)."""
+
+    model_id = "none"
+
+    def score(self, clip: DecodedClip) -> ScoreResult:
+        return ScoreResult(scores=np.zeros(len(clip.times), dtype=np.float32))
+
+
+def _sliding_pearson(x: np.ndarray, y: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Pearson correlation of x (T,) with each column of y (T, R) over windows [s, s + width)."""
+    windows = starts[:, None] + np.arange(width)[None, :]  # (T, width)
+    xw = x[windows]  # (T, width)
+    yw = y[windows]  # (T, width, R)
+    xc = xw - xw.mean(axis=1, keepdims=True)
+    yc = yw - yw.mean(axis=1, keepdims=True)
+    cov = np.einsum("tw,twr->tr", xc, yc)
+    norm = np.sqrt((xc**2).sum(axis=1))[:, None] * np.sqrt((yc**2).sum(axis=1))
+    return np.where(norm > 1e-12, cov / np.maximum(norm, 1e-12), 0.0)
+
+
+class SynchronyScorer:
+    """Training-free audio-visual synchrony (Hershey & Movellan, "Audio Vision", NIPS 2000).
+
+    Per frame, the audio energy envelope and the visual change of each grid region are correlated over the
+    frame's audio window; the mutual information of that Gaussian model, -1/2 log(1 - rho^2), counted only
+    for positive correlation (a region that changes when the sound gets louder), is the region's score; the
+    frame's score is its best region, and the map is the correlation per region.
+    """
+
+    def __init__(self, grid: int):
+        self.grid = grid
+        self.model_id = f"synchrony-hm2000-grid{grid}"
+
+    def _region_change(self, frames: np.ndarray) -> np.ndarray:
+        """(T, grid*grid) mean absolute grey-level change per region between consecutive frames."""
+        grey = frames.astype(np.float32).mean(axis=3)
+        t, h, w = grey.shape
+        g = self.grid
+        hh, ww = (h // g) * g, (w // g) * g
+        diff = np.abs(np.diff(grey[:, :hh, :ww], axis=0, prepend=grey[:1, :hh, :ww]))
+        if t > 1:
+            diff[0] = diff[1]
+        return diff.reshape(t, g, hh // g, g, ww // g).mean(axis=(2, 4)).reshape(t, g * g)
+
+    def _energy(self, clip: DecodedClip) -> np.ndarray:
+        """Log RMS of the audio in the frame interval around each frame time."""
+        half = int(round(clip.sample_rate * (clip.times[1] - clip.times[0]) / 2)) if len(clip.times) > 1 else 1
+        centre = np.round(clip.times * clip.sample_rate).astype(np.int64)
+        lo = np.clip(centre - half, 0, len(clip.audio) - 1)
+        hi = np.clip(centre + half, lo + 1, len(clip.audio))
+        power = np.concatenate([[0.0], np.cumsum(clip.audio.astype(np.float64) ** 2)])
+        return np.log(np.sqrt((power[hi] - power[lo]) / (hi - lo)) + 1e-4)
+
+    def score(self, clip: DecodedClip) -> ScoreResult:
+        n = len(clip.times)
+        fps = 1.0 / (clip.times[1] - clip.times[0]) if n > 1 else 1.0
+        width = min(n, max(2, int(round(clip.window_s * fps))))
+        starts = np.clip(np.arange(n) - width // 2, 0, n - width)
+        rho = _sliding_pearson(self._energy(clip), self._region_change(clip.frames), starts, width)
+        positive = np.clip(rho, 0.0, 0.999)
+        mutual_info = -0.5 * np.log1p(-(positive**2))
+        return ScoreResult(scores=mutual_info.max(axis=1).astype(np.float32),
+                           maps=rho.reshape(n, self.grid, self.grid).astype(np.float32))
+
+
+@functools.lru_cache(maxsize=4)
+def load_scorer(cfg: ScoreConfig) -> Scorer:
+    """The configured scorer, built once per process (workers reuse it across tasks)."""
+    if cfg.scorer == "none":
+        return NoScorer()
+    if cfg.scorer == "synchrony":
+        return SynchronyScorer(cfg.grid)
+    raise ValueError(f"unknown scorer {cfg.scorer!r}")

@@ -1,0 +1,120 @@
+"""Write stage: kept clips -> WebDataset shards (webdataset's TarWriter), a wids index, shard rows.
+
+Shards are byte-identical for the same inputs and config: samples go in clip-id order, tar headers carry a
+fixed mtime/owner, and each shard is written to a temp file and renamed, so a killed run never leaves a
+half-written shard under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import webdataset as wds
+from PIL import Image
+
+from manifests.io import write_json
+
+SHARD_PATTERN = "{name}-{index:06d}.tar"
+_TAR_MTIME = 0  # fixed header time: byte-identical shards across runs
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: str  # file name inside the shard folder
+    split: str | None
+    n_samples: int
+    bytes: int
+    sha256: str
+    clip_ids: tuple[str, ...]
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """Baseline JPEG with fixed settings (deterministic for the same pixels)."""
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit mono FLAC of float audio in [-1, 1]."""
+    buf = io.BytesIO()
+    soundfile.write(buf, np.clip(audio, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def build_sample(clip_id: str, jpgs: list[bytes], flac: bytes, label_index: int, meta: dict) -> dict:
+    """One WebDataset sample: `jpg` is the best moment, `top2.jpg` ... the next ones."""
+    sample = {"__key__": clip_id, "jpg": jpgs[0], "flac": flac, "cls": str(label_index).encode(),
+              "json": json.dumps(meta, sort_keys=True).encode()}
+    for rank, jpg in enumerate(jpgs[1:], start=2):
+        sample[f"top{rank}.jpg"] = jpg
+    return sample
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _chunks(samples: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    chunk: list[dict] = []
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def write_shard_set(samples: Iterable[dict], shard_dir: Path, name: str, split: str | None,
+                    samples_per_shard: int) -> list[ShardInfo]:
+    """Write `samples` (already in their final order) as `name-000000.tar`, `name-000001.tar`, ..."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    infos = []
+    for index, chunk in enumerate(_chunks(samples, samples_per_shard)):
+        final = shard_dir / SHARD_PATTERN.format(name=name, index=index)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream, mtime=_TAR_MTIME, user="s2s", group="s2s", mode=0o444)
+            for sample in chunk:
+                writer.write(sample)
+            writer.close()
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, final)
+        infos.append(ShardInfo(shard=final.name, split=split, n_samples=len(chunk), bytes=final.stat().st_size,
+                               sha256=_sha256(final), clip_ids=tuple(s["__key__"] for s in chunk)))
+    return infos
+
+
+def write_wids_index(shard_dir: Path, name: str, infos: list[ShardInfo]) -> Path:
+    """`name.wids.json`: the shard list with sample counts, for random access with `wids`."""
+    path = shard_dir / f"{name}.wids.json"
+    write_json(path, {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
+                      "shardlist": [{"url": i.shard, "nsamples": i.n_samples, "filesize": i.bytes,
+                                     "sha256": i.sha256} for i in infos]})
+    return path
+
+
+def remove_stale_shards(shard_dir: Path, keep: set[str]) -> list[str]:
+    """Delete shard tars and indexes a previous run left that this run did not write."""
+    removed = []
+    for path in sorted(shard_dir.glob("*.tar")) + sorted(shard_dir.glob("*.wids.json")):
+        if path.name not in keep:
+            path.unlink()
+            removed.append(path.name)
+    for tmp in shard_dir.glob(".*.tmp"):
+        tmp.unlink()
+    return removed
