@@ -93,15 +93,20 @@ class RunConfig:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
+_INVALID = object()  # a leaf that failed its type check keeps its default, so range checks can still run
+
+
 def _coerce(value: Any, annotation: Any, name: str, problems: list[str]) -> Any:
     """Check one leaf value against its annotation; ints are accepted where floats are expected."""
     args = typing.get_args(annotation)
     allowed = args if args else (annotation,)
+    if type(None) in allowed and isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None
     if value is None:
         if type(None) in allowed:
             return None
         problems.append(f"{name}: must not be empty")
-        return None
+        return _INVALID
     for kind in allowed:
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -109,7 +114,7 @@ def _coerce(value: Any, annotation: Any, name: str, problems: list[str]) -> Any:
             return value
     expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
     problems.append(f"{name}: expected {expected}, got {value!r}")
-    return None
+    return _INVALID
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
@@ -128,7 +133,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
             else:
                 problems.append(f"{prefix}{f.name}: expected a table of options")
         else:
-            kwargs[f.name] = _coerce(data[f.name], hint, prefix + f.name, problems)
+            value = _coerce(data[f.name], hint, prefix + f.name, problems)
+            if value is not _INVALID:
+                kwargs[f.name] = value
     return cls(**kwargs)
 
 
@@ -138,7 +145,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
             problems.append(message)
 
     need(cfg.dataset in DATASETS, f"dataset: must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
-    need(cfg.dataset == "demo" or bool(cfg.meta), f"meta: a clip list is required for dataset {cfg.dataset!r}")
+    need(cfg.dataset not in DATASETS or cfg.dataset == "demo" or bool(cfg.meta), f"meta: a clip list is required for dataset {cfg.dataset!r}")
     need(cfg.demo.clips >= 1, "demo.clips: must be >= 1")
     need(cfg.decode.fps > 0, "decode.fps: must be > 0")
     need(16 <= cfg.decode.short_side <= 2048, "decode.short_side: must be in 16..2048")
@@ -159,8 +166,9 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
 
 
 def _parse_value(text: str) -> Any:
-    """A flag value in TOML syntax (`5`, `0.5`, `true`, `"x"`); bare words are strings; `none` is empty."""
-    if text.lower() in ("none", "null", ""):
+    """A flag value in TOML syntax (`5`, `0.5`, `true`, `"x"`); bare words are strings; `none` empties an
+    option that may be empty."""
+    if not text:
         return None
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -197,8 +205,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             continue
         _set_dotted(data, key.strip(), _parse_value(text.strip()))
     cfg = _build(RunConfig, data, "", problems)
-    if not problems:
-        _check(cfg, problems)
+    _check(cfg, problems)
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from curation.config import ConfigError, RunConfig, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    overrides = {"meta": "clips.csv"}  # real-data configs name their clip list on the command line
+    assert isinstance(load_config(path, overrides), RunConfig)
+
+
+def test_demo_config_spells_out_the_defaults():
+    shipped = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.toml")
+    assert shipped == RunConfig()
+
+
+def test_all_problems_are_reported_at_once_naming_the_option(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('dataset = "imagenet"\ncolour = 3\n[decode]\nfps = "fast"\n[select]\ntop_k = 0\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "dataset: must be one of" in text and "colour: unknown option" in text
+    assert "decode.fps: expected float" in text and "select.top_k: must be >= 1" in text
+    assert len(err.value.problems) == 4
+
+
+def test_flags_override_the_file_and_parse_toml_values(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[select]\ntop_k = 5\n")
+    cfg = load_config(path, {"select.top_k": 2}, ["decode.fps=5", "select.keep_quantile=none", "score.scorer=none"])
+    assert cfg.select.top_k == 2 and cfg.decode.fps == 5.0
+    assert cfg.select.keep_quantile is None and cfg.score.scorer == "none"
+
+
+def test_real_datasets_need_a_clip_list():
+    with pytest.raises(ConfigError, match="meta: a clip list is required"):
+        load_config(None, {"dataset": "vggsound"})
+
+
+def test_cache_fingerprint_follows_only_per_clip_options():
+    base = RunConfig()
+    assert base.clip_stage_fingerprint() == load_config(None, {"select.keep_quantile": 0.5}).clip_stage_fingerprint()
+    assert base.clip_stage_fingerprint() != load_config(None, {"decode.fps": 5}).clip_stage_fingerprint()
