@@ -62,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("distributed").setLevel(logging.ERROR)  # cluster chatter hides the progress bar
     try:
         return args.func(args)
     except (ConfigError, ClipListError, MissingToolError) as exc:

@@ -83,6 +83,7 @@ def _groups(jobs: list[ClipJob], size: int) -> Iterator[list[ClipJob]]:
 def _start_client(cfg: RunConfig):
     from dask.distributed import Client, LocalCluster
 
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # cluster chatter would hide the progress bar
     if cfg.dask.scheduler:
         return Client(cfg.dask.scheduler, timeout="30s")
     workers = cfg.dask.workers or os.cpu_count() or 1
@@ -126,7 +127,7 @@ def _run_tasks(jobs: list[ClipJob], cfg: RunConfig, paths: RunPaths, progress: b
             for outcome in results:
                 outcomes[outcome.clip_id] = outcome
             bar.update(len(results))
-            bar.set_postfix(scored=sum(o.scored for o in outcomes.values()),
+            bar.set_postfix(ok=sum(o.scored for o in outcomes.values()),
                             failed=sum(not o.scored for o in outcomes.values()), refresh=False)
             submit_next()
     bar.close()
@@ -194,11 +195,20 @@ def _clip_rows(clip_list: ClipList, outcomes: dict[str, ClipOutcome], kept: set[
     return rows
 
 
+def _remove_temp_files(paths: RunPaths) -> None:
+    """Temp files a killed run left behind (finished files are only ever renamed into place)."""
+    for folder in (paths.raw, paths.cache, paths.manifests, paths.shards):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+
+
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Curate `cfg`'s clip list into shards and manifests under `cfg.out`."""
     started = time.perf_counter()
     require_tools("ffmpeg")
     paths = RunPaths.for_config(cfg)
+    _remove_temp_files(paths)
     clip_list = load_clip_list(cfg, paths)
     labels = sorted(set(clip_list.table.column("label").to_pylist()))
     label_index = {label: i for i, label in enumerate(labels)}

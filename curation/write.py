@@ -115,6 +115,4 @@ def remove_stale_shards(shard_dir: Path, keep: set[str]) -> list[str]:
         if path.name not in keep:
             path.unlink()
             removed.append(path.name)
-    for tmp in shard_dir.glob(".*.tmp"):
-        tmp.unlink()
     return removed

@@ -1,0 +1,134 @@
+"""End-to-end runs on a real LocalCluster (2 worker processes), real ffmpeg, decord and WebDataset tars."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from conftest import make_av
+from curation.config import load_config
+from curation.pipeline import run
+
+DEMO = {"demo.clips": 16, "demo.duration_s": 4.0, "dask.workers": 2, "dask.clips_per_task": 2,
+        "write.samples_per_shard": 5}
+
+
+def _demo_config(out: Path, **extra):
+    return load_config(None, {"out": str(out), **DEMO, **extra})
+
+
+def _shard_hashes(out: Path) -> dict[str, str]:
+    shards = pd.read_parquet(out / "manifests" / "shards.parquet")
+    return dict(zip(shards["shard"], shards["sha256"]))
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    summary = run(_demo_config(out), progress=False)
+    return out, summary
+
+
+def test_demo_run_writes_manifests_and_readable_shards(clean_run):
+    out, summary = clean_run
+    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
+    frames = pd.read_parquet(out / "manifests" / "frames.parquet")
+    assert len(clips) == 16 and clips["clip_id"].is_unique
+    assert set(clips["status"]) <= {"ok", "rejected"}
+    assert (clips["status"] == "ok").sum() == 12  # keep_quantile 0.75 of 16 scored clips
+    assert len(frames) == clips["n_frames"].sum() == 16 * 40
+    assert (frames.groupby("clip_id")["rank"].min() == 1).all()
+    kept = frames[frames["selected"]]
+    assert set(kept["clip_id"]) == set(clips.loc[clips["status"] == "ok", "clip_id"])
+    samples = list(wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")),
+                                  shardshuffle=False).decode("pil"))
+    assert sorted(s["__key__"] for s in samples) == sorted(kept["clip_id"].unique())
+    sample = samples[0]
+    meta = sample["json"]
+    assert sample["jpg"].size == (288, 224) and "top3.jpg" in sample
+    assert meta["clip_id"] == sample["__key__"] and meta["rank"] == 1 and meta["ssl_model"].startswith("synchrony")
+    row = clips.set_index("clip_id").loc[sample["__key__"]]
+    assert sample["cls"] == row["label_index"] and meta["label"] == row["label"]
+    assert json.loads((out / "manifests" / "run.json").read_text())["counts"] == summary.counts
+
+
+def test_same_inputs_and_config_give_byte_identical_shards(clean_run, tmp_path):
+    out, _ = clean_run
+    run(_demo_config(tmp_path), progress=False)
+    assert _shard_hashes(tmp_path) == _shard_hashes(out)
+
+
+def test_a_killed_run_resumes_to_the_same_shards(clean_run, tmp_path):
+    out, _ = clean_run
+    args = [sys.executable, "-m", "curation", "run", "--out", str(tmp_path), "--quiet"]
+    args += [f"--set={k}={v}" for k, v in DEMO.items()] + ["--set=dask.clips_per_task=1"]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = tmp_path / "cache"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(cache.glob("*/*.npz"))) < 3:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(cache.glob("*/*.npz")))
+    assert 3 <= done_before < 16, "the run must be killed partway"
+    assert not (tmp_path / "shards").exists() or not list((tmp_path / "shards").glob("*.tar"))
+
+    summary = run(_demo_config(tmp_path), progress=False)
+    assert summary.counts.get("pending", 0) == 0
+    assert _shard_hashes(tmp_path) == _shard_hashes(out)
+    clips = pd.read_parquet(tmp_path / "manifests" / "clips.parquet")
+    assert len(clips) == 16 and clips["clip_id"].is_unique
+
+
+def test_bad_inputs_are_recorded_per_clip_and_good_clips_still_written(tmp_path, bad_media):
+    good = [make_av(tmp_path / f"good{i}.mp4", 4, freq=300 + 100 * i) for i in range(3)]
+    rows = [{"path": str(p), "start_s": 0.0, "end_s": 4.0, "label": "tone", "split": "train"} for p in good]
+    rows += [{"path": str(p), "start_s": 0.0, "end_s": 5.0, "label": kind, "split": "train"}
+             for kind, p in bad_media.items()]
+    rows.append({"path": str(good[0]), "start_s": 3.0, "end_s": 1.0, "label": "tone", "split": "train"})
+    clip_list = tmp_path / "clips.csv"
+    pd.DataFrame(rows).to_csv(clip_list, index=False)
+    cfg = load_config(None, {"dataset": "csv", "meta": str(clip_list), "out": str(tmp_path / "out"),
+                             "dask.workers": 2, "select.keep_quantile": None})
+    summary = run(cfg, progress=False)
+    clips = pd.read_parquet(tmp_path / "out" / "manifests" / "clips.parquet").set_index("label")
+    for kind in bad_media:
+        assert clips.loc[kind, "status"] == "failed" and clips.loc[kind, "error_kind"] == kind
+    assert summary.error_kinds == {**{kind: 1 for kind in bad_media}, "invalid_time": 1}
+    assert summary.counts == {"ok": 3, "failed": len(bad_media) + 1}
+    samples = list(wds.WebDataset(str(tmp_path / "out" / "shards" / "csv-train-000000.tar"), shardshuffle=False))
+    assert len(samples) == 3
+
+
+def _dask_cli(name: str) -> str:
+    return str(Path(sys.executable).with_name("dask"))
+
+
+def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):
+    out, _ = clean_run
+    scheduler_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([_dask_cli("dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        procs.append(subprocess.Popen([_dask_cli("dask"), "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert address.startswith("tcp://127.0.0.1:")
+        summary = run(_demo_config(tmp_path / "out", **{"dask.scheduler": address}), progress=False)
+        assert summary.counts.get("ok") == 12
+        assert _shard_hashes(tmp_path / "out") == _shard_hashes(out)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
