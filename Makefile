@@ -24,6 +24,7 @@ shards: $(STAMP)
 		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(SCORER),--scorer $(SCORER))
 
 test: $(STAMP)
+	$(VPY) -m ruff check curation manifests training tests bench
 	$(VPY) -m pytest -q tests
 
 bench: $(STAMP)

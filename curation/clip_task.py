@@ -107,7 +107,8 @@ def _fetch(job: ClipJob, raw_dir: Path):
 
 def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float):
     fetched = _fetch(job, raw_dir)
-    clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode)
+    clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
+                       fetched.info)
     scorer = load_scorer(cfg.score)
     scores = scorer.score(clip).scores
     moments = select_moments(clip.times, scores, cfg.select)
@@ -139,6 +140,14 @@ def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: Path) -
                            error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started)
     _save(path, outcome, arrays, model_id)
     return outcome
+
+
+def warm_up(score_cfg) -> str:
+    """Import the decoders and build the scorer on a worker before its first task (once per process)."""
+    import decord  # noqa: F401
+    import torchcodec.decoders  # noqa: F401
+
+    return load_scorer(score_cfg).model_id
 
 
 def process_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: str) -> list[ClipOutcome]:

@@ -157,10 +157,12 @@ def _read_frames(path: Path, times_abs: np.ndarray, size: tuple[int, int]) -> np
         raise ClipError("decode_error", f"video decoding failed: {str(exc).splitlines()[0]}") from None
 
 
-def decode_clip(path: str | os.PathLike, start_s: float, end_s: float, cfg: DecodeConfig) -> DecodedClip:
-    """Decode [start_s, end_s) of `path`; raises ClipError with a specific kind for every bad input."""
+def decode_clip(path: str | os.PathLike, start_s: float, end_s: float, cfg: DecodeConfig,
+                info: MediaInfo | None = None) -> DecodedClip:
+    """Decode [start_s, end_s) of `path` (`info`: its headers, if already probed); raises ClipError with a
+    specific kind for every bad input."""
     path = Path(path)
-    info = probe_media(path)
+    info = info or probe_media(path)
     audio = _read_audio(path, start_s, end_s, cfg.sample_rate)
     got_s = len(audio) / cfg.sample_rate
     if got_s < (end_s - start_s) - _DURATION_TOLERANCE_S and info.duration_s - start_s > got_s + _DURATION_TOLERANCE_S:

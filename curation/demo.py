@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from curation.errors import require_tools
 from manifests.io import write_json, write_parquet
 from manifests.schema import CLIP_LIST_SCHEMA, TRUTH_SCHEMA
 
@@ -434,8 +434,7 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
     if n_clips < 1 or workers < 1 or abs(n_frames - duration_s * FPS) > 1e-6 or n_frames < 2 * MIN_SEGMENT_S * FPS:
         raise ValueError(f"need n_clips >= 1, workers >= 1 and a duration_s >= {2 * MIN_SEGMENT_S} s "
                          f"that is a whole number of frames at {FPS} fps")
-    if shutil.which("ffmpeg") is None:
-        raise RuntimeError("ffmpeg not found on PATH; the demo world is encoded with the ffmpeg CLI")
+    require_tools("ffmpeg")  # the demo world is encoded with the ffmpeg CLI
     raw = Path(out_dir).resolve() / "raw"
     kinds, cats = _world_plan(seed, n_clips)
     world = DemoWorld(raw, raw / "demo_clips.parquet", raw / "truth.parquet", raw / "demo_world.json",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 # Stable tokens written to clips.parquet `error_kind` (documented in the README).
 ERROR_KINDS = {
     "missing_file": "the clip's local file does not exist",
@@ -36,3 +38,11 @@ class ClipError(Exception):
 
 class MissingToolError(RuntimeError):
     """A required external program (ffmpeg, ffprobe) is not installed: reported before any work starts."""
+
+
+def require_tools(*names: str) -> None:
+    """Fail at start, with an install hint, when an external program is missing."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise MissingToolError(f"required program(s) not found on PATH: {', '.join(missing)} "
+                               "(Debian/Ubuntu: apt-get install -y ffmpeg)")

@@ -13,8 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.decode import probe_media
-from curation.errors import ClipError, MissingToolError
+from curation.decode import MediaInfo, probe_media
+from curation.errors import ClipError
 from manifests.ids import is_safe_clip_id
 
 FFMPEG_TIMEOUT_S = 300
@@ -22,18 +22,11 @@ FFMPEG_TIMEOUT_S = 300
 
 @dataclass(frozen=True)
 class Fetched:
-    """Where the clip lies and where inside that file it starts (0 for a cut clip)."""
+    """Where the clip lies, where inside that file it starts (0 for a cut clip), and its headers if read."""
 
     path: Path
     offset_s: float
-
-
-def require_tools(*names: str) -> None:
-    """Fail at start, with an install hint, when an external program is missing."""
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        raise MissingToolError(f"required program(s) not found on PATH: {', '.join(missing)} "
-                               "(Debian/Ubuntu: apt-get install -y ffmpeg)")
+    info: MediaInfo | None = None
 
 
 def raw_path(raw_dir: Path, clip_id: str) -> Path:
@@ -82,7 +75,7 @@ def fetch_local(src: str | os.PathLike, clip_id: str, start_s: float, end_s: flo
     if info.video_codec == "h264" and src.suffix.lower() in (".mp4", ".m4v", ".mov"):
         if not dst.exists():
             _link_or_copy(src, dst)
-        return Fetched(dst, start_s)
+        return Fetched(dst, start_s, info)
     if not dst.exists():
         _transcode(src, dst, start_s, end_s - start_s)
     return Fetched(dst, 0.0)

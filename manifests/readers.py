@@ -13,9 +13,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -341,7 +342,7 @@ def _generic_csv(path: Path, out: _Collector) -> None:
         if problem:
             out.add_bad(rec.line, rec.raw, "invalid_row", problem)
         else:
-            out.add(rec.line, rec.raw, dict(zip(header, rec.fields)))
+            out.add(rec.line, rec.raw, dict(zip(header, rec.fields, strict=False)))
 
 
 def _generic_parquet(path: Path, out: _Collector) -> None:

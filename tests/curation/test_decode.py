@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import make_av
+
 from curation.config import DecodeConfig
 from curation.decode import decode_clip, probe_media
 from curation.errors import ClipError

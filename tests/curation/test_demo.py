@@ -109,7 +109,7 @@ def test_loudness_follows_scale(world, truth):
             continue
         audio = AudioDecoder(str(world.raw_dir / f"{clip_id}.mp4"), sample_rate=16000,
                              num_channels=1).get_all_samples().data.numpy()[0]
-        for t, s in zip(clip.t, clip.scale):
+        for t, s in zip(clip.t, clip.scale, strict=True):
             # skip the 20 ms gate ramps at segment edges: use the middle of the frame
             window = audio[int(t * 16000) + 200: int(t * 16000) + 1400]
             rms.append(np.sqrt(np.mean(window**2)))

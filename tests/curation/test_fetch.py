@@ -1,8 +1,8 @@
 import os
 
 import pytest
-
 from conftest import make_av
+
 from curation.decode import probe_media
 from curation.errors import ClipError
 from curation.fetch import fetch_local, raw_path

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import webdataset as wds
-
 from conftest import make_av
+
 from curation.config import load_config
 from curation.pipeline import run
 
@@ -26,7 +26,7 @@ def _demo_config(out: Path, **extra):
 
 def _shard_hashes(out: Path) -> dict[str, str]:
     shards = pd.read_parquet(out / "manifests" / "shards.parquet")
-    return dict(zip(shards["shard"], shards["sha256"]))
+    return dict(zip(shards["shard"], shards["sha256"], strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +107,14 @@ def test_bad_inputs_are_recorded_per_clip_and_good_clips_still_written(tmp_path,
     assert len(samples) == 3
 
 
-def _dask_cli(name: str) -> str:
+def _dask_cli() -> str:
     return str(Path(sys.executable).with_name("dask"))
 
 
 def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):
     out, _ = clean_run
     scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([_dask_cli("dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+    procs = [subprocess.Popen([_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--no-dashboard", "--scheduler-file", str(scheduler_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
@@ -122,7 +122,7 @@ def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
-        procs.append(subprocess.Popen([_dask_cli("dask"), "worker", address, "--nworkers", "2", "--nthreads", "1",
+        procs.append(subprocess.Popen([_dask_cli(), "worker", address, "--nworkers", "2", "--nthreads", "1",
                                        "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         assert address.startswith("tcp://127.0.0.1:")
         summary = run(_demo_config(tmp_path / "out", **{"dask.scheduler": address}), progress=False)
@@ -132,3 +132,10 @@ def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_the_local_cluster_is_shut_down_after_a_run(clean_run):
+    psutil = pytest.importorskip("psutil")
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if "resource_tracker" not in " ".join(p.cmdline())]
+    assert workers == []

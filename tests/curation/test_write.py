@@ -1,13 +1,19 @@
+import io
 import json
 
 import numpy as np
-import io
 import soundfile
 import webdataset as wds
 import wids
 
-from curation.write import (build_sample, encode_flac, encode_jpeg, remove_stale_shards, write_shard_set,
-                            write_wids_index)
+from curation.write import (
+    build_sample,
+    encode_flac,
+    encode_jpeg,
+    remove_stale_shards,
+    write_shard_set,
+    write_wids_index,
+)
 
 
 def _samples(n, seed=0):
