@@ -21,7 +21,13 @@ shards: $(STAMP)
 	$(VPY) -m curation run --dataset $(DATASET) --out $(OUT) \
 		$(if $(META),--meta $(META)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
 		$(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS)) \
-		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(SCORER),--scorer $(SCORER))
+		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(SCORER),--scorer $(SCORER)) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(LABEL_MAP),--label-map $(LABEL_MAP)) $(if $(COOKIES),--cookies $(COOKIES)) \
+		$(if $(PROXY),--proxy $(PROXY)) $(if $(PER_HOST),--per-host $(PER_HOST)) \
+		$(if $(RATE_LIMIT),--rate-limit $(RATE_LIMIT)) $(if $(SOCKET_TIMEOUT),--socket-timeout $(SOCKET_TIMEOUT)) \
+		$(if $(RETRIES),--fetch-retries $(RETRIES)) $(if $(STOP_AFTER),--stop-after $(STOP_AFTER)) \
+		$(if $(filter 1 yes true,$(RETRY_FAILED)),--retry-failed)
 
 test: $(STAMP)
 	$(VPY) -m ruff check curation manifests training tests bench
@@ -29,14 +35,21 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) -m bench.curation --out work/bench
+	$(VPY) -m bench.ssl --out work/bench
 
 report: $(STAMP)
-	@echo "make report: the HTML report is issue #3 (learned localisation + report); not built yet." >&2
-	@exit 2
+	$(VPY) -m curation report --out $(OUT)
+
+# make train: SHARDS = shard folder, glob, brace pattern or URL(s) (default: the demo shards, built first when
+# missing); the output folder is OUT when given on the command line, else TRAIN_OUT (default work/demo/train).
+# TRAIN_CONFIG = a TOML config (default: the CPU demo setting), SWAV = swav.pth.tar weights for stage 1.
+SHARDS    ?= work/demo/shards
+TRAIN_OUT ?= $(if $(filter command line,$(origin OUT)),$(OUT),work/demo/train)
 
 train: $(STAMP)
-	@echo "make train: the trainer is issues #5 and #6; not built yet." >&2
-	@exit 2
+	@if [ '$(SHARDS)' = work/demo/shards ] && [ ! -d work/demo/shards ]; then $(MAKE) shards OUT=work/demo; fi
+	$(VPY) -m training all --shards '$(SHARDS)' --out '$(TRAIN_OUT)' \
+		$(if $(TRAIN_CONFIG),--config '$(TRAIN_CONFIG)') $(if $(SWAV),--swav-weights '$(SWAV)')
 
 clean:
 	rm -rf work

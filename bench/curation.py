@@ -1,4 +1,5 @@
-"""Curation benchmark: the pipeline with and without scoring, 1 vs 2 Dask workers, against the ffmpeg floor.
+"""Curation benchmark: the pipeline with and without scoring, 1 vs 2 Dask workers, against the ffmpeg floor;
+and fetch throughput over loopback (`bench.fetch`).
 
 All runs use the same demo clips. Writes `<out>/curation.json` and prints the README table.
 Run: `make bench` (or `python -m bench.curation --clips 48`).
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.fetch import fetch_throughput
+from bench.fetch import table as fetch_table
 from curation.config import load_config
 from curation.demo import generate_world
 from curation.pipeline import run
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="work/bench")
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--fetch-clips", type=int, default=24, help="clips fetched over loopback per fetch run")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     world = generate_world(out / "world", n_clips=args.clips, seed=1, duration_s=args.duration)
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_score_1w": _pipeline(clip_list, out / "runs" / "score_1w", 1, "synchrony"),
         "ffmpeg_floor_2p": _ffmpeg_floor(paths, defaults.decode.fps, defaults.decode.short_side, 2),
         "audio_reader_ms_per_clip": _audio_readers(paths[:16]),
+        "fetch": fetch_throughput(paths[:args.fetch_clips], out / "fetch", 1.0, min(7.0, args.duration)),
     }
     floor = results["ffmpeg_floor_2p"]["clips_per_s"]
     results["ratios"] = {
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "curation.json", results)
     print(_table(results))
     print(f"audio readers, ms per {args.duration:g}-s clip: {results['audio_reader_ms_per_clip']}")
+    print(fetch_table(results["fetch"]))
     print(f"wrote {out / 'curation.json'}")
     return 0
 

@@ -1,26 +1,84 @@
-"""Command line: `python -m curation {run,demo}` (the Make targets call these)."""
+"""Command line: `python -m curation {run,demo,ssl-train,select,report}` (the Make targets call these)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from dataclasses import replace
 
 from curation.config import DATASETS, ConfigError, load_config
 from curation.errors import MissingToolError
 from manifests.readers import ClipListError
 
 
-def _run(args: argparse.Namespace) -> int:
-    from curation.pipeline import format_summary, run
-
+def _config(args: argparse.Namespace):
     overrides = {key: value for key, value in (
         ("dataset", args.dataset), ("meta", args.meta), ("out", args.out),
         ("dask.scheduler", args.scheduler), ("dask.workers", args.workers),
-        ("demo.clips", args.demo_clips), ("score.scorer", args.scorer)) if value is not None}
-    cfg = load_config(args.config, overrides, args.set)
-    summary = run(cfg, progress=not args.quiet)
+        ("demo.clips", args.demo_clips), ("score.scorer", args.scorer),
+        ("score.checkpoint", args.checkpoint), ("label_map", args.label_map),
+        ("fetch.cookies", args.cookies), ("fetch.proxy", args.proxy), ("fetch.per_host", args.per_host),
+        ("fetch.rate_limit", args.rate_limit), ("fetch.socket_timeout_s", args.socket_timeout),
+        ("fetch.retries", args.fetch_retries), ("fetch.stop_after", args.stop_after),
+        ("fetch.retry_failed", args.retry_failed or None)) if value is not None}
+    return load_config(args.config, overrides, args.set)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from curation.pipeline import format_summary, run
+
+    summary = run(_config(args), progress=not args.quiet)
     print(format_summary(summary))
+    return 0
+
+
+def _ssl_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from curation.pipeline import load_clip_list, run_jobs
+    from curation.ssl_train import ensure_model
+
+    cfg = _config(args)
+    if cfg.score.checkpoint:
+        raise ConfigError(["score.checkpoint: ssl-train trains a new model; leave it empty"])
+    out = Path(cfg.out).resolve()
+    resolved, digest = ensure_model(replace(cfg, score=replace(cfg.score, scorer="ssl")),
+                                    run_jobs(load_clip_list(cfg, out)), out, progress=not args.quiet)
+    print(f"model: {resolved.score.checkpoint} (sha256 {digest[:12]}); loss log beside it (loss.jsonl)")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from curation.config import parse_value
+    from curation.pipeline import format_summary, reselect
+
+    overrides = {key: value for key, value in (
+        ("select.top_k", args.top_k), ("select.min_gap_s", args.min_gap),
+        ("select.min_clip_score", args.min_score),
+        ("select.keep_quantile", None if args.keep_quantile is None else parse_value(args.keep_quantile)))
+        if value is not None}
+    for assignment in args.set:
+        key, _, text = assignment.partition("=")
+        overrides[key.strip()] = parse_value(text.strip())
+    print(format_summary(reselect(args.out, overrides, progress=not args.quiet)))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from curation.evaluate import write_truth_metrics
+
+    path = write_truth_metrics(args.out)
+    print(path.read_text().strip() if args.quiet else json.dumps(json.loads(path.read_text()), indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from curation.report import write_report
+
+    print(f"report: {write_report(args.out, args.html)}")
     return 0
 
 
@@ -32,23 +90,63 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m curation", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="curate a clip list (or the demo world) into shards + manifests")
+def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--dataset", choices=DATASETS, help="clip list form (default: demo)")
-    run.add_argument("--meta", help="the clip list file (VGGSound csv, or csv/parquet clip list)")
+    run.add_argument("--meta", help="the clip list: VGGSound csv, csv/parquet list, or for vegas an AudioSet "
+                                    "segment csv, a folder of them, or a folder of VEGAS videos")
+    run.add_argument("--label-map", help="vegas: AudioSet class_labels_indices.csv (default: beside the csv)")
     run.add_argument("--out", help="output folder (default: work/demo)")
     run.add_argument("--config", help="TOML config file; flags override it")
     run.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
     run.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     run.add_argument("--demo-clips", type=int, help="number of demo-world clips")
-    run.add_argument("--scorer", help="per-frame scorer: synchrony | none")
+    run.add_argument("--scorer", help="per-frame scorer: ssl | synchrony | none")
+    run.add_argument("--checkpoint", help="trained localisation model (else one is trained on the clips first)")
+    fetch = run.add_argument_group("fetching url / YouTube clips (README: Fetching)")
+    fetch.add_argument("--cookies", help="Netscape cookies.txt for yt-dlp (read only)")
+    fetch.add_argument("--proxy", help="http://[user:pass@]host:port for yt-dlp and ffmpeg")
+    fetch.add_argument("--per-host", type=int, help="concurrent fetches per host across the cluster")
+    fetch.add_argument("--rate-limit", type=float, help="fetch starts per second per host across the cluster")
+    fetch.add_argument("--socket-timeout", type=float, help="seconds before a silent connection is given up")
+    fetch.add_argument("--fetch-retries", type=int, help="further attempts after a transient failure")
+    fetch.add_argument("--stop-after", type=int, help="stop after this many rate-limited/bot-checked clips in a row")
+    fetch.add_argument("--retry-failed", action="store_true", help="refetch clips whose failure was transient")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config option, e.g. --set select.top_k=5 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m curation", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="curate a clip list (or the demo world) into shards + manifests")
+    _add_run_options(run)
     run.set_defaults(func=_run)
+
+    ssl = sub.add_parser("ssl-train", help="train the localisation model on a clip list's clips (resumable)")
+    _add_run_options(ssl)
+    ssl.set_defaults(func=_ssl_train)
+
+    select = sub.add_parser("select", help="re-select moments and clips of a finished run, without re-scoring")
+    select.add_argument("--out", default="work/demo", help="the run's output folder")
+    select.add_argument("--top-k", type=int)
+    select.add_argument("--min-gap", type=float, help="seconds between kept moments")
+    select.add_argument("--min-score", type=float, help="absolute clip-score threshold")
+    select.add_argument("--keep-quantile", help="fraction of scored clips to keep, or none")
+    select.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="other select.*/write.*")
+    select.add_argument("--quiet", action="store_true")
+    select.set_defaults(func=_select)
+
+    evaluate = sub.add_parser("evaluate", help="demo world: AP of the scores for good pairs, precision/recall kept")
+    evaluate.add_argument("--out", default="work/demo", help="the run's output folder")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=_evaluate)
+
+    report = sub.add_parser("report", help="self-contained HTML report of a run's output folder")
+    report.add_argument("--out", default="work/demo", help="the run's output folder")
+    report.add_argument("--html", help="where to write it (default OUT/report.html)")
+    report.set_defaults(func=_report)
 
     demo = sub.add_parser("demo", help="generate the synthetic demo world (mp4 clips + per-frame truth)")
     demo.add_argument("--out", required=True)

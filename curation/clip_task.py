@@ -11,15 +11,15 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from curation.config import RunConfig
-from curation.decode import decode_clip
+from curation.config import FetchConfig, RunConfig
+from curation.decode import decode_clip, read_frames
 from curation.errors import ClipError
-from curation.fetch import fetch_local, raw_path
+from curation.fetch import DEFAULT_FETCH, FetchGate, fetch_local, fetch_remote
 from curation.score import load_scorer
 from curation.select import select_moments
 from curation.write import encode_flac, encode_jpeg
@@ -37,6 +37,7 @@ class ClipJob:
     url: str | None
     start_s: float
     end_s: float
+    ytid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ClipOutcome:
     clip_score: float | None = None
     n_frames: int = 0
     seconds: float = 0.0
+    score_s: float = 0.0  # time inside the scorer (throughput of the model within the pipeline)
+    from_cache: bool = False  # read back from an earlier run's cache file, not processed now
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class CachedClip:
     outcome: ClipOutcome
     times: np.ndarray
     scores: np.ndarray
+    contrastive: np.ndarray | None
+    maps: np.ndarray | None  # (T, h, w) float16
     ranks: np.ndarray
     selected: np.ndarray
     jpgs: list[bytes]
@@ -84,9 +89,11 @@ def read_cached(path: Path) -> CachedClip:
         outcome = ClipOutcome(**meta["outcome"])
         if not outcome.scored:
             empty = np.zeros(0)
-            return CachedClip(outcome, empty, empty, empty, empty, [], b"", meta["model_id"] or "")
+            return CachedClip(outcome, empty, empty, None, None, empty, empty, [], b"", meta["model_id"] or "")
         n_jpgs = sum(1 for key in data.files if key.startswith("jpg"))
-        return CachedClip(outcome=outcome, times=data["t"], scores=data["score"], ranks=data["rank"],
+        return CachedClip(outcome=outcome, times=data["t"], scores=data["score"],
+                          contrastive=data["contrastive"] if "contrastive" in data.files else None,
+                          maps=data["maps"] if "maps" in data.files else None, ranks=data["rank"],
                           selected=data["selected"], jpgs=[data[f"jpg{i}"].tobytes() for i in range(n_jpgs)],
                           flac=data["flac"].tobytes(), model_id=meta["model_id"])
 
@@ -96,40 +103,56 @@ def read_outcome(path: Path) -> ClipOutcome:
         return ClipOutcome(**json.loads(data["meta"].tobytes())["outcome"])
 
 
-def _fetch(job: ClipJob, raw_dir: Path):
+def fetch_job(job: ClipJob, raw_dir: Path, fetch_cfg: FetchConfig = DEFAULT_FETCH, gate: FetchGate | None = None):
+    """The clip's source as a local file under `raw_dir` (fetched once, reused by later runs)."""
     if job.path is not None:
-        return fetch_local(job.path, job.clip_id, job.start_s, job.end_s, raw_dir)
-    existing = raw_path(raw_dir, job.clip_id)
-    if existing.is_file():  # fetched by an earlier run or by another tool
-        return fetch_local(existing, job.clip_id, 0.0, job.end_s - job.start_s, raw_dir)
-    raise ClipError("unsupported_source", f"no fetcher for {job.url!r} in this build (YouTube/URL: issue #4)")
+        return fetch_local(job.path, job.clip_id, job.start_s, job.end_s, raw_dir, fetch_cfg)
+    return fetch_remote(job.clip_id, job.ytid, job.url, job.start_s, job.end_s, raw_dir, fetch_cfg, gate)
 
 
-def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float):
-    fetched = _fetch(job, raw_dir)
+def _moment_arrays(times: np.ndarray, scores: np.ndarray, contrastive: np.ndarray | None, frames, cfg: RunConfig):
+    """Rank and select the clip's moments; JPEG the chosen frames (`frames(indices)` decodes them)."""
+    moments = select_moments(times, scores, cfg.select, contrastive)
+    arrays = {"rank": moments.ranks, "selected": moments.selected}
+    for i, frame in enumerate(frames(moments.selected)):
+        arrays[f"jpg{i}"] = np.frombuffer(encode_jpeg(frame, cfg.write.jpeg_quality), dtype=np.uint8)
+    return moments, arrays
+
+
+def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
+    fetched = fetch_job(job, raw_dir, cfg.fetch, gate)
     clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
                        fetched.info)
     scorer = load_scorer(cfg.score)
-    scores = scorer.score(clip).scores
-    moments = select_moments(clip.times, scores, cfg.select)
-    arrays = {"t": clip.times, "score": scores, "rank": moments.ranks, "selected": moments.selected,
-              "flac": np.frombuffer(encode_flac(clip.audio, clip.sample_rate), dtype=np.uint8)}
-    for i, frame_index in enumerate(moments.selected):
-        jpg = encode_jpeg(clip.frames[frame_index], cfg.write.jpeg_quality)
-        arrays[f"jpg{i}"] = np.frombuffer(jpg, dtype=np.uint8)
+    score_started = time.perf_counter()
+    result = scorer.score(clip)
+    score_s = time.perf_counter() - score_started
+    moments, arrays = _moment_arrays(clip.times, result.scores, result.contrastive,
+                                     lambda idx: clip.frames[idx], cfg)
+    arrays.update(t=clip.times, score=result.scores,
+                  flac=np.frombuffer(encode_flac(clip.audio, clip.sample_rate), dtype=np.uint8))
+    if result.contrastive is not None:
+        arrays["contrastive"] = result.contrastive
+    if result.maps is not None:
+        arrays["maps"] = result.maps.astype(np.float16)
+        if cfg.score.save_maps:
+            buf = io.BytesIO()
+            np.save(buf, arrays["maps"])
+            atomic_write_bytes(raw_dir.parent / "maps" / f"{job.clip_id}.npy", buf.getvalue())
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
-                          seconds=time.perf_counter() - started)
+                          seconds=time.perf_counter() - started, score_s=score_s)
     return outcome, arrays, scorer.model_id
 
 
-def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: Path) -> ClipOutcome:
+def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: Path,
+                 gate: FetchGate | None = None) -> ClipOutcome:
     """Process one clip unless its cache file exists; every failure becomes a recorded outcome."""
     path = cache_path(cache_dir, job.clip_id)
     if path.exists():
-        return read_outcome(path)
+        return replace(read_outcome(path), from_cache=True)
     started = time.perf_counter()
     try:
-        outcome, arrays, model_id = _score_clip(job, cfg, raw_dir, started)
+        outcome, arrays, model_id = _score_clip(job, cfg, raw_dir, started, gate)
     except ClipError as exc:
         outcome = ClipOutcome(job.clip_id, scored=False, error_kind=exc.kind, error=str(exc),
                               seconds=time.perf_counter() - started)
@@ -150,9 +173,49 @@ def warm_up(score_cfg) -> str:
     return load_scorer(score_cfg).model_id
 
 
-def process_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: str) -> list[ClipOutcome]:
-    """One Dask task: a group of clips, processed in order on one worker."""
+def process_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: str,
+                  gate: FetchGate | None = None) -> list[ClipOutcome]:
+    """One Dask task: a group of clips, processed in order on one worker. Once `gate` says the run is
+    stopping, the rest of the group is left out (those clips stay pending)."""
     raw, cache = Path(raw_dir), Path(cache_dir)
     raw.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    return [process_clip(job, cfg, raw, cache) for job in jobs]
+    outcomes = []
+    for job in jobs:
+        if gate is not None and gate.stopped():
+            break
+        outcomes.append(process_clip(job, cfg, raw, cache, gate))
+    return outcomes
+
+
+def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: Path, new_cache: Path) -> ClipOutcome:
+    """Re-rank a scored clip under new selection options without re-scoring: decode only the chosen frames."""
+    target = cache_path(new_cache, job.clip_id)
+    if target.exists():
+        return read_outcome(target)
+    old = read_cached(cache_path(old_cache, job.clip_id))
+    if not old.outcome.scored:
+        _save(target, old.outcome, {}, old.model_id)
+        return old.outcome
+    started = time.perf_counter()
+    fetched = fetch_job(job, raw_dir, cfg.fetch)
+
+    def frames(indices: np.ndarray) -> np.ndarray:
+        return read_frames(fetched.path, fetched.offset_s, old.times[indices], cfg.decode, fetched.info)
+
+    moments, arrays = _moment_arrays(old.times, old.scores, old.contrastive, frames, cfg)
+    arrays.update(t=old.times, score=old.scores, flac=np.frombuffer(old.flac, dtype=np.uint8))
+    if old.contrastive is not None:
+        arrays["contrastive"] = old.contrastive
+    if old.maps is not None:
+        arrays["maps"] = old.maps
+    outcome = replace(old.outcome, clip_score=moments.clip_score, seconds=time.perf_counter() - started)
+    _save(target, outcome, arrays, old.model_id)
+    return outcome
+
+
+def reselect_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, old_cache: str,
+                   new_cache: str) -> list[ClipOutcome]:
+    """One Dask task of `curation select`."""
+    Path(new_cache).mkdir(parents=True, exist_ok=True)
+    return [reselect_clip(job, cfg, Path(raw_dir), Path(old_cache), Path(new_cache)) for job in jobs]

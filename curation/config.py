@@ -6,14 +6,17 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("demo", "vggsound", "csv")
-SCORERS = ("synchrony", "none")
+DATASETS = ("demo", "vggsound", "vegas", "csv")
+SCORERS = ("ssl", "synchrony", "none")
+CHECKPOINT_FORMATS = ("native", "ezvsl")
+CONTRASTS = ("frame", "audio", "both")
 
 
 class ConfigError(ValueError):
@@ -41,8 +44,40 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    scorer: str = "synchrony"
+    scorer: str = "ssl"  # learned localisation; `synchrony` is the training-free baseline, `none` scores 0
     grid: int = 7  # the synchrony baseline correlates audio energy with change in grid x grid regions
+    checkpoint: str | None = None  # ssl: a trained model; none trains one on the run's clips first (ssl-train)
+    checkpoint_format: str = "native"  # `ezvsl`: a published EZ-VSL checkpoint ({'model': state_dict})
+    batch_size: int = 64
+    contrast: str = "both"  # the cross-clip score: own match minus the mean match with other clips' audio
+    # ("frame"), other clips' frames ("audio"), or the average of the two ("both")
+    save_maps: bool = False  # write every frame's heat map to OUT/maps/<clip_id>.npy (float16)
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """The localisation model trained by `ssl-train` (CPU-sized by default) and its training."""
+
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    # audio window centred on the frame: 1 s, not EZ-VSL's 3 s, because a 3-s window around a silent moment
+    # nearly always holds sound from a neighbouring second (README: measured AP 0.67 with 3 s, 0.83 with 1 s)
+    window_s: float = 1.0
+    image_maxpool: bool = False
+    image_size: int = 96
+    dim: int = 64
+    n_fft: int = 512
+    hop: int = 320  # 20 ms
+    n_mels: int = 64
+    train_fps: float = 2.0  # frames sampled per second of each clip for training
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.07
+    bank_size: int = 64  # moments of other clips kept with the model for the contrastive score
+    checkpoint_every: int = 100
+    seed: int = 0
+    threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -71,25 +106,50 @@ class DaskConfig:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    """Fetching url / YouTube clips (yt-dlp + ffmpeg); README "Fetching" explains each option."""
+
+    format: str | None = None  # yt-dlp format selector; none = h264 <= max_height first, then any codec
+    max_height: int = 360  # preferred video height; stored clips have at most this short side
+    margin_s: float = 1.0  # decoding starts this much before the cut (pre-roll), never the stored clip
+    socket_timeout_s: float = 20.0  # every network read (yt-dlp and ffmpeg) gives up after this long
+    timeout_s: float = 300.0  # the whole section download + standardisation of one clip
+    retries: int = 3  # further attempts for network / timeout / rate_limited / server_error
+    backoff_s: float = 2.0  # first retry delay; doubles each attempt, +-50 % jitter
+    backoff_max_s: float = 120.0  # longest wait before a retry (a longer Retry-After fails the clip now)
+    cookies: str | None = None  # Netscape cookies.txt, read only (never written back)
+    proxy: str | None = None  # http://[user:pass@]host:port, used by yt-dlp and ffmpeg
+    per_host: int = 4  # concurrent fetches per host across the whole Dask cluster
+    rate_limit: float | None = None  # fetch starts per second per host across the cluster (none: no limit)
+    stop_after: int = 10  # consecutive rate_limited / bot_check clips that stop the run (0: never)
+    retry_failed: bool = False  # refetch clips whose cached failure is transient (RETRY_FAILED=1)
+    js_runtimes: str | None = None  # yt-dlp JavaScript runtimes for YouTube, e.g. "deno,node" (none: yt-dlp's)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     dataset: str = "demo"
     meta: str | None = None  # the clip list (not needed for the demo world)
+    label_map: str | None = None  # vegas: AudioSet class_labels_indices.csv (default: beside the segment csv)
     out: str = "work/demo"
     demo: DemoConfig = field(default_factory=DemoConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     dask: DaskConfig = field(default_factory=DaskConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def clip_stage_fingerprint(self) -> str:
-        """Hash of the options that change a clip's decoded+scored result (keys the per-clip cache)."""
+    def clip_stage_fingerprint(self, model_digest: str | None = None) -> str:
+        """Hash of what changes a clip's decoded+scored result (keys the per-clip cache): the decode, score
+        and per-clip selection options, and the scoring model's content."""
         parts = {"decode": dataclasses.asdict(self.decode), "score": dataclasses.asdict(self.score),
                  "top_k": self.select.top_k, "min_gap_s": self.select.min_gap_s,
-                 "jpeg_quality": self.write.jpeg_quality}
+                 "jpeg_quality": self.write.jpeg_quality, "model": model_digest}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -98,6 +158,12 @@ _INVALID = object()  # a leaf that failed its type check keeps its default, so r
 
 def _coerce(value: Any, annotation: Any, name: str, problems: list[str]) -> Any:
     """Check one leaf value against its annotation; ints are accepted where floats are expected."""
+    if typing.get_origin(annotation) is tuple:
+        kinds = typing.get_args(annotation)
+        if isinstance(value, (list, tuple)) and len(value) == len(kinds) and all(type(v) is int for v in value):
+            return tuple(value)
+        problems.append(f"{name}: expected a list of {len(kinds)} integers, got {value!r}")
+        return _INVALID
     args = typing.get_args(annotation)
     allowed = args if args else (annotation,)
     if type(None) in allowed and isinstance(value, str) and value.lower() in ("none", "null"):
@@ -154,6 +220,15 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.decode.window_s > 0, "decode.window_s: must be > 0")
     need(cfg.score.scorer in SCORERS, f"score.scorer: must be one of {', '.join(SCORERS)}")
     need(cfg.score.grid >= 1, "score.grid: must be >= 1")
+    need(cfg.score.checkpoint_format in CHECKPOINT_FORMATS,
+         f"score.checkpoint_format: must be one of {', '.join(CHECKPOINT_FORMATS)}")
+    need(cfg.score.contrast in CONTRASTS, f"score.contrast: must be one of {', '.join(CONTRASTS)}")
+    need(cfg.score.batch_size >= 1, "score.batch_size: must be >= 1")
+    need(all(w >= 1 for w in cfg.ssl.widths), "ssl.widths: must be positive")
+    need(cfg.ssl.image_size >= 32, "ssl.image_size: must be >= 32")
+    need(cfg.ssl.steps >= 1 and cfg.ssl.batch_size >= 4, "ssl.steps/batch_size: must be >= 1 / >= 4")
+    need(cfg.ssl.train_fps > 0, "ssl.train_fps: must be > 0")
+    need(0 < cfg.ssl.window_s <= cfg.decode.window_s, "ssl.window_s: must be > 0 and <= decode.window_s")
     need(cfg.select.top_k >= 1, "select.top_k: must be >= 1")
     need(cfg.select.min_gap_s >= 0, "select.min_gap_s: must be >= 0")
     q = cfg.select.keep_quantile
@@ -164,9 +239,25 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.dask.clips_per_task >= 1, "dask.clips_per_task: must be >= 1")
     need(cfg.dask.tasks_in_flight_per_worker >= 1, "dask.tasks_in_flight_per_worker: must be >= 1")
     need(cfg.dask.retries >= 0, "dask.retries: must be >= 0")
+    _check_fetch(cfg.fetch, need)
 
 
-def _parse_value(text: str) -> Any:
+def _check_fetch(f: FetchConfig, need) -> None:
+    need(16 <= f.max_height <= 4320, "fetch.max_height: must be in 16..4320")
+    need(f.margin_s >= 0, "fetch.margin_s: must be >= 0")
+    need(f.socket_timeout_s > 0 and f.timeout_s > 0, "fetch.socket_timeout_s / fetch.timeout_s: must be > 0")
+    need(f.retries >= 0, "fetch.retries: must be >= 0")
+    need(0 <= f.backoff_s <= f.backoff_max_s, "fetch.backoff_s: must be in 0..fetch.backoff_max_s")
+    need(f.cookies is None or Path(f.cookies).is_file(), f"fetch.cookies: no such file {f.cookies!r}")
+    # ffmpeg reads the media itself and speaks only http proxies: any other kind would leak the real address.
+    need(f.proxy is None or re.fullmatch(r"http://[^\s/]+/?", f.proxy) is not None,
+         "fetch.proxy: must be http://[user:pass@]host:port (ffmpeg supports no other proxy kind)")
+    need(f.per_host >= 1, "fetch.per_host: must be >= 1")
+    need(f.rate_limit is None or f.rate_limit > 0, "fetch.rate_limit: must be > 0 or empty")
+    need(f.stop_after >= 0, "fetch.stop_after: must be >= 0")
+
+
+def parse_value(text: str) -> Any:
     """A flag value in TOML syntax (`5`, `0.5`, `true`, `"x"`); bare words are strings; `none` empties an
     option that may be empty."""
     if not text:
@@ -187,6 +278,16 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A config from its dict form (as saved in run.json), checked like a file."""
+    problems: list[str] = []
+    cfg = _build(RunConfig, data, "", problems)
+    _check(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
                 assignments: list[str] | None = None) -> RunConfig:
     """Config from an optional TOML file, then `overrides` (dotted keys), then `key=value` assignments."""
@@ -204,7 +305,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         if not sep or not key.strip():
             problems.append(f"--set {assignment!r}: expected key=value")
             continue
-        _set_dotted(data, key.strip(), _parse_value(text.strip()))
+        _set_dotted(data, key.strip(), parse_value(text.strip()))
     cfg = _build(RunConfig, data, "", problems)
     _check(cfg, problems)
     if problems:

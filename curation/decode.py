@@ -141,8 +141,9 @@ def _read_audio(path: Path, start_s: float, end_s: float, sample_rate: int) -> n
 
 
 def _output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Aspect-preserving size with the short side `short_side`, both even (decord's yuv420 resize needs it)."""
     scale = short_side / min(width, height)
-    return max(2, int(round(width * scale))), max(2, int(round(height * scale)))
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
 
 
 def _read_frames(path: Path, times_abs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -155,6 +156,15 @@ def _read_frames(path: Path, times_abs: np.ndarray, size: tuple[int, int]) -> np
         return reader.get_batch(indices.tolist()).asnumpy()
     except (RuntimeError, decord.DECORDError) as exc:
         raise ClipError("decode_error", f"video decoding failed: {str(exc).splitlines()[0]}") from None
+
+
+def read_frames(path: str | os.PathLike, start_s: float, times: np.ndarray, cfg: DecodeConfig,
+                info: MediaInfo | None = None) -> np.ndarray:
+    """Frames at `times` (seconds from `start_s`), sized as `decode_clip` sizes them: the same pixels, so a
+    re-selection that decodes only a few frames matches a full decode."""
+    info = info or probe_media(path)
+    return _read_frames(Path(path), start_s + np.asarray(times, dtype=np.float64),
+                        _output_size(info.width, info.height, cfg.short_side))
 
 
 def decode_clip(path: str | os.PathLike, start_s: float, end_s: float, cfg: DecodeConfig,
@@ -172,6 +182,6 @@ def decode_clip(path: str | os.PathLike, start_s: float, end_s: float, cfg: Deco
         raise ClipError("too_short", f"clip has {got_s:.2f} s of audio, the scoring window is {cfg.window_s} s")
     n_frames = max(1, math.floor(got_s * cfg.fps + 1e-6))
     times = np.arange(n_frames, dtype=np.float64) / cfg.fps
-    frames = _read_frames(path, start_s + times, _output_size(info.width, info.height, cfg.short_side))
+    frames = read_frames(path, start_s, times, cfg, info)
     return DecodedClip(frames=frames, times=times, audio=audio, sample_rate=cfg.sample_rate,
                        window_s=cfg.window_s)

@@ -20,19 +20,41 @@ ERROR_KINDS = {
     "missing_label": "the clip list row has no label",
     "invalid_row": "the clip list row could not be parsed",
     "duplicate_id": "the clip id repeats with different content",
-    "unsupported_source": "this build has no fetcher for the clip's source (YouTube / URL: issue #4)",
+    "unsupported_source": "the clip's source is of a kind no fetcher handles",
     "worker_lost": "the task running the clip died on every retry",
     "internal_error": "an unexpected exception (a bug): reported with its type, retried on rerun",
+    # Fetching (yt-dlp + ffmpeg). The `error` column keeps yt-dlp's / ffmpeg's own message.
+    "unavailable": "the video or URL does not exist or cannot be played (YouTube 'Video unavailable', HTTP 404)",
+    "private": "the video is private or members-only",
+    "removed": "the video was taken down (by its uploader, for a policy or copyright claim; HTTP 410)",
+    "age_restricted": "the video needs a signed-in, age-verified account (fetch.cookies)",
+    "geo_blocked": "the video is not available from this machine's country",
+    "bot_check": "the host wants proof that this is not a bot (IP or session flagged): counts toward fetch.stop_after",
+    "rate_limited": "HTTP 429 or YouTube's session rate limit: retried after Retry-After, counts toward stop_after",
+    "forbidden": "HTTP 401/403: the host refuses this client",
+    "server_error": "HTTP 5xx: retried with backoff",
+    "http_error": "another HTTP error status",
+    "network": "no connection (DNS failure, refused, unreachable) or one that broke (reset, body cut short)",
+    "timeout": "no answer within fetch.socket_timeout_s, or the fetch ran past fetch.timeout_s",
+    "no_h264_format": "no format matched the format selector (fetch.format; the default falls back to any codec)",
+    "low_audio_rate": "the source audio is sampled below 16 kHz",
+    "fetch_error": "yt-dlp failed in a way none of the kinds above describes (its message is kept)",
 }
+
+# Worth another try later: `RETRY_FAILED=1` (fetch.retry_failed) refetches exactly the clips whose cached
+# failure has one of these kinds. `worker_lost` and `internal_error` are never cached, so any rerun retries them.
+TRANSIENT_KINDS = frozenset({"network", "timeout", "rate_limited", "server_error", "bot_check"})
 
 
 class ClipError(Exception):
     """A failure of one clip, with a stable `kind` token and a human message."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, retriable: bool = False, retry_after_s: float | None = None):
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}")
         self.kind = kind
+        self.retriable = retriable  # worth another attempt within seconds (a fetch's own retries)
+        self.retry_after_s = retry_after_s  # what the host asked for (HTTP Retry-After), if it said
         super().__init__(message)
 
 

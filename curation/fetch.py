@@ -1,23 +1,38 @@
-"""Fetch stage: bring a clip's source into `OUT/raw/<clip_id>.mp4` as a decodable h264 + audio file.
+"""Fetch stage: bring a clip's source into `OUT/raw/<clip_id>.mp4` as a standard h264 + audio file.
 
-Local files that are already h264 with audio are hard-linked (or copied) untouched: no re-encode, the cost
-that dominates other tools. Anything else is cut to the clip and re-encoded to h264 + AAC by one ffmpeg run.
-A fetched clip is reused by every later run.
+Local files that are already h264 mp4/mov with audio are hard-linked (or copied) untouched: no re-encode,
+the cost that dominates other tools. Everything else, local or remote, goes through one standardisation:
+a single ffmpeg run cuts [start, end), encodes h264 (short side <= fetch.max_height) and AAC at the source's
+sample rate, and ffprobe checks the result (h264 video, audio >= 16 kHz, duration close to the one asked)
+before it is renamed into place. Remote clips are read over HTTP range requests from the media URL yt-dlp
+chose (`curation.youtube`), so only the section travels. A fetched clip is reused by every later run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import random
 import shutil
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.config import FetchConfig
 from curation.decode import MediaInfo, probe_media
 from curation.errors import ClipError
-from manifests.ids import is_safe_clip_id
+from curation.fetch_errors import from_ffmpeg, network_trouble, source_duration_s
+from curation.youtube import MediaInput, clip_url, extract, host_of
+from manifests.ids import is_safe_clip_id, is_youtube_clip_id
 
-FFMPEG_TIMEOUT_S = 300
+FFPROBE_TIMEOUT_S = 60
+DURATION_TOLERANCE_S = 0.3  # frame and AAC-frame rounding of a cut, well under one scoring window
+MIN_SAMPLE_RATE = 16000
+DEFAULT_FETCH = FetchConfig()
+_NET_PROTOCOLS = "http,https,tcp,tls,crypto,httpproxy"  # never file:, pipe:, concat: from a hostile playlist
 
 
 @dataclass(frozen=True)
@@ -29,9 +44,23 @@ class Fetched:
     info: MediaInfo | None = None
 
 
+class FetchGate:
+    """Admission of network fetches. This one admits everything; the pipeline passes one that caps
+    concurrent fetches per host across the Dask cluster, paces them, and carries the global stop."""
+
+    def stopped(self) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        yield
+
+
 def raw_path(raw_dir: Path, clip_id: str) -> Path:
-    """`raw_dir/<clip_id>.mp4`, refusing any id that could name a path outside `raw_dir`."""
-    if not is_safe_clip_id(clip_id):
+    """`raw_dir/<clip_id>.mp4`, refusing any id that could name a path outside `raw_dir`.
+
+    YouTube clip ids may start with '-' (so do YouTube ids); the path is only ever used whole and absolute."""
+    if not (is_safe_clip_id(clip_id) or is_youtube_clip_id(clip_id)):
         raise ClipError("invalid_id", f"unsafe clip id {clip_id!r}")
     return raw_dir / f"{clip_id}.mp4"
 
@@ -46,36 +75,164 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _transcode(src: Path, dst: Path, start_s: float, duration_s: float) -> None:
+def _scale_filter(max_side: int) -> str:
+    """Cap the short side at `max_side` (even sizes for yuv420p); smaller videos keep their size."""
+    short = f"trunc(min(%s,{max_side})/2)*2"
+    return (f"scale=w='if(gt(iw,ih),-2,{short % 'iw'})':h='if(gt(iw,ih),{short % 'ih'},-2)',"
+            "setsar=1")
+
+
+def _input_args(source: MediaInput | Path, seek_s: float, cfg: FetchConfig) -> list[str]:
+    if isinstance(source, Path):
+        return ["-ss", f"{seek_s:.3f}", "-i", f"file:{source}"]
+    args = ["-rw_timeout", str(int(cfg.socket_timeout_s * 1e6)), "-protocol_whitelist", _NET_PROTOCOLS]
+    if cfg.proxy:
+        args += ["-http_proxy", cfg.proxy]
+    if source.headers:
+        args += ["-headers", "".join(f"{k}: {v}\r\n" for k, v in source.headers.items())]
+    return args + ["-ss", f"{seek_s:.3f}", "-i", source.url]
+
+
+def standardise(sources: list[MediaInput] | list[Path], dst: Path, start_s: float, duration_s: float,
+                cfg: FetchConfig) -> float | None:
+    """One ffmpeg run: [start, start + duration) of the source(s) -> `dst` (h264 + AAC mp4), atomically.
+
+    Decoding starts `margin_s` early (pre-roll), the cut itself is exact. With two sources the first gives
+    the video, the second the audio. Returns the source duration ffmpeg read from the headers, if any."""
+    remote = not isinstance(sources[0], Path)
+    seek = max(0.0, start_s - cfg.margin_s)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp.mp4")
-    args = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-ss", f"{start_s:.3f}", "-i", f"file:{src}", "-t", f"{duration_s:.3f}",
-            "-map", "0:v:0", "-map", "0:a:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
-            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", "-f", "mp4",
-            str(tmp)]
+    args = ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", "-y"]
+    for source in sources:
+        args += _input_args(source, seek, cfg)
+    args += ["-ss", f"{start_s - seek:.3f}", "-t", f"{duration_s:.3f}", "-map", "0:v:0",
+             "-map", f"{len(sources) - 1}:a:0", "-map_metadata", "-1", "-vf", _scale_filter(cfg.max_height),
+             "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-threads", "1",
+             "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+        proc = subprocess.run(args, capture_output=True, text=True, errors="replace", timeout=cfg.timeout_s,
+                              check=False)
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
-        raise ClipError("ffmpeg_error", f"ffmpeg took longer than {FFMPEG_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
+        raise ClipError("timeout", f"ffmpeg took longer than fetch.timeout_s = {cfg.timeout_s:g} s",
+                        retriable=True) from None
+    trouble = from_ffmpeg(proc.stderr, proc.returncode, remote) if proc.returncode else (
+        network_trouble(proc.stderr) if remote else None)
+    if trouble is not None:  # ffmpeg exits 0 on a body cut short, keeping what arrived: not a clip
         tmp.unlink(missing_ok=True)
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        raise ClipError("ffmpeg_error", f"ffmpeg could not standardise the clip: {last}")
+        raise trouble
     os.replace(tmp, dst)
+    return source_duration_s(proc.stderr)
 
 
-def fetch_local(src: str | os.PathLike, clip_id: str, start_s: float, end_s: float, raw_dir: Path) -> Fetched:
+@dataclass(frozen=True)
+class Probe:
+    video_codec: str | None
+    sample_rate: int | None
+    duration_s: float
+
+
+def probe_output(path: Path) -> Probe:
+    """Streams and duration of a standardised clip, as ffprobe reads them."""
+    args = ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,sample_rate:format=duration",
+            "-of", "json", f"file:{path}"]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=FFPROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ClipError("ffmpeg_error", f"ffprobe took longer than {FFPROBE_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        raise ClipError("ffmpeg_error", f"ffprobe cannot read the standardised clip: {proc.stderr.strip()[-300:]}")
+    data = json.loads(proc.stdout or "{}")
+    streams = data.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video"), {})
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), {})
+    return Probe(video.get("codec_name"), int(audio["sample_rate"]) if audio.get("sample_rate") else None,
+                 float(data.get("format", {}).get("duration") or 0.0))
+
+
+def verify(path: Path, start_s: float, end_s: float, source_s: float | None) -> None:
+    """Refuse a standardised clip that is not h264 + audio >= 16 kHz of about the asked duration
+    (or of what the source has after `start_s`, when it is shorter); the file is removed then."""
+    want = end_s - start_s if source_s is None else min(end_s, source_s) - start_s
+    try:
+        if want <= 0:
+            raise ClipError("invalid_time", f"the source is {source_s:.2f} s long; the clip starts at {start_s:g} s")
+        got = probe_output(path)
+        if got.video_codec != "h264":
+            raise ClipError("no_video" if got.video_codec is None else "ffmpeg_error",
+                            f"standardised clip has video codec {got.video_codec!r}, not h264")
+        if got.sample_rate is None:
+            raise ClipError("no_audio", "standardised clip has no audio stream")
+        if got.sample_rate < MIN_SAMPLE_RATE:
+            raise ClipError("low_audio_rate", f"source audio is sampled at {got.sample_rate} Hz (< {MIN_SAMPLE_RATE})")
+        if abs(got.duration_s - want) > DURATION_TOLERANCE_S:
+            raise ClipError("truncated", f"standardised clip lasts {got.duration_s:.2f} s, expected {want:.2f} s")
+    except ClipError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def fetch_local(src: str | os.PathLike, clip_id: str, start_s: float, end_s: float, raw_dir: Path,
+                cfg: FetchConfig = DEFAULT_FETCH) -> Fetched:
     """Standardise a local file into `raw_dir` (reusing an earlier fetch) and say where the clip starts."""
     dst = raw_path(raw_dir, clip_id)
     src = Path(src)
     if dst.exists() and dst.resolve() == src.resolve():
         return Fetched(dst, start_s)  # the demo world writes its clips straight into raw/
+    if src.exists() and not src.is_file():
+        raise ClipError("invalid_id", f"{src} is not a regular file (a folder, device or pipe)")
     info = probe_media(src)  # classifies missing / empty / garbage / truncated / no audio / no video
     if info.video_codec == "h264" and src.suffix.lower() in (".mp4", ".m4v", ".mov"):
         if not dst.exists():
             _link_or_copy(src, dst)
         return Fetched(dst, start_s, info)
     if not dst.exists():
-        _transcode(src, dst, start_s, end_s - start_s)
+        standardise([src], dst, start_s, end_s - start_s, cfg)
+        verify(dst, start_s, end_s, info.duration_s or None)
     return Fetched(dst, 0.0)
+
+
+def _backoff_s(attempt: int, cfg: FetchConfig, retry_after_s: float | None) -> float:
+    """Retry-After when the host gave one, else exponential backoff; both with jitter so workers spread out."""
+    if retry_after_s is not None:
+        return retry_after_s * random.uniform(1.0, 1.1)
+    return min(cfg.backoff_max_s, cfg.backoff_s * 2 ** attempt * random.uniform(0.5, 1.5))
+
+
+def with_retries(attempt: Callable[[], Fetched], cfg: FetchConfig, gate: FetchGate,
+                 sleep: Callable[[float], None] = time.sleep) -> Fetched:
+    """Run `attempt` once, and again up to `cfg.retries` times while its failure is retriable."""
+    n = 0
+    while True:
+        try:
+            return attempt()
+        except ClipError as exc:
+            delay = _backoff_s(n, cfg, exc.retry_after_s)
+            too_long = exc.retriable and delay > cfg.backoff_max_s
+            if n < cfg.retries and exc.retriable and not too_long and not gate.stopped():
+                sleep(delay)
+                n += 1
+                continue
+            note = f" (Retry-After {delay:.0f} s is beyond fetch.backoff_max_s)" if too_long else ""
+            note += f" (after {n + 1} attempts)" if n else ""
+            raise ClipError(exc.kind, f"{exc}{note}", retry_after_s=exc.retry_after_s) from None
+
+
+def fetch_remote(clip_id: str, ytid: str | None, url: str | None, start_s: float, end_s: float, raw_dir: Path,
+                 cfg: FetchConfig = DEFAULT_FETCH, gate: FetchGate | None = None) -> Fetched:
+    """Fetch a YouTube id or http(s) URL's [start, end) into `raw_dir` (once: later runs reuse the file)."""
+    dst = raw_path(raw_dir, clip_id)
+    if dst.is_file():  # fetched by an earlier run or put there by the user
+        return Fetched(dst, 0.0)
+    source_url = clip_url(ytid, url)  # validated before it reaches yt-dlp
+    gate = gate or FetchGate()
+    cache_dir = raw_dir.parent / "cache" / "yt-dlp"
+
+    def attempt() -> Fetched:
+        with gate.slot(host_of(source_url)):
+            source = extract(source_url, cfg, cache_dir)
+            reported = standardise(list(source.inputs), dst, start_s, end_s - start_s, cfg)
+        verify(dst, start_s, end_s, reported or source.duration_s)  # ffmpeg's is exact, YouTube's whole seconds
+        return Fetched(dst, 0.0)
+
+    return with_retries(attempt, cfg, gate)

@@ -18,8 +18,9 @@ from curation.decode import DecodedClip
 
 @dataclass(frozen=True)
 class ScoreResult:
-    scores: np.ndarray  # (T,) float32
+    scores: np.ndarray  # (T,) float32: ranks the moments of one clip
     maps: np.ndarray | None = None  # (T, h, w) float32, where the scorer localises
+    contrastive: np.ndarray | None = None  # (T,) float32: comparable across clips (ranks clips)
 
 
 class Scorer(Protocol):
@@ -100,6 +101,73 @@ class SynchronyScorer:
                            maps=rho.reshape(n, self.grid, self.grid).astype(np.float32))
 
 
+class LearnedScorer:
+    """The EZ-VSL-style localisation model: raw score = the best map position's cosine similarity with the
+    frame's own audio. The contrastive score subtracts how well the frame matches other clips' audio on
+    average (a frame that matches any sound is not evidence) and how well the audio matches other clips'
+    frames (silence or a generic sound that matches any picture is not evidence either)."""
+
+    def __init__(self, cfg: ScoreConfig):
+        import torch
+
+        from curation.ssl_model import AudioFrontEnd, load_ezvsl_checkpoint
+        from curation.ssl_train import file_digest, load_checkpoint
+
+        if not cfg.checkpoint:
+            raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
+        torch.set_num_threads(1)  # one worker process per core
+        if cfg.checkpoint_format == "ezvsl":
+            self.model, self.bank = load_ezvsl_checkpoint(cfg.checkpoint), None
+        else:
+            self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
+        self.front = AudioFrontEnd(self.model.cfg).eval()
+        self.batch_size = cfg.batch_size
+        self.contrast = cfg.contrast
+        self.model_id = f"ssl-{cfg.checkpoint_format}-{file_digest(cfg.checkpoint)[:12]}"
+
+    def _images(self, frames: np.ndarray):
+        import torch
+        import torch.nn.functional as F
+
+        from curation.ssl_train import square_frames
+
+        x = torch.from_numpy(np.ascontiguousarray(square_frames(frames))).permute(0, 3, 1, 2).float() / 255.0
+        size = self.model.cfg.image_size
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+    def _reference(self, image_maps, vectors):
+        """Mean max-over-map similarity of each frame with the audio bank and of each audio with the image bank."""
+        import torch
+
+        frame_side = torch.einsum("bchw,kc->bkhw", image_maps, self.bank["audio"]).flatten(2).amax(dim=2).mean(1)
+        audio_side = torch.einsum("kchw,bc->bkhw", self.bank["image"], vectors).flatten(2).amax(dim=2).mean(1)
+        return {"frame": frame_side, "audio": audio_side, "both": (frame_side + audio_side) / 2}[self.contrast]
+
+    def score(self, clip: DecodedClip) -> ScoreResult:
+        import torch
+
+        from curation.ssl_train import audio_windows
+
+        cfg = self.model.cfg
+        audio = torch.from_numpy(clip.audio)
+        raw, contrast, maps = [], [], []
+        with torch.inference_mode():
+            for lo in range(0, len(clip.times), self.batch_size):
+                sl = slice(lo, lo + self.batch_size)
+                image_maps = self.model.image_maps(self._images(clip.frames[sl]))
+                waves = audio_windows(audio, torch.from_numpy(clip.times[sl]), cfg.window_s, cfg.sample_rate)
+                vectors = self.model.audio_vectors(self.front(waves))
+                loc = self.model.localization(image_maps, vectors)
+                best = loc.flatten(1).amax(dim=1)
+                raw.append(best)
+                maps.append(loc)
+                if self.bank is not None:
+                    contrast.append(best - self._reference(image_maps, vectors))
+        return ScoreResult(scores=torch.cat(raw).numpy().astype(np.float32),
+                           maps=torch.cat(maps).numpy().astype(np.float32),
+                           contrastive=torch.cat(contrast).numpy().astype(np.float32) if contrast else None)
+
+
 @functools.lru_cache(maxsize=4)
 def load_scorer(cfg: ScoreConfig) -> Scorer:
     """The configured scorer, built once per process (workers reuse it across tasks)."""
@@ -107,4 +175,6 @@ def load_scorer(cfg: ScoreConfig) -> Scorer:
         return NoScorer()
     if cfg.scorer == "synchrony":
         return SynchronyScorer(cfg.grid)
+    if cfg.scorer == "ssl":
+        return LearnedScorer(cfg)
     raise ValueError(f"unknown scorer {cfg.scorer!r}")

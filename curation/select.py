@@ -19,8 +19,12 @@ class Moments:
     clip_score: float
 
 
-def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig) -> Moments:
-    """Greedy top-k by score with at least `min_gap_s` between kept moments; ties go to the earlier frame."""
+def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig,
+                   clip_basis: np.ndarray | None = None) -> Moments:
+    """Greedy top-k by score with at least `min_gap_s` between kept moments; ties go to the earlier frame.
+
+    The clip score is the mean of `clip_basis` (a score comparable across clips; default `scores`) over the
+    kept moments."""
     order = np.lexsort((times, -scores.astype(np.float64)))
     ranks = np.empty(len(scores), dtype=np.int32)
     ranks[order] = np.arange(1, len(scores) + 1, dtype=np.int32)
@@ -31,7 +35,8 @@ def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig) -> 
         if all(abs(times[i] - times[j]) >= cfg.min_gap_s - 1e-9 for j in kept):
             kept.append(int(i))
     selected = np.asarray(kept, dtype=np.int64)
-    return Moments(ranks=ranks, selected=selected, clip_score=float(np.mean(scores[selected])))
+    basis = scores if clip_basis is None else clip_basis
+    return Moments(ranks=ranks, selected=selected, clip_score=float(np.mean(basis[selected])))
 
 
 def keep_clips(clip_scores: dict[str, float], cfg: SelectConfig) -> set[str]:

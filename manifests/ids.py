@@ -2,7 +2,8 @@
 
 A YouTube clip is `<ytid>_<start_ms:07d>_<end_ms:07d>` (DESIGN.md). Any other clip is
 `<sanitised stem>-<sha1(source)[:8]>_<start_ms:07d>_<end_ms:07d>`: readable, and unique per source
-even when two sources share a file name. Ids never start with '-', so they can't be taken for an option.
+even when two sources share a file name. These never start with '-'; YouTube clip ids may (so do YouTube
+ids), so ids are used only inside absolute paths and API values, never as a bare command-line argument.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+YT_CLIP_ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}_\d{7,}_\d{7,}$")
 MAX_CLIP_ID_LEN = 128  # `<id>.mp4` plus temp-file affixes must stay well under the 255-byte name limit.
 _STEM_LEN = 40
 _UNSAFE_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")
@@ -23,6 +25,11 @@ _UNSAFE_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")
 def is_valid_ytid(s: object) -> bool:
     """True for an 11-character YouTube id (fullmatch: a trailing newline is not accepted)."""
     return isinstance(s, str) and YTID_RE.fullmatch(s) is not None
+
+
+def is_youtube_clip_id(s: object) -> bool:
+    """True for `<ytid>_<start_ms:07d>_<end_ms:07d>`; unlike other ids these may start with '-' like the ytid."""
+    return isinstance(s, str) and YT_CLIP_ID_RE.fullmatch(s) is not None
 
 
 def is_safe_clip_id(s: object) -> bool:

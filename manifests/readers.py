@@ -26,7 +26,9 @@ from manifests.schema import CLIP_LIST_SCHEMA
 
 ERROR_KINDS = ("invalid_id", "invalid_time", "missing_label", "invalid_row", "duplicate_id")
 RAW_MAX_CHARS = 200
-_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")  # a scheme first: never read as an option
+# http(s) only: the fetchers speak nothing else, and a scheme first means a URL is never read as an option.
+_URL_RE = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$", re.IGNORECASE)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _GENERIC_COLUMNS = ("clip_id", "ytid", "url", "path", "start_s", "end_s", "label", "split")
 _REQUIRED_COLUMNS = ("start_s", "end_s", "label")
 _SOURCE_COLUMNS = ("url", "path", "ytid")
@@ -120,7 +122,9 @@ def _problem(rec: dict, values: dict, explicit_id: str | None) -> tuple[str, str
     if rec["ytid"] is not None and not is_valid_ytid(rec["ytid"]):
         return "invalid_id", f"ytid {rec['ytid']!r} is not an 11-character YouTube id"
     if rec["url"] is not None and not _URL_RE.fullmatch(rec["url"]):
-        return "invalid_id", f"url {rec['url']!r} is not an absolute URL (scheme://...)"
+        return "invalid_id", f"url {rec['url']!r} is not an absolute http(s) URL"
+    if rec["path"] is not None and _CONTROL_RE.search(rec["path"]):
+        return "invalid_id", f"path {rec['path']!r} contains control characters"
     if rec["ytid"] is None and rec["url"] is None and rec["path"] is None:
         return "invalid_id", "row has no ytid, url or path"
     time_problem = _time_problem(rec, values)

@@ -42,6 +42,7 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("t", pa.float64(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
+        pa.field("score_contrastive", pa.float32()),
         pa.field("rank", pa.int32(), nullable=False),
         pa.field("selected", pa.bool_(), nullable=False),
     ]

@@ -9,7 +9,7 @@ from curation.errors import ClipError
 
 def test_frames_at_fixed_rate_resized_and_audio_at_16k(tmp_path):
     clip = decode_clip(make_av(tmp_path / "a.mp4", 5, size="640x360"), 1.0, 4.0, DecodeConfig(fps=10, short_side=112))
-    assert clip.frames.shape == (30, 112, 199, 3) and clip.frames.dtype == np.uint8
+    assert clip.frames.shape == (30, 112, 200, 3) and clip.frames.dtype == np.uint8  # both sides even
     np.testing.assert_allclose(clip.times, np.arange(30) / 10)
     assert clip.sample_rate == 16000 and len(clip.audio) == 3 * 16000
     # a 440 Hz sine: the spectrum peaks there after resampling from 44.1 kHz

@@ -17,7 +17,10 @@ from curation.config import load_config
 from curation.pipeline import run
 
 DEMO = {"demo.clips": 16, "demo.duration_s": 4.0, "dask.workers": 2, "dask.clips_per_task": 2,
-        "write.samples_per_shard": 5}
+        "write.samples_per_shard": 5,
+        # a tiny localisation model, trained by the run itself (the default path of `make shards`)
+        "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
+        "ssl.batch_size": 8, "ssl.steps": 20, "ssl.bank_size": 4, "ssl.threads": 1}
 
 
 def _demo_config(out: Path, **extra):
@@ -53,7 +56,7 @@ def test_demo_run_writes_manifests_and_readable_shards(clean_run):
     sample = samples[0]
     meta = sample["json"]
     assert sample["jpg"].size == (288, 224) and "top3.jpg" in sample
-    assert meta["clip_id"] == sample["__key__"] and meta["rank"] == 1 and meta["ssl_model"].startswith("synchrony")
+    assert meta["clip_id"] == sample["__key__"] and meta["rank"] == 1 and meta["ssl_model"].startswith("ssl-native-")
     row = clips.set_index("clip_id").loc[sample["__key__"]]
     assert sample["cls"] == row["label_index"] and meta["label"] == row["label"]
     assert json.loads((out / "manifests" / "run.json").read_text())["counts"] == summary.counts
@@ -68,7 +71,7 @@ def test_same_inputs_and_config_give_byte_identical_shards(clean_run, tmp_path):
 def test_a_killed_run_resumes_to_the_same_shards(clean_run, tmp_path):
     out, _ = clean_run
     args = [sys.executable, "-m", "curation", "run", "--out", str(tmp_path), "--quiet"]
-    args += [f"--set={k}={v}" for k, v in DEMO.items()] + ["--set=dask.clips_per_task=1"]
+    args += [f"--set={k}={v}".replace(" ", "") for k, v in DEMO.items()] + ["--set=dask.clips_per_task=1"]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache = tmp_path / "cache"
     deadline = time.monotonic() + 120
@@ -96,7 +99,7 @@ def test_bad_inputs_are_recorded_per_clip_and_good_clips_still_written(tmp_path,
     clip_list = tmp_path / "clips.csv"
     pd.DataFrame(rows).to_csv(clip_list, index=False)
     cfg = load_config(None, {"dataset": "csv", "meta": str(clip_list), "out": str(tmp_path / "out"),
-                             "dask.workers": 2, "select.keep_quantile": None})
+                             "dask.workers": 2, "select.keep_quantile": None, "score.scorer": "synchrony"})
     summary = run(cfg, progress=False)
     clips = pd.read_parquet(tmp_path / "out" / "manifests" / "clips.parquet").set_index("label")
     for kind in bad_media:

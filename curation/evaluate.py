@@ -1,0 +1,65 @@
+"""Truth-based measurement of a curation run on the demo world: how well scores find good pairs.
+
+A frame is a good pair when its object is visible, sounding and matched (`raw/truth.parquet`); a clip is a
+good clip when it has at least one good-pair frame. `python -m curation evaluate --out OUT`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from manifests.io import write_json
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the precision-recall curve, ranking by `scores` (ties in input order)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = np.asarray(positive, dtype=bool)[order]
+    if not hits.any():
+        return float("nan")
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def frames_with_truth(out: str | Path) -> pd.DataFrame:
+    """frames.parquet joined with the demo truth on (clip_id, t), with a `good` column."""
+    out = Path(out)
+    frames = pd.read_parquet(out / "manifests" / "frames.parquet")
+    truth = pd.read_parquet(out / "raw" / "truth.parquet")
+    frames["t_ms"] = np.round(frames["t"] * 1000).astype(np.int64)
+    truth["t_ms"] = np.round(truth["t"] * 1000).astype(np.int64)
+    joined = frames.merge(truth.drop(columns="t"), on=["clip_id", "t_ms"], how="inner", validate="one_to_one")
+    joined["good"] = joined["visible"] & joined["sounding"] & joined["matched"]
+    return joined
+
+
+def truth_metrics(out: str | Path) -> dict:
+    """AP of each score for good pairs, and precision/recall of what the run kept."""
+    out = Path(out)
+    joined = frames_with_truth(out)
+    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
+    good = joined["good"].to_numpy()
+    metrics = {"frames": len(joined), "good_pair_rate": round(float(good.mean()), 4),
+               "ap_score": round(average_precision(joined["score"].to_numpy(), good), 4)}
+    if joined["score_contrastive"].notna().all():
+        metrics["ap_score_contrastive"] = round(average_precision(joined["score_contrastive"].to_numpy(), good), 4)
+    kept = joined[joined["selected"]]
+    good_clips = set(joined.loc[joined["good"], "clip_id"])
+    ok_clips = set(clips.loc[clips["status"] == "ok", "clip_id"])
+    metrics.update(
+        kept_frames=len(kept),
+        kept_frame_precision=round(float(kept["good"].mean()), 4) if len(kept) else None,
+        good_clips=len(good_clips), kept_clips=len(ok_clips),
+        good_clip_recall=round(len(good_clips & ok_clips) / len(good_clips), 4) if good_clips else None,
+        kept_clip_precision=round(len(good_clips & ok_clips) / len(ok_clips), 4) if ok_clips else None,
+    )
+    return metrics
+
+
+def write_truth_metrics(out: str | Path) -> Path:
+    path = Path(out) / "manifests" / "truth_metrics.json"
+    write_json(path, truth_metrics(out))
+    return path

@@ -1,0 +1,174 @@
+"""Assembly of a run's outputs from its per-clip results: selection across clips, shards, manifests, run.json.
+
+Runs on the client after the per-clip work (or a re-selection) and reads only the cache files, so the same
+cache and config always give the same shards and manifests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from curation import provenance
+from curation.clip_task import CachedClip, ClipOutcome, cache_path, read_cached
+from curation.config import RunConfig
+from curation.select import keep_clips
+from curation.write import build_sample, remove_stale_shards, write_shard_set, write_wids_index
+from manifests.io import write_json, write_parquet
+from manifests.readers import ClipList
+from manifests.schema import CLIPS_SCHEMA, FRAMES_SCHEMA, SHARDS_SCHEMA
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    out: Path
+    raw: Path
+    cache: Path
+    manifests: Path
+    shards: Path
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig, model_digest: str | None = None) -> RunPaths:
+        out = Path(cfg.out).resolve()
+        return cls(out=out, raw=out / "raw", cache=out / "cache" / cfg.clip_stage_fingerprint(model_digest),
+                   manifests=out / "manifests", shards=out / "shards")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    counts: dict[str, int]  # per status
+    error_kinds: dict[str, int]
+    n_clips: int
+    n_shards: int
+    n_samples: int
+    seconds: float
+    clips_per_s: float
+    duplicates_dropped: int
+    paths: RunPaths
+    notes: tuple[str, ...] = ()  # what the run wants the user to know (a global fetch stop, retried clips)
+
+
+def _samples(clip_rows: list[dict], cfg: RunConfig, paths: RunPaths, label_index: dict[str, int]) -> Iterator[dict]:
+    for row in clip_rows:
+        cached = read_cached(cache_path(paths.cache, row["clip_id"]))
+        best = int(cached.selected[0])
+        meta = {key: row[key] for key in ("clip_id", "dataset", "ytid", "start_s", "end_s", "label", "split")}
+        meta.update(frame_t=float(cached.times[best]), score=float(cached.scores[best]), rank=1,
+                    ssl_model=cached.model_id,
+                    moments=[{"t": float(cached.times[i]), "score": float(cached.scores[i])}
+                             for i in cached.selected])
+        yield build_sample(row["clip_id"], cached.jpgs, cached.flac, label_index[row["label"]], meta)
+
+
+def _write_shards(kept_rows: list[dict], cfg: RunConfig, paths: RunPaths, label_index: dict[str, int]):
+    by_split: dict[str | None, list[dict]] = {}
+    for row in sorted(kept_rows, key=lambda r: r["clip_id"]):
+        by_split.setdefault(row["split"], []).append(row)
+    infos, written = [], set()
+    for split in sorted(by_split, key=lambda s: s or ""):
+        name = cfg.write.name or cfg.dataset
+        name = f"{name}-{split}" if split else name
+        split_infos = write_shard_set(_samples(by_split[split], cfg, paths, label_index), paths.shards, name,
+                                      split, cfg.write.samples_per_shard)
+        index = write_wids_index(paths.shards, name, split_infos)
+        written.update([i.shard for i in split_infos] + [index.name])
+        infos.extend(split_infos)
+    paths.shards.mkdir(parents=True, exist_ok=True)
+    remove_stale_shards(paths.shards, written)
+    return infos
+
+
+def _frame_rows(cached: dict[str, CachedClip], kept: set[str]) -> pa.Table:
+    columns: dict[str, list] = {name: [] for name in FRAMES_SCHEMA.names}
+    for clip_id in sorted(cached):
+        clip = cached[clip_id]
+        chosen = set(clip.selected.tolist()) if clip_id in kept else set()
+        columns["clip_id"].extend([clip_id] * len(clip.times))
+        columns["t"].extend(clip.times.tolist())
+        columns["score"].extend(clip.scores.tolist())
+        contrastive = clip.contrastive if clip.contrastive is not None else [None] * len(clip.times)
+        columns["score_contrastive"].extend(list(contrastive))
+        columns["rank"].extend(clip.ranks.tolist())
+        columns["selected"].extend(i in chosen for i in range(len(clip.times)))
+    return pa.table(columns, schema=FRAMES_SCHEMA)
+
+
+def _clip_rows(clip_list: ClipList, outcomes: dict[str, ClipOutcome], kept: set[str],
+               shard_of: dict[str, str], label_index: dict[str, int]) -> list[dict]:
+    rows = []
+    for row in clip_list.table.to_pylist():
+        o = outcomes.get(row["clip_id"])
+        status = "pending" if o is None else "failed" if not o.scored else "ok" if row["clip_id"] in kept \
+            else "rejected"
+        rows.append(dict(row, status=status, error_kind=o.error_kind if o else None,
+                         error=o.error if o else None, clip_score=o.clip_score if o else None,
+                         shard=shard_of.get(row["clip_id"]), n_frames=o.n_frames if o else 0,
+                         label_index=label_index.get(row["label"])))
+    failed = zip(clip_list.failed_table().to_pylist(), clip_list.error_kinds, clip_list.reasons, strict=True)
+    for row, kind, reason in failed:
+        rows.append(dict(row, status="failed", error_kind=kind, error=reason, clip_score=None, shard=None,
+                         n_frames=0, label_index=None))
+    return rows
+
+
+def pending_clips_table(clip_list: ClipList, label_index: dict[str, int]) -> pa.Table:
+    """clips.parquet before any work: every row `pending` (bad rows already `failed`)."""
+    return pa.Table.from_pylist(_clip_rows(clip_list, {}, set(), {}, label_index), schema=CLIPS_SCHEMA)
+
+
+def label_index_of(clip_list: ClipList) -> dict[str, int]:
+    """`cls` values: the sorted label names of the valid rows."""
+    return {label: i for i, label in enumerate(sorted(set(clip_list.table.column("label").to_pylist())))}
+
+
+def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[str, ClipOutcome],
+           timings: dict[str, float], **record) -> RunSummary:
+    """Select clips, write shards and manifests, and run.json; returns the run's summary."""
+    started = time.perf_counter()
+    label_index = label_index_of(clip_list)
+    cached = {cid: read_cached(cache_path(paths.cache, cid)) for cid, o in outcomes.items() if o.scored}
+    kept = keep_clips({cid: c.outcome.clip_score for cid, c in cached.items()}, cfg.select)
+    kept_rows = [r for r in clip_list.table.to_pylist() if r["clip_id"] in kept]
+    infos = _write_shards(kept_rows, cfg, paths, label_index)
+    shard_of = {cid: info.shard for info in infos for cid in info.clip_ids}
+    rows = _clip_rows(clip_list, outcomes, kept, shard_of, label_index)
+    write_parquet(paths.manifests / "frames.parquet", _frame_rows(cached, kept))
+    write_parquet(paths.manifests / "shards.parquet",
+                  pa.Table.from_pylist([{k: getattr(i, k) for k in SHARDS_SCHEMA.names} for i in infos],
+                                       schema=SHARDS_SCHEMA))
+    write_parquet(paths.manifests / "clips.parquet", pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA))
+    write_json(paths.shards / "labels.json", list(label_index))
+    timings = {**timings, "select_write_s": time.perf_counter() - started}
+
+    counts = Counter(r["status"] for r in rows)
+    kinds = Counter(r["error_kind"] for r in rows if r["error_kind"])
+    summary = RunSummary(counts=dict(counts), error_kinds=dict(kinds), n_clips=len(rows), n_shards=len(infos),
+                         n_samples=sum(i.n_samples for i in infos), seconds=sum(timings.values()),
+                         clips_per_s=len(outcomes) / max(timings.get("process_s", 0.0), 1e-9),
+                         duplicates_dropped=clip_list.duplicates_dropped, paths=paths)
+    write_json(paths.manifests / "run.json", provenance.run_record(
+        cfg, summary, timings=timings, labels=list(label_index), cache_dir=paths.cache.name,
+        bad_rows=[{"row": b.row, "error_kind": b.error_kind, "reason": b.reason} for b in clip_list.bad_rows],
+        **record))
+    return summary
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The end-of-run report: counts per status and per error kind, and where the outputs are."""
+    c = summary.counts
+    lines = [f"curated {summary.n_clips} clips in {summary.seconds:.1f} s ({summary.clips_per_s:.2f} clips/s "
+             f"once the cluster was up): ok {c.get('ok', 0)}, rejected {c.get('rejected', 0)}, "
+             f"failed {c.get('failed', 0)}, pending {c.get('pending', 0)}"]
+    if summary.duplicates_dropped:
+        lines.append(f"  duplicate rows dropped: {summary.duplicates_dropped}")
+    for kind, n in sorted(summary.error_kinds.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  failed {kind}: {n}")
+    lines += [f"  note: {note}" for note in summary.notes]
+    lines.append(f"shards:    {summary.paths.shards} ({summary.n_shards} shards, {summary.n_samples} samples)")
+    lines.append(f"manifests: {summary.paths.manifests}/{{clips,frames,shards}}.parquet, run.json")
+    return "\n".join(lines)

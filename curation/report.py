@@ -1,0 +1,131 @@
+"""One self-contained HTML page about a curation run: what was kept, why, and where the sound is.
+
+Score histograms (kept vs dropped), the best and worst moments with their heat maps, keep rates per label,
+failures per error kind, and truth-based metrics when the run is on the demo world. Plots are PNGs inside
+the page, so it can be mailed or archived as one file. `make report OUT=...`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from curation.clip_task import cache_path, read_cached  # noqa: E402
+from curation.evaluate import truth_metrics  # noqa: E402
+from manifests.io import atomic_write_bytes  # noqa: E402
+
+_N_MOMENTS = 8
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _histograms(clips: pd.DataFrame, frames: pd.DataFrame) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+    scored = clips[clips["status"].isin(["ok", "rejected"])]
+    for status, colour in (("ok", "tab:green"), ("rejected", "tab:red")):
+        axes[0].hist(scored.loc[scored["status"] == status, "clip_score"], bins=30, alpha=0.6, color=colour,
+                     label=f"{'kept' if status == 'ok' else 'dropped'} ({(scored['status'] == status).sum()})")
+    axes[0].set(title="clip score", xlabel="score", ylabel="clips")
+    axes[0].legend()
+    for chosen, colour, name in ((True, "tab:green", "kept moments"), (False, "tab:grey", "other frames")):
+        axes[1].hist(frames.loc[frames["selected"] == chosen, "score"], bins=40, alpha=0.6, color=colour,
+                     label=name, density=True)
+    axes[1].set(title="frame score (ranks moments within a clip)", xlabel="score", ylabel="density")
+    axes[1].legend()
+    return _png(fig)
+
+
+def _overlay(ax, jpg: bytes, heat: np.ndarray | None, square: bool, title: str) -> None:
+    image = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))
+    ax.imshow(image)
+    if heat is not None:
+        h, w = image.shape[:2]
+        side = min(h, w)
+        left, top = ((w - side) / 2, (h - side) / 2) if square else (0, 0)
+        extent = (left, left + (side if square else w), top + (side if square else h), top)
+        ax.imshow(heat.astype(np.float32), cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear")
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def _moments(clips: pd.DataFrame, cache_dir: Path, best: bool) -> str:
+    scored = clips[clips["status"].isin(["ok", "rejected"])].sort_values("clip_score", ascending=not best)
+    chosen = scored.head(_N_MOMENTS)
+    if chosen.empty:
+        return "<p>no scored clips</p>"
+    fig, axes = plt.subplots(1, len(chosen), figsize=(2.2 * len(chosen), 2.4), squeeze=False)
+    for ax, row in zip(axes[0], chosen.itertuples(), strict=True):
+        cached = read_cached(cache_path(cache_dir, row.clip_id))
+        first = int(cached.selected[0])
+        heat = cached.maps[first] if cached.maps is not None else None
+        _overlay(ax, cached.jpgs[0], heat, cached.model_id.startswith("ssl"),
+                 f"{row.clip_id}\n{row.label}\nscore {row.clip_score:.3f} t={cached.times[first]:.1f}s")
+    return _png(fig)
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t")
+
+
+def _keep_rates(clips: pd.DataFrame) -> pd.DataFrame:
+    rates = clips.groupby("label").agg(clips=("clip_id", "size"), kept=("status", lambda s: int((s == "ok").sum())),
+                                       failed=("status", lambda s: int((s == "failed").sum())))
+    rates["keep_rate"] = rates["kept"] / rates["clips"]
+    return rates.reset_index().sort_values("keep_rate")
+
+
+def build_report(out: str | Path) -> str:
+    """The report's HTML for the run in `out`."""
+    out = Path(out)
+    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
+    frames = pd.read_parquet(out / "manifests" / "frames.parquet")
+    record = json.loads((out / "manifests" / "run.json").read_text())
+    cache_dir = out / "cache" / record["cache_dir"]
+    errors = clips[clips["status"] == "failed"].groupby("error_kind").size().rename("clips").reset_index()
+    status = clips.groupby("status").size().rename("clips").reset_index()
+    sections = [
+        f"<h1>Curation report: {html.escape(str(out))}</h1>",
+        f"<p>dataset <b>{html.escape(record['config']['dataset'])}</b>, scorer "
+        f"<b>{html.escape(record['config']['score']['scorer'])}</b>, {record['n_clips']} clips, "
+        f"{record['n_shards']} shards / {record['n_samples']} samples, "
+        f"git {html.escape(str(record['git_revision']))}</p>",
+        "<h2>Status</h2>", _table(status),
+        "<h2>Failures by error kind</h2>", _table(errors) if len(errors) else "<p>none</p>",
+        "<h2>Scores</h2>", _histograms(clips, frames),
+    ]
+    if (out / "raw" / "truth.parquet").exists():
+        metrics = truth_metrics(out)
+        sections += ["<h2>Against the demo world's truth</h2>",
+                     _table(pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()]))]
+    sections += ["<h2>Best moments (highest clip scores)</h2>", _moments(clips, cache_dir, best=True),
+                 "<h2>Worst moments (lowest clip scores)</h2>", _moments(clips, cache_dir, best=False),
+                 "<h2>Keep rate per label</h2>", _table(_keep_rates(clips))]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table.t{border-collapse:collapse}"
+             "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>curation report</title><style>{style}</style>"
+            f"</head><body>{''.join(sections)}</body></html>")
+
+
+def write_report(out: str | Path, html_path: str | Path | None = None) -> Path:
+    """Write the report (default `OUT/report.html`) atomically; returns its path."""
+    path = Path(html_path) if html_path else Path(out) / "report.html"
+    atomic_write_bytes(path, build_report(out).encode())
+    return path

@@ -1,0 +1,184 @@
+"""Sound source localisation model in the EZ-VSL family (Mo & Morgado, ECCV 2022), sized by config.
+
+Image trunk: ResNet-18 layout -> spatial map -> 1x1 projection. Audio trunk: ResNet-18 layout with a
+1-channel first conv over a log spectrogram -> global max-pool -> linear projection. The localisation map
+is the cosine similarity between the audio vector and every map position. At full width the parameter names
+are torchvision's, so published EZ-VSL checkpoints load (`load_ezvsl_checkpoint`). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SSLModelConfig:
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)  # torchvision ResNet-18; the CPU variant is narrower
+    image_maxpool: bool = True  # the stem max-pool: 224 px -> 7x7 map with it, 112 px -> 7x7 without
+    image_size: int = 224
+    dim: int = 512  # shared embedding size
+    # audio front end: log magnitude spectrogram (n_mels = 0) or log-mel (n_mels > 0) of 16 kHz audio
+    sample_rate: int = 16000
+    window_s: float = 3.0
+    n_fft: int = 512
+    hop: int = 274  # EZ-VSL's hop: 3 s -> 176 frames
+    n_mels: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SSLModelConfig:
+        data = dict(data)
+        data["widths"] = tuple(data["widths"])
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock (same attribute names, so state dicts are interchangeable)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18Trunk(nn.Module):
+    """ResNet-18 layout without pooling head: returns the last feature map."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], maxpool: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if maxpool else nn.Identity()
+        chans = [widths[0], *widths]
+        for i in range(4):
+            stride = 1 if i == 0 else 2
+            layer = nn.Sequential(BasicBlock(chans[i], chans[i + 1], stride), BasicBlock(chans[i + 1], chans[i + 1], 1))
+            setattr(self, f"layer{i + 1}", layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class AVLocalizer(nn.Module):
+    """EZ-VSL-style model: `imgnet`, `img_proj`, `audnet`, `aud_proj` (the published key prefixes)."""
+
+    def __init__(self, cfg: SSLModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.imgnet = ResNet18Trunk(3, cfg.widths, cfg.image_maxpool)
+        self.img_proj = nn.Conv2d(cfg.widths[-1], cfg.dim, 1)
+        self.audnet = ResNet18Trunk(1, cfg.widths, True)
+        self.aud_proj = nn.Linear(cfg.widths[-1], cfg.dim)
+        self.register_buffer("image_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("image_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def image_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0,1] float images (B, 3, H, W) -> L2-normalised maps (B, dim, h, w)."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        x = (x - self.image_mean) / self.image_std
+        return F.normalize(self.img_proj(self.imgnet(x)), dim=1)
+
+    def audio_vectors(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        """(B, 1, F, T) log spectrograms -> L2-normalised vectors (B, dim)."""
+        pooled = torch.amax(self.audnet(spectrograms), dim=(2, 3))
+        return F.normalize(self.aud_proj(pooled), dim=1)
+
+    @staticmethod
+    def localization(maps: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each audio vector with each map position: (B, h, w) for paired inputs."""
+        return torch.einsum("bchw,bc->bhw", maps, vectors)
+
+    @staticmethod
+    def all_pairs_max(maps: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """(B_img, B_aud) max-over-map similarity of every image with every audio (the MIL logits)."""
+        return torch.einsum("bchw,ac->bahw", maps, vectors).flatten(2).amax(dim=2)
+
+
+class AudioFrontEnd(nn.Module):
+    """16 kHz waveform windows (B, S) -> log spectrograms (B, 1, F, T), as EZ-VSL: log(|STFT| + 1e-7)."""
+
+    def __init__(self, cfg: SSLModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("window", torch.hann_window(cfg.n_fft))
+        if cfg.n_mels:
+            import torchaudio
+
+            fbank = torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, 0.0, cfg.sample_rate / 2, cfg.n_mels,
+                                                          cfg.sample_rate)
+            self.register_buffer("mel", fbank)
+        else:
+            self.mel = None
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(waves, self.cfg.n_fft, self.cfg.hop, window=self.window, return_complex=True).abs()
+        if self.mel is not None:
+            spec = torch.einsum("bft,fm->bmt", spec, self.mel)
+        return torch.log(spec + 1e-7).unsqueeze(1)
+
+
+class CheckpointKeyError(KeyError):
+    """A checkpoint whose keys do not match the model: lists every missing and unexpected key."""
+
+    def __init__(self, path: str, missing: list[str], unexpected: list[str], mismatched: list[str]):
+        parts = [f"checkpoint {path} does not fit the model"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {', '.join(mismatched)}")
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        super().__init__("\n  ".join(parts))
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `model`, refusing any missing, unexpected or mis-shaped key (never half-random)."""
+    own = model.state_dict()
+    ignored = {k for k in own if k in ("image_mean", "image_std") or k.endswith("num_batches_tracked")}
+    missing = sorted(k for k in own if k not in state and k not in ignored)
+    unexpected = sorted(k for k in state if k not in own and not k.endswith("num_batches_tracked"))
+    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                        for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointKeyError(source, missing, unexpected, mismatched)
+    model.load_state_dict(state, strict=False)
+
+
+def load_ezvsl_checkpoint(path: str, cfg: SSLModelConfig | None = None) -> AVLocalizer:
+    """A published EZ-VSL checkpoint (`{'model': state_dict}` with `module.` prefixes) as an AVLocalizer.
+
+    Default config = the published model: full-width ResNet-18s, 224 px images, 512-d, log STFT (n_fft 512,
+    hop 274) of 3-s 16 kHz windows.
+    """
+    cfg = cfg or SSLModelConfig()
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or "model" not in blob:
+        raise CheckpointKeyError(path, ["model (the EZ-VSL checkpoint's top-level key)"], [], [])
+    state = {k.removeprefix("module."): v for k, v in blob["model"].items()}
+    model = AVLocalizer(cfg)
+    load_state_strict(model, state, path)
+    return model.eval()

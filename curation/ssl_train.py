@@ -1,0 +1,285 @@
+"""Self-supervised training of the localisation model on a run's clips (`python -m curation ssl-train`).
+
+No labels: a frame at time t and the audio window centred on t are a positive pair; every other audio in the
+batch is a negative, scored by the best-matching map position (multiple-instance InfoNCE, as EZ-VSL).
+Two moments of each clip share a batch, so the model cannot win by recognising the clip alone (its
+background): it must tell which moment's sound goes with which frame. Crops, flips and colour jitter break
+background identity further; a random gain keeps loudness from identifying a clip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from curation.clip_task import ClipJob, fetch_job
+from curation.config import ConfigError, RunConfig, SSLConfig
+from curation.decode import decode_clip
+from curation.errors import ClipError
+from curation.fetch import raw_path
+from curation.ssl_model import AudioFrontEnd, AVLocalizer, SSLModelConfig, load_state_strict
+from manifests.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "s2s-ssl-v1"
+_CROP_MARGIN = 1.15  # frames are kept this much larger than the model input, for random crops
+
+
+@dataclass
+class TrainingClips:
+    """Decoded training material held in memory: square frames and each clip's waveform."""
+
+    frames: torch.Tensor  # (N, 3, S, S) uint8
+    frame_clip: torch.Tensor  # (N,) clip index of each frame
+    frame_t: torch.Tensor  # (N,) seconds from the clip's start
+    audio: list[torch.Tensor]  # per clip (samples,) float32
+    clip_ids: list[str]
+
+
+def model_config(ssl: SSLConfig, sample_rate: int) -> SSLModelConfig:
+    return SSLModelConfig(widths=ssl.widths, image_maxpool=ssl.image_maxpool, image_size=ssl.image_size,
+                          dim=ssl.dim, sample_rate=sample_rate, window_s=ssl.window_s, n_fft=ssl.n_fft, hop=ssl.hop,
+                          n_mels=ssl.n_mels)
+
+
+def square_frames(frames: np.ndarray) -> np.ndarray:
+    """Centre square crop of (T, H, W, 3) frames."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return frames[:, top:top + side, left:left + side]
+
+
+def _decode_for_training(job: ClipJob, cfg: RunConfig, raw_dir: Path, side: int):
+    fetched = fetch_job(job, raw_dir, cfg.fetch)
+    decode_cfg = replace(cfg.decode, fps=cfg.ssl.train_fps, short_side=side)
+    clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, decode_cfg,
+                       fetched.info)
+    return square_frames(clip.frames), clip.times, clip.audio
+
+
+def load_training_clips(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path, progress: bool) -> TrainingClips:
+    """Decode every usable clip at `ssl.train_fps`; clips that fail to decode are skipped (and counted).
+
+    Only local files and clips already fetched into `raw_dir` are used: training never downloads (fetch a
+    remote list first, e.g. with `--scorer none`, then train)."""
+    side = 2 * round(cfg.ssl.image_size * _CROP_MARGIN / 2)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    frames, clip_index, times, audio, ids, failures = [], [], [], [], [], Counter()
+    local = [j for j in jobs if j.path is not None or raw_path(raw_dir, j.clip_id).is_file()]
+    if len(local) < len(jobs):
+        failures["not_fetched_yet"] = len(jobs) - len(local)
+    jobs = local
+
+    def work(job: ClipJob):
+        try:
+            return job.clip_id, _decode_for_training(job, cfg, raw_dir, side)
+        except ClipError as exc:
+            return job.clip_id, exc.kind
+
+    with ThreadPoolExecutor(max(1, cfg.ssl.threads)) as pool:
+        for clip_id, decoded in tqdm(pool.map(work, jobs), total=len(jobs), desc="ssl-train: decode",
+                                     unit="clip", disable=not progress):
+            if isinstance(decoded, str):
+                failures[decoded] += 1
+                continue
+            f, t, a = decoded
+            frames.append(torch.from_numpy(np.ascontiguousarray(f)).permute(0, 3, 1, 2))
+            clip_index.append(torch.full((len(t),), len(ids)))
+            times.append(torch.from_numpy(t))
+            audio.append(torch.from_numpy(a.copy()))
+            ids.append(clip_id)
+    if len(ids) < 4:
+        raise ConfigError([f"score.scorer: training the ssl model needs at least 4 decodable clips, found {len(ids)} "
+                           f"(skipped: {dict(failures)}); give score.checkpoint, or fetch the clips first "
+                           "(run with --scorer none), then ssl-train"])
+    log.info("ssl-train: %d clips, %d frames (failed: %s)", len(ids), sum(map(len, times)), dict(failures))
+    return TrainingClips(torch.cat(frames), torch.cat(clip_index), torch.cat(times), audio, ids)
+
+
+def audio_windows(audio: torch.Tensor, centres_s: torch.Tensor, window_s: float, rate: int) -> torch.Tensor:
+    """Windows of `window_s` centred on each time, shifted inward at the clip's edges (as decode does)."""
+    width = int(round(window_s * rate))
+    if len(audio) < width:
+        audio = F.pad(audio, (0, width - len(audio)))
+    starts = torch.clamp(torch.round(centres_s * rate).long() - width // 2, 0, len(audio) - width)
+    return audio.unfold(0, width, 1)[starts] if len(starts) else audio.new_zeros((0, width))
+
+
+def _augment_images(frames: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Random resized crop (60-100 % of the side), horizontal flip and brightness/contrast/saturation jitter.
+
+    Hue is left alone: colour is part of what an object looks like.
+    """
+    b = frames.shape[0]
+    x = frames.float() / 255.0
+    scale = 0.6 + 0.4 * torch.rand(b, generator=gen)
+    shift = (1 - scale)[:, None] * (2 * torch.rand(b, 2, generator=gen) - 1)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale * flip, scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    grey = x.mean(dim=1, keepdim=True)
+    jitter = 0.7 + 0.6 * torch.rand(b, 3, 1, 1, 1, generator=gen)
+    x = x * jitter[:, 0]
+    x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) * jitter[:, 1] + x.mean(dim=(1, 2, 3), keepdim=True)
+    x = grey + (x - grey) * jitter[:, 2]
+    return x.clamp(0, 1)
+
+
+def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen: torch.Generator):
+    """B/2 clips, two frames each: the same clip appears twice, so clip identity alone cannot match."""
+    n_clips = len(data.audio)
+    clips = torch.randperm(n_clips, generator=gen)[: cfg.batch_size // 2]
+    frame_ids = []
+    for c in clips.tolist():
+        candidates = torch.nonzero(data.frame_clip == c).flatten()
+        frame_ids.append(candidates[torch.randperm(len(candidates), generator=gen)[:2]])
+    frame_ids = torch.cat(frame_ids)
+    images = _augment_images(data.frames[frame_ids], cfg.image_size, gen)
+    jitter = (torch.rand(len(frame_ids), generator=gen) - 0.5) * 0.2  # +-0.1 s around the frame
+    gain = 10 ** ((torch.rand(len(frame_ids), 1, generator=gen) - 0.5) * 12 / 20)  # +-6 dB
+    waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1] + jitter[j:j + 1],
+                                     window_s, rate) for j, i in enumerate(frame_ids.tolist())])
+    return images, waves * gain
+
+
+def mil_infonce(maps: torch.Tensor, vectors: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
+    """Symmetric InfoNCE over the batch with max-over-map logits; also the in-batch retrieval accuracy."""
+    logits = AVLocalizer.all_pairs_max(maps, vectors) / temperature
+    target = torch.arange(len(logits))
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return loss, float((logits.argmax(dim=1) == target).float().mean())
+
+
+def save_checkpoint(path: Path, model: AVLocalizer, optimizer, step: int, bank: dict[str, torch.Tensor] | None,
+                    train_cfg: SSLConfig) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "model_config": model.cfg.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer is not None else None, "step": step,
+                "bank": bank, "train_config": json.dumps(train_cfg.__dict__, default=list)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tensor] | None, dict]:
+    """A checkpoint written by `ssl-train`: the model (eval mode), its reference banks, and the raw blob."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an ssl-train checkpoint (format {CHECKPOINT_FORMAT}); "
+                         "for a published EZ-VSL checkpoint set score.checkpoint_format = 'ezvsl'")
+    model = AVLocalizer(SSLModelConfig.from_dict(blob["model_config"]))
+    load_state_strict(model, blob["model"], str(path))
+    return model.eval(), blob["bank"], blob
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def _reference_banks(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, size: int, window_s: float,
+                     gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Audio vectors and image maps of `size` moments, each from a different clip where possible: what the
+    contrastive score compares a frame's (and an audio window's) own match against."""
+    clips = torch.randperm(len(data.audio), generator=gen)[:size]
+    waves, frames = [], []
+    for c in clips.tolist():
+        candidates = torch.nonzero(data.frame_clip == c).flatten()
+        frame = int(candidates[torch.randint(len(candidates), (1,), generator=gen)])
+        frames.append(frame)
+        waves.append(audio_windows(data.audio[c], data.frame_t[frame:frame + 1], window_s, model.cfg.sample_rate))
+    model.eval()
+    side = model.cfg.image_size
+    images = F.interpolate(data.frames[frames].float() / 255.0, size=(side, side), mode="bilinear",
+                           antialias=True, align_corners=False)
+    return {"audio": model.audio_vectors(front(torch.cat(waves))), "image": model.image_maps(images)}
+
+
+def _truncate_log(loss_log: Path, step: int) -> None:
+    """Drop log lines past the checkpoint's step (a killed run logged steps it never saved)."""
+    if loss_log.exists():
+        lines = [line for line in loss_log.read_text().splitlines() if json.loads(line)["step"] <= step]
+        atomic_write_bytes(loss_log, "".join(line + "\n" for line in lines).encode())
+
+
+def train(data: TrainingClips, cfg: RunConfig, checkpoint: Path, progress: bool = True) -> Path:
+    """Train (or resume) the localisation model; writes `checkpoint`, `loss.jsonl` beside it."""
+    torch.set_num_threads(cfg.ssl.threads)
+    mcfg = model_config(cfg.ssl, cfg.decode.sample_rate)
+    torch.manual_seed(cfg.ssl.seed)
+    model = AVLocalizer(mcfg)
+    front = AudioFrontEnd(mcfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.ssl.lr, weight_decay=cfg.ssl.weight_decay)
+    step = 0
+    if checkpoint.exists():
+        _, _, blob = load_checkpoint(checkpoint)
+        load_state_strict(model, blob["model"], str(checkpoint))
+        if blob["optimizer"] is not None:
+            optimizer.load_state_dict(blob["optimizer"])
+        step = int(blob["step"])
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    loss_log = checkpoint.with_name("loss.jsonl")
+    _truncate_log(loss_log, step)
+    bar = tqdm(total=cfg.ssl.steps, initial=step, desc="ssl-train", unit="step", disable=not progress)
+    started = time.perf_counter()
+    while step < cfg.ssl.steps:
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step)  # a resumed run sees the same batches
+        images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen)
+        lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, acc = mil_infonce(model.image_maps(images), model.audio_vectors(front(waves)), cfg.ssl.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}", refresh=False)
+        with open(loss_log, "a") as f:
+            f.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "acc": round(acc, 4), "lr": lr,
+                                "seconds": round(time.perf_counter() - started, 2)}) + "\n")
+        done = step == cfg.ssl.steps
+        if done or step % cfg.ssl.checkpoint_every == 0:
+            bank = _reference_banks(model, front, data, cfg.ssl.bank_size, mcfg.window_s,
+                                    torch.Generator().manual_seed(cfg.ssl.seed)) if done else None
+            save_checkpoint(checkpoint, model, optimizer, step, bank, cfg.ssl)
+    bar.close()
+    return checkpoint
+
+
+def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: Path, progress: bool = True) -> tuple[RunConfig, str | None]:
+    """The run's config with `score.checkpoint` set (training one on `jobs` when none is given), and the
+    checkpoint's sha256 (part of the per-clip cache key). Non-learned scorers pass through."""
+    if cfg.score.scorer != "ssl":
+        return cfg, None
+    if cfg.score.checkpoint:
+        if not Path(cfg.score.checkpoint).is_file():
+            raise FileNotFoundError(f"score.checkpoint: no such file {cfg.score.checkpoint}")
+        return cfg, file_digest(cfg.score.checkpoint)
+    settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)
+    checkpoint = out / "ssl" / hashlib.sha256(settings.encode()).hexdigest()[:12] / "model.pt"
+    finished = checkpoint.exists() and load_checkpoint(checkpoint)[2]["step"] >= cfg.ssl.steps
+    if not finished:
+        train(load_training_clips(jobs, cfg, out / "raw", progress), cfg, checkpoint, progress)
+    resolved = replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint)))
+    return resolved, file_digest(checkpoint)

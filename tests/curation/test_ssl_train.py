@@ -1,0 +1,93 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from curation.clip_task import ClipJob
+from curation.config import load_config
+from curation.decode import decode_clip
+from curation.demo import generate_world
+from curation.score import LearnedScorer
+from curation.ssl_train import ensure_model, load_checkpoint, load_training_clips, train
+from manifests.readers import read_clip_table
+
+TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
+        "ssl.batch_size": 8, "ssl.steps": 30, "ssl.bank_size": 4, "ssl.threads": 1, "ssl.checkpoint_every": 10,
+        "ssl.lr": 0.003}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sslworld")
+    generate_world(out, n_clips=8, seed=3, duration_s=3.0)
+    rows = read_clip_table(out / "raw" / "demo_clips.parquet").to_pylist()
+    jobs = [ClipJob(r["clip_id"], r["path"], r["url"], r["start_s"], r["end_s"]) for r in rows]
+    cfg = load_config(None, {"out": str(out), **TINY})
+    return out, cfg, load_training_clips(jobs, cfg, out / "raw", progress=False), jobs
+
+
+def test_training_loss_decreases_on_a_tiny_run(world, tmp_path):
+    _, cfg, data, _ = world
+    train(data, cfg, tmp_path / "model.pt", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == list(range(1, 31))
+    losses = np.array([entry["loss"] for entry in log])
+    assert losses[-10:].mean() < losses[:10].mean() - 0.1
+
+
+def test_a_killed_training_resumes_to_the_same_weights(world, tmp_path):
+    out, cfg, data, _ = world
+    whole = train(data, cfg, tmp_path / "whole" / "model.pt", progress=False)
+    args = [sys.executable, "-m", "curation", "ssl-train", "--out", str(out), "--quiet",
+            "--set=demo.clips=8", "--set=demo.seed=3", "--set=demo.duration_s=3.0",
+            *[f"--set={k}={v}".replace(" ", "") for k, v in TINY.items()]]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = out / "ssl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(checkpoints.glob("*/model.pt")) and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (partial,) = checkpoints.glob("*/model.pt")
+    assert load_checkpoint(partial)[2]["step"] < 30, "the run must be killed partway"
+    train(data, cfg, partial, progress=False)
+    steps = [json.loads(line)["step"] for line in (partial.parent / "loss.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 31))
+    a, b = load_checkpoint(whole)[0].state_dict(), load_checkpoint(partial)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_round_trip_gives_identical_scores(world, tmp_path):
+    out, cfg, data, jobs = world
+    checkpoint = train(data, cfg, tmp_path / "model.pt", progress=False)
+    model, bank, _ = load_checkpoint(checkpoint)
+    assert bank["audio"].shape == (4, 16) and bank["image"].shape == (4, 16, 2, 2)
+    clip = decode_clip(jobs[0].path, 0.0, 3.0, cfg.decode)
+    first = LearnedScorer(replace(cfg.score, checkpoint=str(checkpoint))).score(clip)
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(Path(checkpoint).read_bytes())
+    second = LearnedScorer(replace(cfg.score, checkpoint=str(copy))).score(clip)
+    np.testing.assert_array_equal(first.scores, second.scores)
+    np.testing.assert_array_equal(first.contrastive, second.contrastive)
+    assert first.maps.shape == (30, 2, 2) and np.all(np.abs(first.scores) <= 1.0 + 1e-5)
+
+
+def test_ensure_model_trains_once_and_reuses(world):
+    out, cfg, _, jobs = world
+    resolved, digest = ensure_model(cfg, jobs, out, progress=False)
+    checkpoint = Path(resolved.score.checkpoint)
+    assert checkpoint.is_file() and checkpoint.is_relative_to(out / "ssl")
+    stamp = checkpoint.stat().st_mtime_ns
+    again, digest_again = ensure_model(cfg, jobs, out, progress=False)
+    assert digest_again == digest and checkpoint.stat().st_mtime_ns == stamp
+    unchanged, none = ensure_model(replace(cfg, score=replace(cfg.score, scorer="synchrony")), jobs, out)
+    assert none is None and unchanged.score.checkpoint is None
