@@ -1,0 +1,118 @@
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+from training_fixtures import RATE, tiny_config
+
+from training.audio import LogSpectrogram, StatsAccumulator, fit_length
+from training.config import AudioConfig, load_config
+from training.data import in_val, pipeline, resolve_shards, selector
+from training.recipes.stage3_audio import audio_batches
+
+
+def _keys(batches) -> list[str]:
+    return [k for b in batches for k in b["key"]]
+
+
+def test_a_folder_splits_into_training_and_evaluation_shards(tiny_shards):
+    train, evaluation = resolve_shards(load_config(None, {"data.shards": str(tiny_shards)}).data)
+    assert [p.rsplit("/", 1)[1] for p in train] == ["tiny-train-000000.tar", "tiny-train-000001.tar"]
+    assert [p.rsplit("/", 1)[1] for p in evaluation] == ["tiny-test-000000.tar"]
+
+
+def test_brace_patterns_globs_and_explicit_eval_shards(tiny_shards):
+    brace = load_config(None, {"data.shards": f"{tiny_shards}/tiny-train-{{000000..000001}}.tar",
+                               "data.eval_shards": f"{tiny_shards}/tiny-test-*.tar"}).data
+    folder = load_config(None, {"data.shards": str(tiny_shards)}).data
+    assert resolve_shards(brace) == resolve_shards(folder)
+    with pytest.raises(FileNotFoundError, match="shards not found"):
+        resolve_shards(load_config(None, {"data.shards": f"{tiny_shards}/tiny-train-{{000000..000002}}.tar"}).data)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+def test_shards_are_read_from_urls(tiny_shards, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(tiny_shards)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/tiny-train-{{000000..000001}}.tar"
+        remote = tiny_config(tiny_shards, tmp_path, f"data.shards={url}")
+        train, evaluation = resolve_shards(remote.data)
+        assert train == evaluation == [url.replace("{000000..000001}", f"00000{i}") for i in (0, 1)]
+        local = tiny_config(tiny_shards, tmp_path)
+        assert _keys(audio_batches(train, remote, "train", 8)) == \
+            _keys(audio_batches(resolve_shards(local.data)[0], local, "train", 8))
+    finally:
+        server.shutdown()
+
+
+def test_evaluation_and_validation_clips_are_never_trained_on(tiny_shards, tmp_path):
+    cfg = tiny_config(tiny_shards, tmp_path, "data.val_fraction=0.25")
+    everything = sorted(resolve_shards(cfg.data)[0]) + resolve_shards(cfg.data)[1]  # all shards, any order
+    parts = {part: set(_keys(audio_batches(everything, cfg, part, 8))) for part in ("train", "val", "eval")}
+    assert len(parts["eval"]) == 16 and len(parts["train"]) + len(parts["val"]) == 48
+    assert not parts["train"] & parts["val"] and not parts["train"] & parts["eval"]
+    assert parts["val"] == {k for k in parts["train"] | parts["val"] if in_val(k, 0.25)}
+    assert 0 < len(parts["val"]) < 24
+
+
+def test_training_order_is_deterministic_given_the_seed(tiny_shards, tmp_path):
+    cfg = tiny_config(tiny_shards, tmp_path)
+    urls = resolve_shards(cfg.data)[0]
+    first = _keys(audio_batches(urls, cfg, "train", 4, seed=3))
+    assert first == _keys(audio_batches(urls, cfg, "train", 4, seed=3))
+    assert first != _keys(audio_batches(urls, cfg, "train", 4, seed=4))
+    assert sorted(first) == sorted(_keys(audio_batches(urls, cfg, "train", 4)))  # same clips, other order
+
+
+def test_resampling_gives_a_fixed_epoch_length(tiny_shards, tmp_path):
+    cfg = tiny_config(tiny_shards, tmp_path, "data.resample=true", "data.epoch_batches=7")
+    urls = resolve_shards(cfg.data)[0]
+    pipe = pipeline(urls, cfg.data, select=selector(cfg.data, "train"), steps=[], batch_size=4, seed=0)
+    assert sum(1 for _ in pipe) == 7
+
+
+def test_short_clips_are_tiled_like_the_official_code():
+    cfg = AudioConfig(seconds=1.0)
+    wave = np.arange(6000, dtype=np.float32) / 6000
+    out = fit_length(wave, cfg)
+    assert out.shape == (RATE,) and np.array_equal(out[6000:12000], wave)
+
+
+def _spectrogram(cfg: AudioConfig, waves: torch.Tensor) -> LogSpectrogram:
+    front = LogSpectrogram(cfg)
+    acc = StatsAccumulator(cfg.n_fft // 2 + 1)
+    acc.add(front.log_power(waves))
+    front.set_stats(*acc.mean_std())
+    return front
+
+
+def test_gain_shifts_global_features_by_a_constant_but_per_clip_normalisation_erases_it():
+    torch.manual_seed(0)
+    cfg = AudioConfig(seconds=1.0, time_pool=1)
+    noise = torch.randn(3, RATE) * 0.2  # broadband, far above eps in (almost) every bin
+    waves = torch.cat([noise, noise * 2.0])  # +6.02 dB
+    front = _spectrogram(cfg, waves)
+    quiet, loud = front(waves).split(3)
+    offset = loud - quiet  # in the log domain a gain is an offset: log(4) / std per frequency bin
+    expected = (np.log(4.0) / front.std)[None, None, :, None].expand_as(offset)
+    error = (offset - expected).abs()  # larger only where a bin's power happens to come near eps
+    assert error.median(dim=-1).values.max() < 1e-3 and (error < 1e-2).float().mean() > 0.99
+    assert offset.median() > 0.3  # loudness survives normalisation
+
+    official = LogSpectrogram(AudioConfig(seconds=1.0, time_pool=1, normalisation="per_clip"))
+    q, lo = official(waves).split(3)
+    change = (lo - q).abs()  # the official per-clip normalisation: the same features (up to eps effects)
+    assert change.median() < 1e-3 and change.mean() < 0.01
+
+
+def test_features_are_257_bins_by_about_1001_frames_for_10_s():
+    front = LogSpectrogram(AudioConfig(time_pool=1))
+    front.set_stats(torch.zeros(257), torch.ones(257))
+    assert front(torch.zeros(1, 160000)).shape == (1, 1, 257, 1001)

@@ -1,0 +1,184 @@
+"""Reading curated shards (README "Shard format"): shard lists, sample selection, decoding, the pipelines.
+
+Each loader is an explicit `wds.DataPipeline` of steps. Training pipelines split shards by node (DDP rank) and
+by DataLoader worker, shuffle with a seeded buffer, and optionally resample shards with a fixed epoch length;
+the same seed gives the same batches. Which clips a stage may see is decided per sample from its json `split`
+and a hash of its key, so the evaluation split and the validation slice are held out whatever shards are given.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from training.audio import load_waveform
+from training.config import AudioConfig, DataConfig
+
+HANDLERS = {"reraise": wds.reraise_exception, "warn": wds.warn_and_continue}
+IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics (SwAV's input)
+
+
+# ---------------------------------------------------------------- shard lists
+def _expand(spec: str) -> list[str]:
+    """A folder, glob, brace pattern or URL (several joined by `::`) -> shard urls, in a stable order."""
+    urls: list[str] = []
+    for part in wds.shardlists.expand_urls(spec):
+        if "://" in part:
+            urls.append(part)
+        elif Path(part).is_dir():
+            urls += sorted(str(p) for p in Path(part).glob("*.tar"))
+        elif any(c in part for c in "*?["):
+            urls += sorted(glob.glob(part))
+        else:
+            urls.append(part)
+    return urls
+
+
+def resolve_shards(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """(training shards, evaluation shards). A folder splits by file name (`*-<eval_split>-*.tar` is
+    evaluation); patterns are used as given (evaluation defaults to the same shards, filtered by split)."""
+    marker = f"-{cfg.eval_split}-"
+    train = _expand(cfg.shards)
+    folder = "::" not in cfg.shards and Path(cfg.shards).is_dir()
+    if folder:
+        evaluation = [u for u in train if marker in Path(u).name]
+        train = [u for u in train if marker not in Path(u).name]
+    else:
+        evaluation = list(train)
+    if cfg.eval_shards:
+        evaluation = _expand(cfg.eval_shards)
+    if not train:
+        raise FileNotFoundError(f"no training shards in {cfg.shards!r}")
+    missing = [u for u in train + evaluation if "://" not in u and not Path(u).is_file()]
+    if missing:
+        raise FileNotFoundError(f"shards not found: {', '.join(missing[:5])}")
+    return train, evaluation
+
+
+# ---------------------------------------------------------------- which clips a stage sees
+def meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's json metadata (decoded once, cached in the sample)."""
+    if "_meta" not in sample:
+        sample["_meta"] = json.loads(sample["json"])
+    return sample["_meta"]
+
+
+def in_val(key: str, fraction: float) -> bool:
+    """Deterministic validation slice: a stable hash of the clip key, independent of shard layout."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) < fraction * 16**8
+
+
+def _is_selected(sample: dict, eval_split: str, val_fraction: float, part: str) -> bool:
+    if part == "all":
+        return True
+    if meta(sample).get("split") == eval_split:
+        return part == "eval"
+    if part == "eval":
+        return False
+    return in_val(sample["__key__"], val_fraction) == (part == "val")
+
+
+def selector(cfg: DataConfig, part: str) -> Callable[[dict], bool]:
+    """Sample filter: "train" (minus the validation slice), "val", "eval" (the evaluation split) or "all"."""
+    if part not in ("train", "val", "eval", "all"):
+        raise ValueError(f"unknown data part {part!r}")
+    return partial(_is_selected, eval_split=cfg.eval_split, val_fraction=cfg.val_fraction, part=part)
+
+
+# ---------------------------------------------------------------- decoding
+def moment_names(k: int) -> list[str]:
+    """Shard members of the first k moments: jpg, top2.jpg, top3.jpg, ..."""
+    return ["jpg"] + [f"top{i}.jpg" for i in range(2, k + 1)]
+
+
+def open_image(data: bytes, min_side: int) -> Image.Image:
+    """Decode a JPEG, letting libjpeg scale it down by 2/4/8 while keeping both sides >= min_side."""
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (min_side, min_side))
+    return img.convert("RGB")
+
+
+def decode_audio(sample: dict, cfg: AudioConfig) -> dict:
+    """A sample's waveform (tiled to cfg.seconds), label, identity and the time of its best frame."""
+    return {"wave": load_waveform(sample["flac"], cfg), "url": sample["__url__"], "key": sample["__key__"],
+            "label": int(sample["cls"]), "frame_t": float(meta(sample).get("frame_t") or 0.0)}
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    """Stack arrays/tensors/numbers into tensors; keep strings and dicts as lists."""
+    out: dict[str, Any] = {}
+    for name, first in samples[0].items():
+        values = [s[name] for s in samples]
+        if isinstance(first, np.ndarray):
+            out[name] = torch.from_numpy(np.stack(values))
+        elif isinstance(first, torch.Tensor):
+            out[name] = torch.stack(values)
+        elif isinstance(first, (int, float, bool)):
+            out[name] = torch.tensor(values)
+        else:
+            out[name] = values
+    return out
+
+
+# ---------------------------------------------------------------- pipelines
+def pipeline(urls: list[str], cfg: DataConfig, *, select: Callable[[dict], bool],
+             steps: Iterable[Any], batch_size: int, seed: int | None,
+             partial: bool = True) -> wds.DataPipeline:
+    """Shards -> samples -> `select` -> (shuffle) -> `steps` (pipeline stages, see `mapped`) -> batches.
+
+    seed=None: one ordered pass over all of `urls` (validation, statistics, evaluation, caching).
+    seed=int: training order: shards split by rank, shuffled or resampled, a seeded shuffle buffer."""
+    handler = HANDLERS[cfg.handler]
+    if seed is None:
+        stages: list[Any] = [wds.SimpleShardList(urls), wds.split_by_worker]
+    elif cfg.resample:  # every rank and worker draws its own shard sequence (seeded by rank and worker)
+        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
+    else:
+        stages = [wds.SimpleShardList(urls, seed=seed), wds.split_by_node, wds.split_by_worker]
+    stages += [wds.tarfile_to_samples(handler=handler), wds.select(select)]
+    if seed is not None:
+        stages.append(wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64),
+                                  rng=random.Random(seed)))
+    stages += list(steps)
+    stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))
+    pipe = wds.DataPipeline(*stages)
+    if seed is not None and cfg.resample:
+        pipe = pipe.with_epoch(nbatches=cfg.epoch_batches)
+    return pipe
+
+
+def mapped(fn: Callable[[dict], Any], cfg: DataConfig) -> Any:
+    """A per-sample pipeline step whose failures go to the configured handler."""
+    return wds.map(fn, handler=HANDLERS[cfg.handler])
+
+
+def loader(pipe: wds.DataPipeline, workers: int) -> Iterable[dict]:
+    """Batches from `pipe`, decoded in `workers` DataLoader processes (0: in this process)."""
+    if workers == 0:
+        return pipe
+    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers, persistent_workers=True)
+
+
+def forever(batches: Iterable[dict]) -> Iterator[dict]:
+    """Epoch after epoch of batches; an epoch without a single batch is an error, not a hang."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("a training epoch produced no batch on this rank: fewer training shards than "
+                               "ranks x loader workers, or fewer clips than one batch (use data.resample = true "
+                               "or a smaller batch_size)")

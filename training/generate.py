@@ -1,0 +1,255 @@
+"""`python -m training generate`: sound -> image, and the paper's controllability, as labelled grids.
+
+Inference is audio -> stage-3 audio encoder -> EMA generator(z, embedding), several z per input (the same z in
+every column of a sweep, so only the manipulated input changes along a row). Inputs are audio files (any rate
+soundfile reads; resampled to the front end's) or `shard:<clip key>` (the clip's flac from the shards).
+Modes (one per call):
+  default          rows = inputs, columns = z
+  --gain-db A B..  volume: the waveform scaled by each gain (rows = input x z)
+  --mix            the sum of two waveforms: rows = a, b, a+b; columns = z
+  --interpolate I  normalise((1-a) audio + a image) for a in --alphas; I = an image file or shard:<key>
+  --edit I         an image's embedding moved along the volume direction (audio at +gain minus at -gain):
+                   normalise(image + s (loud - quiet)) for s in --strengths
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from manifests.io import atomic_write_bytes
+from training.audio import fit_length
+from training.checkpoint import ResumeError
+from training.config import ConfigError, TrainConfig, load_config
+from training.data import IMAGE_MEAN, IMAGE_STD, open_image, resolve_shards
+from training.embedding_cache import FrozenEncoder, load_encoder
+from training.models.audio_encoder import AudioEncoder
+from training.models.gan import Generator
+from training.models.image_encoder import embed
+from training.recipes.stage2_gan import load_generator, to_uint8
+from training.recipes.stage3_audio import load_audio_encoder
+
+
+@dataclass
+class SoundToImage:
+    """The three trained parts of inference, on one device."""
+
+    audio: AudioEncoder
+    generator: Generator
+    image: FrozenEncoder
+    device: torch.device
+    generator_step: int = 0
+
+    @torch.no_grad()
+    def embed_audio(self, waves: torch.Tensor, gain_db: float = 0.0) -> torch.Tensor:
+        """(B, samples) waveforms (scaled by gain_db, clipped to [-1, 1]) -> (B, D) audio embeddings."""
+        waves = (waves * 10 ** (gain_db / 20)).clamp(-1, 1)
+        return torch.cat([self.audio(w.to(self.device)) for w in waves.split(32)])
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [-1, 1] -> (B, D) L2-normalised stage-1 embeddings."""
+        size = self.image.cfg.image_size
+        x = F.interpolate(images.float().to(self.device), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        mean = torch.tensor(IMAGE_MEAN, device=self.device)[:, None, None]
+        std = torch.tensor(IMAGE_STD, device=self.device)[:, None, None]
+        return torch.cat([embed(self.image.model, ((c + 1) / 2 - mean) / std) for c in x.split(64)])
+
+    @torch.no_grad()
+    def generate(self, emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Every embedding with every z: (B, D) x (Z, z_dim) -> (B, Z, 3, R, R) in [-1, 1]."""
+        b, n = emb.shape[0], z.shape[0]
+        e = F.normalize(emb.to(self.device).float(), dim=-1).repeat_interleave(n, dim=0)
+        zz = z.to(self.device).repeat(b, 1)
+        out = torch.cat([self.generator(zc, ec) for zc, ec in zip(zz.split(64), e.split(64), strict=True)])
+        return out.view(b, n, *out.shape[1:])
+
+    def noise(self, n: int, seed: int) -> torch.Tensor:
+        return torch.randn(n, self.generator.cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def load_models(out: str | Path, device: torch.device) -> SoundToImage:
+    """The audio encoder (stage3/best.pt), the EMA generator (stage2/generator.pt), the image encoder."""
+    out = Path(out)
+    ckpt = out / "stage3" / "best.pt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt} does not exist: run `python -m training stage3` first")
+    audio, _ = load_audio_encoder(ckpt, device)
+    generator, meta = load_generator(out / "stage2" / "generator.pt", device)
+    return SoundToImage(audio, generator, load_encoder(out, device), device, int(meta["step"]))
+
+
+# ---------------------------------------------------------------- inputs
+def _shard_member(cfg: TrainConfig, key: str, member: str) -> bytes:
+    import webdataset as wds
+
+    train, evaluation = resolve_shards(cfg.data)
+    for url in dict.fromkeys(evaluation + train):
+        for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+            if sample["__key__"] == key:
+                return sample[member]
+    raise FileNotFoundError(f"no clip {key!r} in the shards of {cfg.data.shards!r}")
+
+
+def load_audio(spec: str, cfg: TrainConfig, audio_cfg) -> torch.Tensor:
+    """A file path or shard:<key> -> (samples,) float32 waveform at the front end's rate and length."""
+    data = _shard_member(cfg, spec[6:], "flac") if spec.startswith("shard:") else Path(spec).read_bytes()
+    wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    wave = torch.from_numpy(wave.mean(axis=1))
+    if rate != audio_cfg.sample_rate:
+        import torchaudio
+
+        wave = torchaudio.functional.resample(wave, rate, audio_cfg.sample_rate)
+    return torch.from_numpy(fit_length(wave.numpy(), audio_cfg))
+
+
+def load_image(spec: str, cfg: TrainConfig, size: int) -> torch.Tensor:
+    """A file path or shard:<key> (its best frame) -> (3, size, size) in [-1, 1], squashed to a square."""
+    data = _shard_member(cfg, spec[6:], "jpg") if spec.startswith("shard:") else Path(spec).read_bytes()
+    img = open_image(data, size).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div(127.5).sub(1)
+
+
+# ---------------------------------------------------------------- grids
+def labelled_grid(cells: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str]) -> Image.Image:
+    """(H, W, 3) uint8 cells in rows, with a label column on the left and a header row on top."""
+    h, w = cells[0][0].shape[:2]
+    left, top, gap = max(60, 6 * max(len(s) for s in row_labels) + 8), 16, 2
+    n_cols = max(len(r) for r in cells)
+    canvas = Image.new("RGB", (left + n_cols * (w + gap), top + len(cells) * (h + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, text in enumerate(col_labels):
+        draw.text((left + j * (w + gap) + 2, 2), text, fill="black")
+    for i, row in enumerate(cells):
+        y = top + i * (h + gap)
+        draw.text((2, y + h // 2 - 5), row_labels[i], fill="black")
+        for j, cell in enumerate(row):
+            canvas.paste(Image.fromarray(cell), (left + j * (w + gap), y))
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _rows(images: torch.Tensor) -> list[list[np.ndarray]]:
+    """(rows, cols, 3, R, R) -> rows of uint8 cells."""
+    return [list(to_uint8(r)) for r in images]
+
+
+# ---------------------------------------------------------------- the modes
+def grid_plain(m: SoundToImage, waves: torch.Tensor, names: list[str], n_z: int, seed: int) -> Image.Image:
+    images = m.generate(m.embed_audio(waves), m.noise(n_z, seed))
+    return labelled_grid(_rows(images), names, [f"z{k}" for k in range(n_z)])
+
+
+def grid_gain(m: SoundToImage, waves: torch.Tensor, names: list[str], gains: list[float], n_z: int,
+              seed: int) -> Image.Image:
+    z = m.noise(n_z, seed)
+    per_gain = torch.stack([m.generate(m.embed_audio(waves, g), z) for g in gains], dim=2)  # (B, Z, G, ...)
+    rows = _rows(per_gain.flatten(0, 1))
+    labels = [f"{name} z{k}" for name in names for k in range(n_z)]
+    return labelled_grid(rows, labels, [f"{g:+g} dB" for g in gains])
+
+
+def grid_mix(m: SoundToImage, waves: torch.Tensor, names: list[str], n_z: int, seed: int) -> Image.Image:
+    if waves.shape[0] != 2:
+        raise ValueError("--mix needs exactly two audio inputs")
+    mixed = torch.cat([waves, (waves[0] + waves[1]).clamp(-1, 1)[None]])
+    images = m.generate(m.embed_audio(mixed), m.noise(n_z, seed))
+    return labelled_grid(_rows(images), [names[0], names[1], "mix"], [f"z{k}" for k in range(n_z)])
+
+
+def grid_interpolate(m: SoundToImage, waves: torch.Tensor, names: list[str], image: torch.Tensor,
+                     alphas: list[float], seed: int) -> Image.Image:
+    a, v = m.embed_audio(waves), m.embed_images(image[None])
+    z = m.noise(1, seed)
+    cols = torch.stack([m.generate(F.normalize((1 - al) * a + al * v, dim=-1), z)[:, 0] for al in alphas], dim=1)
+    return labelled_grid(_rows(cols), names, [f"a={al:g}" for al in alphas])
+
+
+def volume_direction(m: SoundToImage, waves: torch.Tensor, gain_db: float) -> torch.Tensor:
+    """Mean over inputs of enc(loud) - enc(quiet): the audio embedding's volume direction."""
+    return (m.embed_audio(waves, gain_db) - m.embed_audio(waves, -gain_db)).mean(0)
+
+
+def grid_edit(m: SoundToImage, waves: torch.Tensor, image: torch.Tensor, strengths: list[float], gain_db: float,
+              n_z: int, seed: int) -> Image.Image:
+    direction = volume_direction(m, waves, gain_db)
+    v = m.embed_images(image[None])[0]
+    embs = F.normalize(torch.stack([v + s * direction for s in strengths]), dim=-1)
+    images = m.generate(embs, m.noise(n_z, seed)).transpose(0, 1)  # rows = z, columns = strength
+    return labelled_grid(_rows(images), [f"z{k}" for k in range(n_z)], [f"s={s:+g}" for s in strengths])
+
+
+# ---------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--audio", nargs="+", required=True, help="audio files or shard:<clip key>")
+    parser.add_argument("--out", required=True, help="the PNG grid to write")
+    parser.add_argument("--train-dir", default=None,
+                        help="the training output folder with the checkpoints (default: work/demo/train)")
+    parser.add_argument("--config", help="TOML config file (its `out` is the training folder)")
+    parser.add_argument("--shards", help="shard folder or pattern, for shard:<key> inputs (default: work/demo/shards)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
+    parser.add_argument("--n-z", type=int, default=4, help="noise vectors per input (default 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--gain-db", type=float, nargs="+", help="volume sweep, e.g. -12 -6 0 6")
+    mode.add_argument("--mix", action="store_true", help="the sum of the two audio inputs")
+    mode.add_argument("--interpolate", metavar="IMAGE", help="image file or shard:<key> to interpolate towards")
+    mode.add_argument("--edit", metavar="IMAGE", help="image file or shard:<key> to edit along the volume direction")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[-2, -1, 0, 1, 2])
+    parser.add_argument("--direction-gain-db", type=float, default=6.0, help="loud/quiet = +/- this gain")
+    return parser
+
+
+def run(cfg: TrainConfig, args: argparse.Namespace) -> Path:
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    device = torch.device("cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu")
+    m = load_models(cfg.out, device)
+    acfg = m.audio.cfg.audio
+    waves = torch.stack([load_audio(a, cfg, acfg) for a in args.audio])
+    names = [Path(a).stem if not a.startswith("shard:") else a[6:] for a in args.audio]
+    size = m.generator.cfg.resolution
+    if args.gain_db:
+        grid = grid_gain(m, waves, names, args.gain_db, args.n_z, args.seed)
+    elif args.mix:
+        grid = grid_mix(m, waves, names, args.n_z, args.seed)
+    elif args.interpolate:
+        grid = grid_interpolate(m, waves, names, load_image(args.interpolate, cfg, size), args.alphas, args.seed)
+    elif args.edit:
+        grid = grid_edit(m, waves, load_image(args.edit, cfg, size), args.strengths, args.direction_gain_db,
+                         args.n_z, args.seed)
+    else:
+        grid = grid_plain(m, waves, names, args.n_z, args.seed)
+    return save_png(grid, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        overrides = {k: v for k, v in (("out", args.train_dir), ("data.shards", args.shards)) if v is not None}
+        path = run(load_config(args.config, overrides, args.set), args)
+    except (ConfigError, ResumeError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""Stage recipes: one module per training stage, each with `run(cfg)` and `main(argv)`."""
