@@ -103,6 +103,7 @@ class Stage3Config:
     target_moments: int = 1  # 1: the best frame's embedding; k > 1: one of the first k moments at random
     eval_every: int = 50  # validation loss every this many steps; the best checkpoint is kept
     patience: int = 0  # stop after this many validations without improvement (0: never)
+    val_clips: int = 512  # validation reads at most this many clips of the slice (shard order)
     log_every: int = 20
 
 
@@ -208,7 +209,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     need(a.normalisation in NORMALISATIONS, f"audio.normalisation: must be one of {', '.join(NORMALISATIONS)}")
     need(a.stats_clips >= 1, "audio.stats_clips: must be >= 1")
     need(a.time_pool >= 1 and a.freq_pool >= 1, "audio.time_pool and audio.freq_pool: must be >= 1")
-    for name in ("width", "steps", "eval_every", "log_every", "target_moments"):
+    for name in ("width", "steps", "eval_every", "log_every", "target_moments", "val_clips"):
         need(getattr(s3, name) >= 1, f"stage3.{name}: must be >= 1")
     need(s3.batch_size >= 2, "stage3.batch_size: must be >= 2 (contrastive)")
     need(s3.target_moments <= s1.moments, "stage3.target_moments: must be <= stage1.moments")

@@ -7,6 +7,7 @@ With Inception-v3 weights (gen_eval.inception_weights, a torchvision state dict;
 On the demo world (truth beside the shards; training/probe.py judges the images):
   class_acc             generated images whose most probable category is the clip's sound category, over the
                         clips where exactly one category sounds (chance 1/K)
+  class_acc_image_cond  the same from the evaluation frames' own image embeddings (the generator alone)
   volume_size_spearman  per such clip: Spearman between the gain on its waveform (gen_eval.gains_db) and the
                         probe's scale of the images (mean over the same n_z noise vectors at every gain);
                         averaged over clips (`..._pooled`: one Spearman over all clip x gain points)

@@ -95,7 +95,7 @@ def _spectrogram(cfg: AudioConfig, waves: torch.Tensor) -> LogSpectrogram:
 
 def test_gain_shifts_global_features_by_a_constant_but_per_clip_normalisation_erases_it():
     torch.manual_seed(0)
-    cfg = AudioConfig(seconds=1.0, time_pool=1)
+    cfg = AudioConfig(seconds=1.0, time_pool=1, freq_pool=1)
     noise = torch.randn(3, RATE) * 0.2  # broadband, far above eps in (almost) every bin
     waves = torch.cat([noise, noise * 2.0])  # +6.02 dB
     front = _spectrogram(cfg, waves)
@@ -106,13 +106,13 @@ def test_gain_shifts_global_features_by_a_constant_but_per_clip_normalisation_er
     assert error.median(dim=-1).values.max() < 1e-3 and (error < 1e-2).float().mean() > 0.99
     assert offset.median() > 0.3  # loudness survives normalisation
 
-    official = LogSpectrogram(AudioConfig(seconds=1.0, time_pool=1, normalisation="per_clip"))
+    official = LogSpectrogram(AudioConfig(seconds=1.0, time_pool=1, freq_pool=1, normalisation="per_clip"))
     q, lo = official(waves).split(3)
     change = (lo - q).abs()  # the official per-clip normalisation: the same features (up to eps effects)
     assert change.median() < 1e-3 and change.mean() < 0.01
 
 
 def test_features_are_257_bins_by_about_1001_frames_for_10_s():
-    front = LogSpectrogram(AudioConfig(time_pool=1))
+    front = LogSpectrogram(AudioConfig(time_pool=1, freq_pool=1))
     front.set_stats(torch.zeros(257), torch.ones(257))
     assert front(torch.zeros(1, 160000)).shape == (1, 1, 257, 1001)

@@ -101,10 +101,12 @@ def compute_stats(model: AudioEncoder, cfg: TrainConfig, urls: list[str], d: dis
 @torch.no_grad()
 def validate(model: AudioEncoder, table: EmbeddingTable, cfg: TrainConfig, urls: list[str],
              device: torch.device) -> dict[str, float]:
-    """Loss and in-set R@1 on the validation slice (targets: best frames)."""
+    """Loss and in-set R@1 on (the first stage3.val_clips clips of) the validation slice; targets: best frames."""
     model.eval()
     losses, weights, audio, image = [], [], [], []
     for batch in audio_batches(urls, cfg, "val", cfg.stage3.batch_size):
+        if sum(weights) >= cfg.stage3.val_clips:
+            break
         a = model(batch["wave"].to(device))
         v = torch.from_numpy(table.emb[table.rows(batch["url"], batch["key"]), 0]).to(device)
         if a.shape[0] >= 2:
