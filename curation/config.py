@@ -7,24 +7,18 @@ import hashlib
 import json
 import os
 import re
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from manifests.typed_config import ConfigError as ConfigError  # re-exported: the error of this config
+from manifests.typed_config import load_typed, typed_from_dict
+from manifests.typed_config import parse_value as parse_value  # re-exported: flag values in TOML syntax
 
 DATASETS = ("demo", "vggsound", "vegas", "csv")
 SCORERS = ("ssl", "synchrony", "none")
 CHECKPOINT_FORMATS = ("native", "ezvsl")
 CONTRASTS = ("frame", "audio", "both")
-
-
-class ConfigError(ValueError):
-    """All problems of a config at once, each naming its option."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -153,58 +147,6 @@ class RunConfig:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-_INVALID = object()  # a leaf that failed its type check keeps its default, so range checks can still run
-
-
-def _coerce(value: Any, annotation: Any, name: str, problems: list[str]) -> Any:
-    """Check one leaf value against its annotation; ints are accepted where floats are expected."""
-    if typing.get_origin(annotation) is tuple:
-        kinds = typing.get_args(annotation)
-        if isinstance(value, (list, tuple)) and len(value) == len(kinds) and all(type(v) is int for v in value):
-            return tuple(value)
-        problems.append(f"{name}: expected a list of {len(kinds)} integers, got {value!r}")
-        return _INVALID
-    args = typing.get_args(annotation)
-    allowed = args if args else (annotation,)
-    if type(None) in allowed and isinstance(value, str) and value.lower() in ("none", "null"):
-        value = None
-    if value is None:
-        if type(None) in allowed:
-            return None
-        problems.append(f"{name}: must not be empty")
-        return _INVALID
-    for kind in allowed:
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind in (int, str, bool) and type(value) is kind:
-            return value
-    expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
-    problems.append(f"{name}: expected {expected}, got {value!r}")
-    return _INVALID
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in sorted(set(data) - known):
-        problems.append(f"{prefix}{key}: unknown option (known: {', '.join(sorted(known))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            if isinstance(data[f.name], dict):
-                kwargs[f.name] = _build(hint, data[f.name], f"{prefix}{f.name}.", problems)
-            else:
-                problems.append(f"{prefix}{f.name}: expected a table of options")
-        else:
-            value = _coerce(data[f.name], hint, prefix + f.name, problems)
-            if value is not _INVALID:
-                kwargs[f.name] = value
-    return cls(**kwargs)
-
-
 def _check(cfg: RunConfig, problems: list[str]) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -257,57 +199,12 @@ def _check_fetch(f: FetchConfig, need) -> None:
     need(f.stop_after >= 0, "fetch.stop_after: must be >= 0")
 
 
-def parse_value(text: str) -> Any:
-    """A flag value in TOML syntax (`5`, `0.5`, `true`, `"x"`); bare words are strings; `none` empties an
-    option that may be empty."""
-    if not text:
-        return None
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError([f"{dotted}: {part} is not a table of options"])
-    node[leaf] = value
-
-
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """A config from its dict form (as saved in run.json), checked like a file."""
-    problems: list[str] = []
-    cfg = _build(RunConfig, data, "", problems)
-    _check(cfg, problems)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    return typed_from_dict(RunConfig, data, _check)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
                 assignments: list[str] | None = None) -> RunConfig:
     """Config from an optional TOML file, then `overrides` (dotted keys), then `key=value` assignments."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError([f"config file {path}: {exc}"]) from exc
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    problems: list[str] = []
-    for assignment in assignments or []:
-        key, sep, text = assignment.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"--set {assignment!r}: expected key=value")
-            continue
-        _set_dotted(data, key.strip(), parse_value(text.strip()))
-    cfg = _build(RunConfig, data, "", problems)
-    _check(cfg, problems)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    return load_typed(RunConfig, _check, path, overrides, assignments)

@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from manifests.typed_config import ConfigError as ConfigError  # re-exported: the error of this config
+from manifests.typed_config import load_typed, typed_from_dict
 from training import config_gan
 from training.config_gan import GenEvalConfig, ProbeConfig, Stage2Config
 
 HANDLERS = ("reraise", "warn")
 DEVICES = ("auto", "cpu", "cuda")
 NORMALISATIONS = ("global", "per_clip")
-
-
-class ConfigError(ValueError):
-    """All problems of a config at once, each naming its option."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -131,52 +122,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_INVALID = object()  # a leaf that failed its type check keeps its default, so range checks can still run
-
-
-def _coerce(value: Any, annotation: Any, name: str, problems: list[str]) -> Any:
-    """Check one leaf value against its annotation; ints are accepted where floats are expected."""
-    args = typing.get_args(annotation)
-    allowed = args if args else (annotation,)
-    if type(None) in allowed and isinstance(value, str) and value.lower() in ("none", "null", ""):
-        value = None
-    if value is None:
-        if type(None) in allowed:
-            return None
-        problems.append(f"{name}: must not be empty")
-        return _INVALID
-    for kind in allowed:
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind in (int, str, bool) and type(value) is kind:
-            return value
-    expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
-    problems.append(f"{name}: expected {expected}, got {value!r}")
-    return _INVALID
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in sorted(set(data) - known):
-        problems.append(f"{prefix}{key}: unknown option (known: {', '.join(sorted(known))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            if isinstance(data[f.name], dict):
-                kwargs[f.name] = _build(hint, data[f.name], f"{prefix}{f.name}.", problems)
-            else:
-                problems.append(f"{prefix}{f.name}: expected a table of options")
-        else:
-            value = _coerce(data[f.name], hint, prefix + f.name, problems)
-            if value is not _INVALID:
-                kwargs[f.name] = value
-    return cls(**kwargs)
-
-
 def _check(cfg: TrainConfig, problems: list[str]) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -222,60 +167,15 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     config_gan.check(cfg.stage2, cfg.probe, cfg.gen_eval, problems)
 
 
-def _parse_value(text: str) -> Any:
-    """A flag value in TOML syntax (`5`, `0.5`, `true`, `"x"`); bare words are strings."""
-    if not text:
-        return None
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any, problems: list[str]) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            problems.append(f"{dotted}: {part} is not a table of options")
-            return
-    node[leaf] = value
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A config from its dict form (stored in a checkpoint), checked like a file."""
+    return typed_from_dict(TrainConfig, data, _check)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
                 assignments: list[str] | None = None) -> TrainConfig:
     """Config from an optional TOML file, then `overrides` (dotted keys), then `key=value` assignments."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError([f"config file {path}: {exc}"]) from exc
-    problems: list[str] = []
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value, problems)
-    for assignment in assignments or []:
-        key, sep, text = assignment.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"--set {assignment!r}: expected key=value")
-            continue
-        _set_dotted(data, key.strip(), _parse_value(text.strip()), problems)
-    cfg = _build(TrainConfig, data, "", problems)
-    _check(cfg, problems)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """The config stored in a checkpoint (validated like a file)."""
-    problems: list[str] = []
-    cfg = _build(TrainConfig, data, "", problems)
-    _check(cfg, problems)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    return load_typed(TrainConfig, _check, path, overrides, assignments)
 
 
 def _toml_value(value: Any) -> str:
