@@ -53,7 +53,7 @@ class Stage1Config:
     moments: int = 3  # frames embedded per clip: jpg, top2.jpg, ... (cached for later stages)
     image_size: int = 64  # small encoder input; the ResNet-50 always sees 224 px
     width: int = 16  # small encoder: channels of its first stage (x8 = embedding dimension)
-    steps: int = 150
+    steps: int = 300  # measured: a 1-NN label probe of the frames rises 0.51 -> 0.64 from 150 to 300 steps
     batch_size: int = 64  # images per step (two augmented views each)
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -91,7 +91,7 @@ class Stage3Config:
     weight_decay: float = 1e-5
     temperature: float = 0.1  # logits = -||a - v|| / temperature (official code: 1.0)
     l2_weight: float = 0.0  # optional + l2_weight * mean ||a - v||^2
-    target_moments: int = 1  # 1: the best frame's embedding; k > 1: one of the first k moments at random
+    target_moments: int = 3  # 1: the best frame's embedding; k > 1: one of the first k moments at random
     eval_every: int = 50  # validation loss every this many steps; the best checkpoint is kept
     patience: int = 0  # stop after this many validations without improvement (0: never)
     val_clips: int = 512  # validation reads at most this many clips of the slice (shard order)

@@ -75,6 +75,11 @@ def meta(sample: dict[str, Any]) -> dict[str, Any]:
     return sample["_meta"]
 
 
+def _with_meta(sample: dict[str, Any]) -> dict[str, Any]:
+    meta(sample)  # a sample whose json does not parse fails here, under the configured handler
+    return sample
+
+
 def in_val(key: str, fraction: float) -> bool:
     """Deterministic validation slice: a stable hash of the clip key, independent of shard layout."""
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) < fraction * 16**8
@@ -147,7 +152,7 @@ def pipeline(urls: list[str], cfg: DataConfig, *, select: Callable[[dict], bool]
         stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else:
         stages = [wds.SimpleShardList(urls, seed=seed), wds.split_by_node, wds.split_by_worker]
-    stages += [wds.tarfile_to_samples(handler=handler), wds.select(select)]
+    stages += [wds.tarfile_to_samples(handler=handler), wds.map(_with_meta, handler=handler), wds.select(select)]
     if seed is not None:
         stages.append(wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64),
                                   rng=random.Random(seed)))

@@ -4,8 +4,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
-from training_fixtures import RATE, tiny_config
+import webdataset as wds
+from training_fixtures import RATE, tiny_config, write_tiny_shards
 
 from training.audio import LogSpectrogram, StatsAccumulator, fit_length
 from training.config import AudioConfig, load_config
@@ -116,3 +118,22 @@ def test_features_are_257_bins_by_about_1001_frames_for_10_s():
     front = LogSpectrogram(AudioConfig(time_pool=1, freq_pool=1))
     front.set_stats(torch.zeros(257), torch.ones(257))
     assert front(torch.zeros(1, 160000)).shape == (1, 1, 257, 1001)
+
+
+def test_a_bad_sample_stops_the_run_or_is_skipped_as_configured(tmp_path):
+    shards = write_tiny_shards(tmp_path / "shards", train_shards=1, per_shard=6, test=2)
+    good = list(wds.DataPipeline(wds.SimpleShardList([str(shards / "tiny-train-000000.tar")]),
+                                 wds.tarfile_to_samples()))
+    good[2]["flac"] = b"not audio"
+    good[4]["json"] = b"{broken"
+    with wds.TarWriter(str(shards / "tiny-train-000000.tar")) as sink:
+        for sample in good:
+            sink.write({k: v for k, v in sample.items() if k not in ("__url__", "__local_path__")})
+    strict = tiny_config(shards, tmp_path, "data.val_fraction=0")
+    urls = resolve_shards(strict.data)[0]
+    with pytest.raises(sf.LibsndfileError):
+        _keys(audio_batches(urls, strict, "train", 2))
+    lenient = tiny_config(shards, tmp_path, "data.val_fraction=0", "data.handler=warn")
+    with pytest.warns(UserWarning):
+        keys = _keys(audio_batches(urls, lenient, "train", 2))
+    assert keys == [good[i]["__key__"] for i in (0, 1, 3, 5)]
