@@ -112,7 +112,8 @@ def fetch_job(job: ClipJob, raw_dir: Path, fetch_cfg: FetchConfig = DEFAULT_FETC
 
 def _moment_arrays(times: np.ndarray, scores: np.ndarray, contrastive: np.ndarray | None, frames, cfg: RunConfig):
     """Rank and select the clip's moments; JPEG the chosen frames (`frames(indices)` decodes them)."""
-    moments = select_moments(times, scores, cfg.select, contrastive)
+    basis = contrastive if cfg.select.clip_score == "score_contrastive" else None
+    moments = select_moments(times, scores, cfg.select, basis)
     arrays = {"rank": moments.ranks, "selected": moments.selected}
     for i, frame in enumerate(frames(moments.selected)):
         arrays[f"jpg{i}"] = np.frombuffer(encode_jpeg(frame, cfg.write.jpeg_quality), dtype=np.uint8)

@@ -43,7 +43,8 @@ def truth_metrics(out: str | Path) -> dict:
     clips = pd.read_parquet(out / "manifests" / "clips.parquet")
     good = joined["good"].to_numpy()
     metrics = {"frames": len(joined), "good_pair_rate": round(float(good.mean()), 4),
-               "ap_score": round(average_precision(joined["score"].to_numpy(), good), 4)}
+               "ap_score": round(average_precision(joined["score"].to_numpy(), good), 4),
+               "ap_score_moment": round(average_precision(joined["score_moment"].to_numpy(), good), 4)}
     if joined["score_contrastive"].notna().all():
         metrics["ap_score_contrastive"] = round(average_precision(joined["score_contrastive"].to_numpy(), good), 4)
     kept = joined[joined["selected"]]

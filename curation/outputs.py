@@ -17,7 +17,7 @@ import pyarrow as pa
 from curation import provenance
 from curation.clip_task import CachedClip, ClipOutcome, cache_path, read_cached
 from curation.config import RunConfig
-from curation.select import keep_clips
+from curation.select import keep_clips, moment_scores
 from curation.write import build_sample, remove_stale_shards, write_shard_set, write_wids_index
 from manifests.io import write_json, write_parquet
 from manifests.readers import ClipList
@@ -83,7 +83,7 @@ def _write_shards(kept_rows: list[dict], cfg: RunConfig, paths: RunPaths, label_
     return infos
 
 
-def _frame_rows(cached: dict[str, CachedClip], kept: set[str]) -> pa.Table:
+def _frame_rows(cached: dict[str, CachedClip], kept: set[str], moment_window_s: float) -> pa.Table:
     columns: dict[str, list] = {name: [] for name in FRAMES_SCHEMA.names}
     for clip_id in sorted(cached):
         clip = cached[clip_id]
@@ -93,6 +93,7 @@ def _frame_rows(cached: dict[str, CachedClip], kept: set[str]) -> pa.Table:
         columns["score"].extend(clip.scores.tolist())
         contrastive = clip.contrastive if clip.contrastive is not None else [None] * len(clip.times)
         columns["score_contrastive"].extend(list(contrastive))
+        columns["score_moment"].extend(moment_scores(clip.times, clip.scores, moment_window_s).tolist())
         columns["rank"].extend(clip.ranks.tolist())
         columns["selected"].extend(i in chosen for i in range(len(clip.times)))
     return pa.table(columns, schema=FRAMES_SCHEMA)
@@ -137,7 +138,7 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[
     infos = _write_shards(kept_rows, cfg, paths, label_index)
     shard_of = {cid: info.shard for info in infos for cid in info.clip_ids}
     rows = _clip_rows(clip_list, outcomes, kept, shard_of, label_index)
-    write_parquet(paths.manifests / "frames.parquet", _frame_rows(cached, kept))
+    write_parquet(paths.manifests / "frames.parquet", _frame_rows(cached, kept, cfg.select.moment_window_s))
     write_parquet(paths.manifests / "shards.parquet",
                   pa.Table.from_pylist([{k: getattr(i, k) for k in SHARDS_SCHEMA.names} for i in infos],
                                        schema=SHARDS_SCHEMA))

@@ -19,13 +19,28 @@ class Moments:
     clip_score: float
 
 
+def moment_scores(times: np.ndarray, scores: np.ndarray, window_s: float) -> np.ndarray:
+    """Each frame's lowest score within +-window_s/2 of it (0 = the frame's own score).
+
+    A frame's score saw an audio window around it; at the edge of a sounding stretch that window still holds
+    the sound while the frame no longer shows the source (or the other way round). Taking the lowest score
+    nearby keeps moments whose whole neighbourhood agrees: the middle of a good stretch, not its border."""
+    if window_s <= 0 or len(times) < 2:
+        return scores
+    half = window_s / 2 + 1e-9
+    lo = np.searchsorted(times, times - half, side="left")
+    hi = np.searchsorted(times, times + half, side="right")
+    return np.array([scores[a:b].min() for a, b in zip(lo, hi, strict=True)], dtype=scores.dtype)
+
+
 def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig,
                    clip_basis: np.ndarray | None = None) -> Moments:
-    """Greedy top-k by score with at least `min_gap_s` between kept moments; ties go to the earlier frame.
+    """Greedy top-k by moment score (`moment_scores`) with at least `min_gap_s` between kept moments; ties go
+    to the earlier frame.
 
-    The clip score is the mean of `clip_basis` (a score comparable across clips; default `scores`) over the
-    kept moments."""
-    order = np.lexsort((times, -scores.astype(np.float64)))
+    The clip score is the mean moment score of `clip_basis` (default `scores`) over the kept moments."""
+    ranked = moment_scores(times, scores, cfg.moment_window_s)
+    order = np.lexsort((times, -ranked.astype(np.float64)))
     ranks = np.empty(len(scores), dtype=np.int32)
     ranks[order] = np.arange(1, len(scores) + 1, dtype=np.int32)
     kept: list[int] = []
@@ -35,7 +50,7 @@ def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig,
         if all(abs(times[i] - times[j]) >= cfg.min_gap_s - 1e-9 for j in kept):
             kept.append(int(i))
     selected = np.asarray(kept, dtype=np.int64)
-    basis = scores if clip_basis is None else clip_basis
+    basis = ranked if clip_basis is None else moment_scores(times, clip_basis, cfg.moment_window_s)
     return Moments(ranks=ranks, selected=selected, clip_score=float(np.mean(basis[selected])))
 
 

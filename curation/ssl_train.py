@@ -4,7 +4,9 @@ No labels: a frame at time t and the audio window centred on t are a positive pa
 batch is a negative, scored by the best-matching map position (multiple-instance InfoNCE, as EZ-VSL).
 Two moments of each clip share a batch, so the model cannot win by recognising the clip alone (its
 background): it must tell which moment's sound goes with which frame. Crops, flips and colour jitter break
-background identity further; a random gain keeps loudness from identifying a clip.
+background identity further; a random gain keeps loudness from identifying a clip. Background swap removes
+the rest of it: each training frame keeps only its moving foreground, pasted on another clip's background, so
+a backdrop never predicts a sound (measured on the demo world, README "How the defaults were chosen").
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from manifests.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "s2s-ssl-v1"
 _CROP_MARGIN = 1.15  # frames are kept this much larger than the model input, for random crops
+_FOREGROUND_LEVEL = 40  # a pixel is foreground where a channel differs from the clip's median by more (0..255)
+_MAX_FOREGROUND = 0.5  # a larger foreground means the camera moved: such frames are never swapped
 
 
 @dataclass
@@ -47,6 +51,28 @@ class TrainingClips:
     frame_t: torch.Tensor  # (N,) seconds from the clip's start
     audio: list[torch.Tensor]  # per clip (samples,) float32
     clip_ids: list[str]
+
+
+def clip_backgrounds(data: TrainingClips) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's background, the per-pixel median of its frames (C, 3, S, S) uint8, and each frame's
+    foreground (N, S, S) bool: where it differs from that median, grown by one pixel all round.
+
+    A static camera is assumed; objects that move or come and go between moments are the foreground."""
+    backgrounds = torch.empty((len(data.audio), *data.frames.shape[1:]), dtype=torch.uint8)
+    foreground = torch.zeros((data.frames.shape[0], *data.frames.shape[2:]), dtype=torch.bool)
+    for c in range(len(data.audio)):
+        rows = torch.nonzero(data.frame_clip == c).flatten()
+        frames = data.frames[rows].to(torch.int16)
+        median = frames.median(dim=0).values
+        mask = (frames - median).abs().amax(dim=1) > _FOREGROUND_LEVEL
+        rows_grown = mask.clone()
+        rows_grown[:, 1:] |= mask[:, :-1]
+        rows_grown[:, :-1] |= mask[:, 1:]
+        grown = rows_grown.clone()  # a 3x3 dilation, done as rows then columns
+        grown[:, :, 1:] |= rows_grown[:, :, :-1]
+        grown[:, :, :-1] |= rows_grown[:, :, 1:]
+        backgrounds[c], foreground[rows] = median.to(torch.uint8), grown
+    return backgrounds, foreground
 
 
 def model_config(ssl: SSLConfig, sample_rate: int) -> SSLModelConfig:
@@ -142,8 +168,23 @@ def _augment_images(frames: torch.Tensor, size: int, gen: torch.Generator) -> to
     return x.clamp(0, 1)
 
 
-def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen: torch.Generator):
-    """B/2 clips, two frames each: the same clip appears twice, so clip identity alone cannot match."""
+def _swap_backgrounds(frames: torch.Tensor, clips: torch.Tensor, backgrounds: torch.Tensor, foreground: torch.Tensor,
+                      probability: float, gen: torch.Generator) -> torch.Tensor:
+    """With `probability`, a frame's foreground on the background of another clip drawn at random. A frame with
+    no foreground (its object off screen) becomes that other background alone: the pair then teaches that a
+    backdrop does not predict the sound."""
+    n = len(backgrounds)
+    other = (clips + 1 + torch.randint(n - 1, clips.shape, generator=gen)) % n
+    static = foreground.float().mean(dim=(1, 2)) <= _MAX_FOREGROUND
+    swap = (torch.rand(len(frames), generator=gen) < probability) & static
+    composed = torch.where(foreground[:, None], frames, backgrounds[other])
+    return torch.where(swap[:, None, None, None], composed, frames)
+
+
+def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen: torch.Generator,
+           scenes: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """B/2 clips, two frames each: the same clip appears twice, so clip identity alone cannot match.
+    `scenes` = (backgrounds, foreground masks) turns background swap on."""
     n_clips = len(data.audio)
     clips = torch.randperm(n_clips, generator=gen)[: cfg.batch_size // 2]
     frame_ids = []
@@ -151,7 +192,11 @@ def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen:
         candidates = torch.nonzero(data.frame_clip == c).flatten()
         frame_ids.append(candidates[torch.randperm(len(candidates), generator=gen)[:2]])
     frame_ids = torch.cat(frame_ids)
-    images = _augment_images(data.frames[frame_ids], cfg.image_size, gen)
+    frames = data.frames[frame_ids]
+    if scenes is not None:
+        frames = _swap_backgrounds(frames, data.frame_clip[frame_ids], scenes[0], scenes[1][frame_ids],
+                                   cfg.background_swap, gen)
+    images = _augment_images(frames, cfg.image_size, gen)
     jitter = (torch.rand(len(frame_ids), generator=gen) - 0.5) * 0.2  # +-0.1 s around the frame
     gain = 10 ** ((torch.rand(len(frame_ids), 1, generator=gen) - 0.5) * 12 / 20)  # +-6 dB
     waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1] + jitter[j:j + 1],
@@ -239,12 +284,13 @@ def train(data: TrainingClips, cfg: RunConfig, checkpoint: Path, progress: bool 
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     loss_log = checkpoint.with_name("loss.jsonl")
     _truncate_log(loss_log, step)
+    scenes = clip_backgrounds(data) if cfg.ssl.background_swap > 0 else None
     bar = tqdm(total=cfg.ssl.steps, initial=step, desc="ssl-train", unit="step", disable=not progress)
     started = time.perf_counter()
     while step < cfg.ssl.steps:
         model.train()
         gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step)  # a resumed run sees the same batches
-        images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen)
+        images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen, scenes)
         lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr

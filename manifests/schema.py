@@ -43,6 +43,7 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("t", pa.float64(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
         pa.field("score_contrastive", pa.float32()),
+        pa.field("score_moment", pa.float32(), nullable=False),
         pa.field("rank", pa.int32(), nullable=False),
         pa.field("selected", pa.bool_(), nullable=False),
     ]

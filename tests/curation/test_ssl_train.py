@@ -16,7 +16,15 @@ from curation.config import load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
 from curation.score import LearnedScorer
-from curation.ssl_train import ensure_model, load_checkpoint, load_training_clips, train
+from curation.ssl_train import (
+    TrainingClips,
+    _swap_backgrounds,
+    clip_backgrounds,
+    ensure_model,
+    load_checkpoint,
+    load_training_clips,
+    train,
+)
 from manifests.readers import read_clip_table
 
 TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
@@ -91,3 +99,37 @@ def test_ensure_model_trains_once_and_reuses(world):
     assert digest_again == digest and checkpoint.stat().st_mtime_ns == stamp
     unchanged, none = ensure_model(replace(cfg, score=replace(cfg.score, scorer="synchrony")), jobs, out)
     assert none is None and unchanged.score.checkpoint is None
+
+
+def _scene(backdrop: int, squares: list[tuple[int, int] | None], side: int = 16) -> torch.Tensor:
+    frames = torch.full((len(squares), 3, side, side), backdrop, dtype=torch.uint8)
+    for frame, corner in zip(frames, squares, strict=True):
+        if corner is not None:
+            frame[:, corner[0]:corner[0] + 3, corner[1]:corner[1] + 3] = 250
+    return frames
+
+
+def test_background_swap_moves_the_foreground_onto_another_clips_backdrop():
+    moving = _scene(50, [(2, 2), (8, 8), (2, 10)])  # a square that moves: the median is the bare backdrop
+    empty = _scene(150, [None, None, None])  # object off screen all along
+    busy = _scene(100, [None, None, None])
+    busy[1, :, :12] = 220  # most of the frame changes: a camera move, never swapped
+    data = TrainingClips(frames=torch.cat([moving, empty, busy]), frame_clip=torch.arange(3).repeat_interleave(3),
+                         frame_t=torch.zeros(9), audio=[torch.zeros(10)] * 3, clip_ids=["a", "b", "c"])
+    backgrounds, foreground = clip_backgrounds(data)
+    assert torch.equal(backgrounds[0], torch.full((3, 16, 16), 50, dtype=torch.uint8))
+    assert torch.equal(backgrounds[1], empty[0])
+    assert foreground[0].sum() == 5 * 5 and foreground[0, 1:6, 1:6].all()  # the 3x3 square grown by a pixel
+    assert not foreground[3:6].any()
+    frames = data.frames[[0, 3, 7]]
+    swapped = _swap_backgrounds(frames, torch.tensor([0, 1, 2]), backgrounds, foreground[[0, 3, 7]], 1.0,
+                                torch.Generator().manual_seed(0))
+    square = torch.zeros(16, 16, dtype=torch.bool)
+    square[2:5, 2:5] = True
+    assert (swapped[0][:, square] == 250).all()
+    assert set(swapped[0][:, ~foreground[0]].unique().tolist()) <= {100, 150}  # another clip's backdrop
+    assert set(swapped[1].unique().tolist()) <= {50, 100} and not torch.equal(swapped[1], frames[1])
+    assert torch.equal(swapped[2], frames[2])
+    kept = _swap_backgrounds(frames, torch.tensor([0, 1, 2]), backgrounds, foreground[[0, 3, 7]], 0.0,
+                             torch.Generator().manual_seed(0))
+    assert torch.equal(kept, frames)
