@@ -60,6 +60,7 @@ def _groups(jobs: list[ClipJob], size: int) -> Iterator[list[ClipJob]]:
 @contextlib.contextmanager
 def _client(cfg: RunConfig) -> Iterator:
     """A client of the configured cluster; a LocalCluster started here is shut down on exit."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.ERROR)  # cluster chatter would hide the progress bar
@@ -68,8 +69,12 @@ def _client(cfg: RunConfig) -> Iterator:
             yield client
         return
     workers = cfg.dask.workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=cfg.dask.memory_limit,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in the workers; any explicit value turns off glibc's
+    # adaptive mmap threshold, so every large tensor is mmap'd and page-faulted afresh: the learned scorer ran
+    # 2x slower (README, Benchmark). None unsets it (a value set in the shell still wins).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=cfg.dask.memory_limit,
+                         dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 

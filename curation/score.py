@@ -126,14 +126,18 @@ class LearnedScorer:
         self.model_id = f"ssl-{cfg.checkpoint_format}-{file_digest(cfg.checkpoint)[:12]}"
 
     def _images(self, frames: np.ndarray):
+        """(T, H, W, 3) uint8 frames -> centre squares at the model's size, floats in [0, 1].
+
+        Resized while still uint8 and channels-last (torch's vectorised antialiasing path, about 10x faster
+        than resizing floats); only the small result is converted."""
         import torch
         import torch.nn.functional as F
 
         from curation.ssl_train import square_frames
 
-        x = torch.from_numpy(np.ascontiguousarray(square_frames(frames))).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(square_frames(frames))).permute(0, 3, 1, 2)
         size = self.model.cfg.image_size
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).float() / 255.0
 
     def _reference(self, image_maps, vectors):
         """Mean max-over-map similarity of each frame with the audio bank and of each audio with the image bank."""
