@@ -1,6 +1,7 @@
 """End-to-end runs on a real LocalCluster (2 worker processes), real ffmpeg, decord and WebDataset tars."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ import pytest
 import webdataset as wds
 from conftest import make_av
 
-from curation.config import load_config
+from curation.config import SelectConfig, load_config
 from curation.pipeline import run
+
+KEPT_OF_16 = math.ceil(SelectConfig().keep_quantile * 16)
 
 DEMO = {"demo.clips": 16, "demo.duration_s": 4.0, "dask.workers": 2, "dask.clips_per_task": 2,
         "write.samples_per_shard": 5,
@@ -45,7 +48,7 @@ def test_demo_run_writes_manifests_and_readable_shards(clean_run):
     frames = pd.read_parquet(out / "manifests" / "frames.parquet")
     assert len(clips) == 16 and clips["clip_id"].is_unique
     assert set(clips["status"]) <= {"ok", "rejected"}
-    assert (clips["status"] == "ok").sum() == 12  # keep_quantile 0.75 of 16 scored clips
+    assert (clips["status"] == "ok").sum() == KEPT_OF_16  # exactly ceil(keep_quantile x 16 scored clips)
     assert len(frames) == clips["n_frames"].sum() == 16 * 40
     assert (frames.groupby("clip_id")["rank"].min() == 1).all()
     kept = frames[frames["selected"]]
@@ -129,7 +132,7 @@ def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):
                                        "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         assert address.startswith("tcp://127.0.0.1:")
         summary = run(_demo_config(tmp_path / "out", **{"dask.scheduler": address}), progress=False)
-        assert summary.counts.get("ok") == 12
+        assert summary.counts.get("ok") == KEPT_OF_16
         assert _shard_hashes(tmp_path / "out") == _shard_hashes(out)
     finally:
         for proc in reversed(procs):
