@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.fetch import fetch_throughput
 from bench.fetch import table as fetch_table
+from bench.tables import throughput_table
 from curation.config import load_config
 from curation.demo import generate_world
 from curation.pipeline import run
@@ -87,9 +88,7 @@ def _table(results: dict) -> str:
             ("pipeline, synchrony scoring, 2 workers", results["pipeline_score_2w"]),
             ("pipeline, synchrony scoring, 1 worker", results["pipeline_score_1w"]),
             ("ffmpeg CLI decode floor, 2 in parallel", results["ffmpeg_floor_2p"])]
-    lines = ["| run | clips/s, cluster up | clips/s, whole run incl. cluster start |", "|---|---|---|"]
-    for name, r in rows:
-        lines.append(f"| {name} | {r.get('clips_per_s_processing', r['clips_per_s']):.2f} | {r['clips_per_s']:.2f} |")
+    lines = throughput_table("run", "clips/s, whole run incl. cluster start", rows)
     ratios = results["ratios"]
     lines.append("")
     lines.append(" ; ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.tables import throughput_table
 from curation.config import FetchConfig, load_config
 from curation.fetch import standardise, verify
 from curation.pipeline import run
@@ -76,9 +77,7 @@ def table(results: dict) -> str:
     rows = [("fetch in-process, one after the other", results["in_process"]),
             ("pipeline (fetch + decode), 1 worker", results["pipeline_1w"]),
             ("pipeline (fetch + decode), 2 workers", results["pipeline_2w"])]
-    lines = ["| fetch over loopback | clips/s, cluster up | clips/s, whole run |", "|---|---|---|"]
-    for name, r in rows:
-        lines.append(f"| {name} | {r.get('clips_per_s_processing', r['clips_per_s']):.2f} | {r['clips_per_s']:.2f} |")
+    lines = throughput_table("fetch over loopback", "clips/s, whole run", rows)
     inproc = results["in_process"]
     lines.append(f"\nper clip: yt-dlp extraction {inproc['median_ms_yt_dlp_extract']} ms, ffmpeg section + ffprobe "
                  f"{inproc['median_ms_ffmpeg_section_and_ffprobe']} ms (medians); "
