@@ -27,6 +27,9 @@ class Stage2Config:
     beta2: float = 0.999
     ema_decay: float = 0.999  # target; warmed up as min(target, (1 + step) / (10 + step))
     diffaug: str = "translation,color"  # DiffAugment policy on D's inputs: comma list of translation,cutout,color
+    # weight of G's embedding-consistency loss: 1 - cos(stage-1 embedding of the generated image, its condition)
+    # (0 = off). The frozen, label-free stage-1 encoder tells G which content the embedding stands for
+    embed_consistency: float = 1.0
     moments: int = 3  # frames per clip trained on (jpg, top2.jpg, ...), each with its own embedding
     log_every: int = 25
     sample_every: int = 200  # samples_<step>.png
@@ -81,6 +84,7 @@ def check(s2: Stage2Config, probe: ProbeConfig, gen: GenEvalConfig, problems: li
     need(s2.g_lr > 0 and s2.d_lr > 0, "stage2.g_lr and stage2.d_lr: must be > 0")
     need(0 <= s2.beta1 < 1 and 0 <= s2.beta2 < 1, "stage2.beta1 and stage2.beta2: must be in [0, 1)")
     need(0 <= s2.ema_decay < 1, "stage2.ema_decay: must be in [0, 1)")
+    need(s2.embed_consistency >= 0, "stage2.embed_consistency: must be >= 0")
     bad = [p for p in s2.diffaug.split(",") if p.strip() and p.strip() not in DIFFAUG_POLICIES]
     need(not bad, f"stage2.diffaug: unknown policies {bad} (known: {', '.join(DIFFAUG_POLICIES)})")
     for name in ("image_size", "width", "steps", "batch_size"):

@@ -30,8 +30,8 @@ from manifests.io import atomic_write_bytes
 from training.audio import fit_length
 from training.checkpoint import ResumeError
 from training.config import ConfigError, TrainConfig, load_config
-from training.data import IMAGE_MEAN, IMAGE_STD, open_image, resolve_shards
-from training.embedding_cache import FrozenEncoder, load_encoder
+from training.data import open_image, resolve_shards
+from training.embedding_cache import FrozenEncoder, encoder_input, load_encoder
 from training.models.audio_encoder import AudioEncoder
 from training.models.gan import Generator
 from training.models.image_encoder import embed
@@ -58,12 +58,8 @@ class SoundToImage:
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [-1, 1] -> (B, D) L2-normalised stage-1 embeddings."""
-        size = self.image.cfg.image_size
-        x = F.interpolate(images.float().to(self.device), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-        mean = torch.tensor(IMAGE_MEAN, device=self.device)[:, None, None]
-        std = torch.tensor(IMAGE_STD, device=self.device)[:, None, None]
-        return torch.cat([embed(self.image.model, ((c + 1) / 2 - mean) / std) for c in x.split(64)])
+        x = encoder_input(images.to(self.device), self.image.cfg.image_size)
+        return torch.cat([embed(self.image.model, c) for c in x.split(64)])
 
     @torch.no_grad()
     def generate(self, emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

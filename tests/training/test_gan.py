@@ -60,6 +60,18 @@ def test_ema_warm_up():
     assert update_ema(a, b, 10_000, 0.999) == pytest.approx(0.999)
 
 
+def test_embedding_consistency_prefers_the_frames_own_embedding(stage1_out, tiny_shards):
+    cfg = tiny_config(tiny_shards, stage1_out)
+    frames, emb, encoder = stage2_gan.training_set(cfg, Stage2Config(**{**TINY_GAN, "resolution": 32}),
+                                                   torch.device("cpu"))
+    own = stage2_gan.embedding_consistency(encoder, frames, emb)
+    shuffled = stage2_gan.embedding_consistency(encoder, frames, emb.roll(1, dims=0))
+    assert own < 0.01 < shuffled  # the cache's embeddings are of these very frames
+    images = frames.clone().requires_grad_(True)
+    stage2_gan.embedding_consistency(encoder, images, emb.roll(1, dims=0)).backward()
+    assert images.grad.abs().sum() > 0  # it trains G through the frozen encoder
+
+
 def test_tiny_gan_run_is_finite_has_ema_and_resumes(stage1_out, tiny_shards):
     cfg = tiny_config(tiny_shards, stage1_out)
     result = stage2_gan.train(cfg, Stage2Config(steps=3, **TINY_GAN))
@@ -68,7 +80,7 @@ def test_tiny_gan_run_is_finite_has_ema_and_resumes(stage1_out, tiny_shards):
     records = [json.loads(line) for line in (stage_dir / "loss.jsonl").read_text().splitlines()]
     losses = [r for r in records if "loss_d" in r]
     assert len(losses) == 3
-    assert all(np.isfinite(r[k]) for r in losses for k in ("loss_d", "loss_g", "d_real", "d_fake"))
+    assert all(np.isfinite(r[k]) for r in losses for k in ("loss_d", "loss_g", "d_real", "d_fake", "loss_embed"))
     state = load_checkpoint(stage_dir / "last.pt")
     raw, ema = state["g"], state["g_ema"]
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point() and "orig" in k)

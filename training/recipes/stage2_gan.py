@@ -33,7 +33,7 @@ from training.checkpoint import append_jsonl, check_resumable, load_checkpoint, 
 from training.config import TrainConfig
 from training.config_gan import Stage2Config
 from training.data import mapped, meta, moment_names, open_image, pipeline, resolve_shards
-from training.embedding_cache import ensure_cache, load_encoder, load_table
+from training.embedding_cache import FrozenEncoder, encoder_input, ensure_cache, load_encoder, load_table
 from training.models.gan import Discriminator, GANConfig, Generator, count_parameters, update_ema
 
 
@@ -124,6 +124,13 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
             keep = ((ys - cy).abs() >= h // 4) | ((xs - cx).abs() >= w // 4)
             x = x * keep[:, None].to(x.dtype)
     return x
+
+
+# ---------------------------------------------------------------- embedding consistency
+def embedding_consistency(encoder: FrozenEncoder, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cos(frozen stage-1 embedding of `images` (in [-1, 1]), `cond`): differentiable in `images`."""
+    e = F.normalize(encoder.model(encoder_input(images, encoder.cfg.image_size)).float(), dim=-1)
+    return (1 - (e * cond.float()).sum(dim=1)).mean()
 
 
 # ---------------------------------------------------------------- images
@@ -255,17 +262,21 @@ def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
         idx = torch.randint(0, n, (b,), generator=rng, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             z = torch.randn(b, gcfg.z_dim, generator=rng, device=device)
-            loss_g = -disc(diff_augment(g(z, emb[idx]), s2.diffaug), emb[idx]).float().mean()
+            fake = g(z, emb[idx])
+            loss_adv = -disc(diff_augment(fake, s2.diffaug), emb[idx]).float().mean()
+            loss_embed = embedding_consistency(encoder, fake, emb[idx]) if s2.embed_consistency else torch.zeros(())
+            loss_g = loss_adv + s2.embed_consistency * loss_embed
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
         decay = update_ema(g_ema, g, step, s2.ema_decay)
         step += 1
-        logs.append((loss_d.item(), loss_g.item(), d_real.mean().item(), d_fake.mean().item()))
+        logs.append((loss_d.item(), loss_adv.item(), d_real.mean().item(), d_fake.mean().item(), loss_embed.item()))
         if step % s2.log_every == 0:
             m = np.mean(logs, axis=0)
             append_jsonl(stage_dir / "loss.jsonl", {
-                "step": step, "loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3], "ema_decay": decay,
+                "step": step, "loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3], "loss_embed": m[4],
+                "ema_decay": decay,
                 "steps_per_s": (step - steps_at_log) / (time.time() - t_log),
                 "images_per_s": (step - steps_at_log) * b / (time.time() - t_log),
                 "seconds": spent + time.time() - t_start})
