@@ -54,9 +54,9 @@ class SSLConfig:
     """The localisation model trained by `ssl-train` (CPU-sized by default) and its training."""
 
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
-    # audio window centred on the frame: 1 s, not EZ-VSL's 3 s, because a 3-s window around a silent moment
-    # nearly always holds sound from a neighbouring second (README: measured AP 0.67 with 3 s, 0.83 with 1 s)
-    window_s: float = 1.0
+    # audio window centred on the frame: 0.5 s, not EZ-VSL's 3 s, because a long window around a silent moment
+    # holds sound from the neighbouring seconds (README "How the defaults were chosen": 3 s, 1 s, 0.5 s)
+    window_s: float = 0.5
     image_maxpool: bool = False
     image_size: int = 64
     dim: int = 64
@@ -84,7 +84,7 @@ class SelectConfig:
     min_gap_s: float = 0.5  # kept moments are at least this far apart (no near-duplicate frames)
     # a moment scores the lowest frame score within +-moment_window_s/2 (0 = its own): frames at the border of
     # a sounding stretch, whose audio window still (or already) holds the sound, rank below its middle
-    moment_window_s: float = 0.8
+    moment_window_s: float = 0.4
     clip_score: str = "score"  # what ranks clips: `score` or `score_contrastive` (falls back to `score`)
     min_clip_score: float | None = None  # drop clips whose score is below this
     keep_quantile: float | None = 0.65  # keep this top fraction of scored clips (None keeps all)
