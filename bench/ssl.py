@@ -1,17 +1,18 @@
 """Localisation-model benchmark: scoring throughput inside the pipeline vs the model's isolated forward pass.
 
 Trains (or reuses) the default CPU-sized model on a demo world, curates it with that model, and times the
-same frames through the bare model. Writes `<out>/ssl.json`. Run: `make bench` or `python -m bench.ssl`.
+same frames through the bare model: one process with one torch thread per worker, and as many single-thread
+processes as workers (the pipeline's layout). Writes `<out>/ssl.json`. Run: `make bench` or `python -m bench.ssl`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,11 +26,11 @@ from curation.ssl_train import ensure_model
 from manifests.io import write_json
 
 
-def _isolated_forward(scorer: LearnedScorer, clips: list, threads: int, batch: int) -> float:
-    """frames/s of the bare model (image maps + audio vectors + localisation) on pre-decoded inputs."""
+def _forward_seconds(scorer: LearnedScorer, clips: list, batch: int) -> tuple[int, float]:
+    """(frames, best-of-2 seconds) of the bare model (image maps + audio vectors + localisation) on
+    pre-decoded, pre-resized inputs."""
     from curation.ssl_train import audio_windows
 
-    torch.set_num_threads(threads)
     model, front, cfg = scorer.model, scorer.front, scorer.model.cfg
     images = torch.cat([scorer._images(c.frames) for c in clips])
     waves = torch.cat([audio_windows(torch.from_numpy(c.audio), torch.from_numpy(c.times), cfg.window_s,
@@ -42,7 +43,35 @@ def _isolated_forward(scorer: LearnedScorer, clips: list, threads: int, batch: i
                 maps = model.image_maps(images[lo:lo + batch])
                 model.localization(maps, model.audio_vectors(front(waves[lo:lo + batch])))
             best = min(best, time.perf_counter() - started)
-    return len(images) / best
+    return len(images), best
+
+
+def _decode(paths: list[Path], cfg) -> list:
+    return [decode_clip(p, 0.0, cfg.demo.duration_s, cfg.decode) for p in paths]
+
+
+def _forward_process(score_cfg, paths: list[Path], cfg, barrier, results) -> None:
+    """One single-thread copy of the bare model, started together with the others (the pipeline's layout)."""
+    scorer = LearnedScorer(score_cfg)  # one torch thread, as in a pipeline worker
+    clips = _decode(paths, cfg)
+    _forward_seconds(scorer, clips[:1], score_cfg.batch_size)  # warm-up
+    barrier.wait()
+    frames, seconds = _forward_seconds(scorer, clips, score_cfg.batch_size)
+    results.put(frames / seconds)
+
+
+def _isolated_in_processes(score_cfg, paths: list[Path], cfg, processes: int) -> float:
+    """frames/s of `processes` concurrent single-thread copies of the bare model, each on the same frames."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes, timeout=300), ctx.Queue()  # a failed copy breaks it
+    procs = [ctx.Process(target=_forward_process, args=(score_cfg, paths, cfg, barrier, results))
+             for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    rates = [results.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(rates)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,18 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     record = json.loads((world_out / "manifests" / "run.json").read_text())
     workers = cfg.dask.workers or 2
     in_pipeline = record["scorer_frames_per_s_per_worker"] * workers
-    scorer = LearnedScorer(replace(cfg.score, batch_size=cfg.score.batch_size))
-    clips = [decode_clip(p, 0.0, cfg.demo.duration_s, cfg.decode)
-             for p in sorted((world_out / "raw").glob("demo*.mp4"))[:16]]
-    isolated = _isolated_forward(scorer, clips, threads=workers, batch=cfg.score.batch_size)
-    frames = int(sum(len(c.times) for c in clips))
+    paths = sorted((world_out / "raw").glob("demo*.mp4"))[:16]
+    scorer = LearnedScorer(cfg.score)
+    torch.set_num_threads(workers)
+    frames, seconds = _forward_seconds(scorer, _decode(paths, cfg), cfg.score.batch_size)
+    isolated = frames / seconds
+    isolated_processes = _isolated_in_processes(cfg.score, paths, cfg, workers)
     results = {
         "clips": args.clips, "ssl_train_s": round(train_s, 1), "ssl_steps": cfg.ssl.steps,
         "isolated_forward_frames_per_s": round(isolated, 1), "isolated_frames_timed": frames,
+        "isolated_forward_processes_frames_per_s": round(isolated_processes, 1),
         "in_pipeline_scorer_frames_per_s": round(in_pipeline, 1),
         "pipeline_over_isolated": round(in_pipeline / isolated, 3),
+        "pipeline_over_isolated_processes": round(in_pipeline / isolated_processes, 3),
         "end_to_end_frames_per_s": round(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps, 1),
-        "workers": workers, "torch_threads_isolated": workers,
+        "workers": workers, "torch_threads_isolated": workers, "isolated_processes": workers,
     }
     write_json(out / "ssl.json", results)
     print(json.dumps(results, indent=2))
