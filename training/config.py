@@ -91,7 +91,7 @@ class Stage3Config:
     weight_decay: float = 1e-5
     temperature: float = 0.1  # logits = -||a - v|| / temperature (official code: 1.0)
     l2_weight: float = 0.0  # optional + l2_weight * mean ||a - v||^2
-    target_moments: int = 3  # 1: the best frame's embedding; k > 1: one of the first k moments at random
+    target_moments: int = 1  # 1: the best frame's embedding; k > 1: one of the first k moments at random
     eval_every: int = 50  # validation loss every this many steps; the best checkpoint is kept
     patience: int = 0  # stop after this many validations without improvement (0: never)
     val_clips: int = 512  # validation reads at most this many clips of the slice (shard order)
