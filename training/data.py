@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
@@ -28,6 +29,17 @@ from training.config import AudioConfig, DataConfig
 
 HANDLERS = {"reraise": wds.reraise_exception, "warn": wds.warn_and_continue}
 IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics (SwAV's input)
+
+
+def imagenet_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) images in [-1, 1] (generated or decoded) -> a network's ImageNet-normalised input at
+    size x size (squashed, antialiased bilinear), as the PIL transforms prepare shard frames; differentiable."""
+    x = images.float().add(1).div(2)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(IMAGE_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 # ---------------------------------------------------------------- shard lists

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from torch import nn
 
@@ -59,17 +58,6 @@ def embed_transform(image_size: int) -> T.Compose:
     """The whole frame, squashed to image_size x image_size, ImageNet-normalised."""
     return T.Compose([T.Resize((image_size, image_size), antialias=True), T.PILToTensor(),
                       T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGE_MEAN, IMAGE_STD)])
-
-
-def encoder_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """(B, 3, H, W) images in [-1, 1] (generated or decoded) -> the encoder's input: squashed to image_size,
-    ImageNet-normalised, as `embed_transform` prepares shard frames; differentiable (stage 2 trains through it)."""
-    x = images.float().add(1).div(2)
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(IMAGE_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def _decode_moments(sample: dict, moments: int, image_size: int, transform: T.Compose) -> dict:

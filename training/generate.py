@@ -30,8 +30,8 @@ from manifests.io import atomic_write_bytes
 from training.audio import fit_length
 from training.checkpoint import ResumeError
 from training.config import ConfigError, TrainConfig, load_config
-from training.data import open_image, resolve_shards
-from training.embedding_cache import FrozenEncoder, encoder_input, load_encoder
+from training.data import imagenet_input, open_image, resolve_shards
+from training.embedding_cache import FrozenEncoder, load_encoder
 from training.models.audio_encoder import AudioEncoder
 from training.models.gan import Generator
 from training.models.image_encoder import embed
@@ -58,7 +58,7 @@ class SoundToImage:
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [-1, 1] -> (B, D) L2-normalised stage-1 embeddings."""
-        x = encoder_input(images.to(self.device), self.image.cfg.image_size)
+        x = imagenet_input(images.to(self.device), self.image.cfg.image_size)
         return torch.cat([embed(self.image.model, c) for c in x.split(64)])
 
     @torch.no_grad()

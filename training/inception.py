@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.models import inception_v3
 
-from training.data import IMAGE_MEAN, IMAGE_STD
+from training.data import imagenet_input
 from training.evaluate import frechet_distance
 
 
@@ -36,12 +35,9 @@ def features_and_logits(model: torch.nn.Module, images: torch.Tensor, device: to
     pooled: list[torch.Tensor] = []
     handle = model.avgpool.register_forward_hook(lambda _m, _i, out: pooled.append(out.flatten(1).cpu()))
     logits = []
-    mean = torch.tensor(IMAGE_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGE_STD, device=device)[:, None, None]
     try:
         for chunk in images.split(batch_size):
-            x = F.interpolate(chunk.float().to(device), size=(299, 299), mode="bilinear", align_corners=False)
-            logits.append(model(((x + 1) / 2 - mean) / std).cpu())
+            logits.append(model(imagenet_input(chunk.to(device), 299)).cpu())
     finally:
         handle.remove()
     return torch.cat(pooled).numpy(), torch.cat(logits).numpy()
