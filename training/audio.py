@@ -21,19 +21,25 @@ from torch import nn
 from training.config import AudioConfig
 
 
-def load_waveform(flac: bytes, cfg: AudioConfig) -> np.ndarray:
-    """Decode a shard's `flac` member to float32 mono at cfg.sample_rate, tiled/cut to cfg.seconds."""
+def load_waveform(flac: bytes, cfg: AudioConfig, centre_s: float | None = None) -> np.ndarray:
+    """Decode a shard's `flac` member to float32 mono at cfg.sample_rate, fitted to cfg.seconds (fit_length)."""
     wave, rate = sf.read(io.BytesIO(flac), dtype="float32", always_2d=True)
     if rate != cfg.sample_rate:
         raise ValueError(f"audio is {rate} Hz, the front end expects {cfg.sample_rate} Hz")
-    return fit_length(wave.mean(axis=1), cfg)
+    return fit_length(wave.mean(axis=1), cfg, centre_s)
 
 
-def fit_length(wave: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """Tile a short clip (as the official code does: np.tile) or cut a long one to cfg.seconds."""
+def fit_length(wave: np.ndarray, cfg: AudioConfig, centre_s: float | None = None) -> np.ndarray:
+    """cfg.seconds of the clip: with crop "moment", the window centred on `centre_s` (the clip's middle when
+    None), shifted to lie inside the clip; then a short clip is tiled (as the official code does: np.tile) and
+    a long one cut."""
     n = int(round(cfg.seconds * cfg.sample_rate))
     if wave.size == 0:
         raise ValueError("empty audio")
+    if cfg.crop == "moment" and wave.size > n:
+        centre = wave.size // 2 if centre_s is None else int(round(centre_s * cfg.sample_rate))
+        start = min(max(centre - n // 2, 0), wave.size - n)
+        wave = wave[start:start + n]
     return np.clip(np.tile(wave, math.ceil(n / wave.size))[:n], -1.0, 1.0).astype(np.float32)
 
 

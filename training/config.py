@@ -19,6 +19,7 @@ from training.config_gan import GenEvalConfig, ProbeConfig, Stage2Config
 
 HANDLERS = ("reraise", "warn")
 DEVICES = ("auto", "cpu", "cuda")
+AUDIO_CROPS = ("clip", "moment")
 NORMALISATIONS = ("global", "per_clip")
 
 
@@ -72,7 +73,11 @@ class Stage1Config:
 @dataclass(frozen=True)
 class AudioConfig:
     sample_rate: int = 16000
-    seconds: float = 10.0  # clips are tiled (or cut) to this length, like the official code
+    # what the encoder hears: `seconds` of audio, tiled if the clip is shorter (like the official code), taken
+    # from the clip's start (crop "clip": the official code's 10 s) or centred on the sample's best frame
+    # (crop "moment", json frame_t): the sound of the moment the target image shows (README "Stage 3 audio")
+    seconds: float = 2.0
+    crop: str = "moment"
     n_fft: int = 512  # 257 frequency bins
     hop: int = 160  # 10 ms
     eps: float = 1e-10  # log(power + eps); well below the -40 dBFS noise floor of the demo world
@@ -91,7 +96,8 @@ class Stage3Config:
     weight_decay: float = 1e-5
     temperature: float = 0.1  # logits = -||a - v|| / temperature (official code: 1.0)
     l2_weight: float = 0.0  # optional + l2_weight * mean ||a - v||^2
-    target_moments: int = 1  # 1: the best frame's embedding; k > 1: one of the first k moments at random
+    target_moments: int = 1  # 1: the best frame's embedding; k > 1: one of the first k moments at random (with
+    # audio.crop "moment": the audio is cut around that same moment)
     eval_every: int = 50  # validation loss every this many steps; the best checkpoint is kept
     patience: int = 0  # stop after this many validations without improvement (0: never)
     val_clips: int = 512  # validation reads at most this many clips of the slice (shard order)
@@ -149,6 +155,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     need(0 <= s1.colour_jitter <= 1, "stage1.colour_jitter: must be in [0, 1]")
     need(a.sample_rate >= 8000, "audio.sample_rate: must be >= 8000")
     need(a.seconds > 0, "audio.seconds: must be > 0")
+    need(a.crop in AUDIO_CROPS, f"audio.crop: must be one of {', '.join(AUDIO_CROPS)}")
     need(a.n_fft >= 16 and 1 <= a.hop <= a.n_fft, "audio.n_fft: must be >= 16 and audio.hop in 1..n_fft")
     need(a.eps > 0, "audio.eps: must be > 0")
     need(a.normalisation in NORMALISATIONS, f"audio.normalisation: must be one of {', '.join(NORMALISATIONS)}")

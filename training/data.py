@@ -127,10 +127,24 @@ def open_image(data: bytes, min_side: int) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_audio(sample: dict, cfg: AudioConfig) -> dict:
-    """A sample's waveform (tiled to cfg.seconds), label, identity and the time of its best frame."""
-    return {"wave": load_waveform(sample["flac"], cfg), "url": sample["__url__"], "key": sample["__key__"],
-            "label": int(sample["cls"]), "frame_t": float(meta(sample).get("frame_t") or 0.0)}
+def decode_audio(sample: dict, cfg: AudioConfig, moments: int = 1, rng: np.random.Generator | None = None
+                 ) -> dict:
+    """A sample's waveform (fitted to cfg.seconds, see fit_length), label, identity and the time of its best frame.
+
+    With audio.crop "moment", moments > 1 and an rng, the waveform is centred on one of the sample's first
+    `moments` moments that the shard holds (drawn at random; its index in `moment`), else on the best frame."""
+    info = meta(sample)
+    frame_t = info.get("frame_t")
+    index, centre = 0, frame_t
+    if cfg.crop == "moment" and moments > 1 and rng is not None:
+        times = [m["t"] for m in info.get("moments", [])]
+        held = [i for i, name in enumerate(moment_names(min(moments, len(times)))) if name in sample]
+        if held:
+            index = int(held[rng.integers(len(held))])
+            centre = times[index]
+    return {"wave": load_waveform(sample["flac"], cfg, centre), "url": sample["__url__"],
+            "key": sample["__key__"], "label": int(sample["cls"]), "frame_t": float(frame_t or 0.0),
+            "moment": index}
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:

@@ -8,6 +8,10 @@ On the demo world (truth beside the shards; training/probe.py judges the images)
   class_acc             generated images whose most probable category is the clip's sound category, over the
                         clips where exactly one category sounds (chance 1/K)
   class_acc_image_cond  the same from the evaluation frames' own image embeddings (the generator alone)
+  size_spearman_image_cond  the generator alone: Spearman between the evaluation frames' truth scale and the
+                        probe's scale of the images generated from their embeddings (the ceiling of volume control)
+  mix_both_rate_image_cond  the generator alone: evaluation frames that show two objects (truth; how many:
+                        mix_image_cond_frames), images from their embeddings where the probe finds both
   volume_size_spearman  per such clip: Spearman between the gain on its waveform (gen_eval.gains_db) and the
                         probe's scale of the images (mean over the same n_z noise vectors at every gain);
                         averaged over clips (`..._pooled`: one Spearman over all clip x gain points)
@@ -81,17 +85,27 @@ def class_and_volume(m: SoundToImage, probe, size: int, waves: torch.Tensor, cat
             "volume_mean_scale_by_gain": {f"{g:+g}": float(s) for g, s in zip(gains, sizes.mean(0), strict=True)}}
 
 
-def image_conditioned(m: SoundToImage, probe, size: int, truth: pd.DataFrame, keys: list[str],
+def image_conditioned(m: SoundToImage, probe, size: int, threshold: float, truth: pd.DataFrame, keys: list[str],
                       frame_t: list[float], e_real: np.ndarray, z: torch.Tensor) -> dict[str, Any]:
-    """The generator alone: images from the evaluation frames' own image embeddings, judged against the
-    frame's visible main object (separates a weak generator from a weak audio encoder)."""
-    mains = [frame_truth(truth, k, t)[2] for k, t in zip(keys, frame_t, strict=True)]
-    seen = [i for i, c in enumerate(mains) if c >= 0]
+    """The generator alone, from the evaluation frames' own image embeddings, judged against the frame's truth:
+    the ceilings of class_acc, volume and mixing whatever the audio encoder does."""
+    facts = [frame_truth(truth, k, t) for k, t in zip(keys, frame_t, strict=True)]
+    seen = [i for i, (_, _, main) in enumerate(facts) if main >= 0]
     if not seen:
         return {}
-    probs, _ = judge(probe, m.generate(torch.from_numpy(e_real[seen]), z).flatten(0, 1).cpu(), size)
-    target = torch.tensor([mains[i] for i in seen])[:, None]
-    return {"class_acc_image_cond": float((probs.argmax(1).view(len(seen), -1) == target).float().mean())}
+    probs, scale = judge(probe, m.generate(torch.from_numpy(e_real[seen]), z).flatten(0, 1).cpu(), size)
+    probs = probs.view(len(seen), z.shape[0], -1)
+    target = torch.tensor([facts[i][2] for i in seen])[:, None]
+    result = {"class_acc_image_cond": float((probs.argmax(2) == target).float().mean()),
+              "size_spearman_image_cond": spearman(np.array([facts[i][1] for i in seen]),
+                                                   scale.view(len(seen), -1).mean(1).numpy())}
+    two = [r for r, i in enumerate(seen) if facts[i][0].sum() == 2]
+    result["mix_image_cond_frames"] = len(two)
+    if two:
+        present = torch.from_numpy(np.stack([facts[seen[r]][0] for r in two])).bool()[:, None, :]
+        both = ((probs[two] > threshold) | ~present).all(2)
+        result["mix_both_rate_image_cond"] = float(both.float().mean())
+    return result
 
 
 def mix_rates(m: SoundToImage, probe, size: int, waves: torch.Tensor, cats: list[int], n_pairs: int,
@@ -165,7 +179,8 @@ def run(cfg: TrainConfig, pcfg: ProbeConfig, gcfg: GenEvalConfig) -> dict[str, A
         probe, real = load_or_train(cfg, pcfg, truth_path, train_urls, eval_urls)
         probe = probe.to(device)
         truth = pd.read_parquet(truth_path)
-        result.update(image_conditioned(m, probe, pcfg.image_size, truth, keys, frame_t, e_real, z))
+        result.update(image_conditioned(m, probe, pcfg.image_size, pcfg.threshold, truth, keys, frame_t, e_real,
+                                        z))
         heard = [audible(truth, k) for k in keys]
         single = [i for i, h in enumerate(heard) if len(h) == 1]
         cats = [next(iter(heard[i])) for i in single]

@@ -30,7 +30,7 @@ from manifests.io import atomic_write_bytes
 from training.audio import fit_length
 from training.checkpoint import ResumeError
 from training.config import ConfigError, TrainConfig, load_config
-from training.data import imagenet_input, open_image, resolve_shards
+from training.data import imagenet_input, meta, open_image, resolve_shards
 from training.embedding_cache import FrozenEncoder, load_encoder
 from training.models.audio_encoder import AudioEncoder
 from training.models.gan import Generator
@@ -86,32 +86,37 @@ def load_models(out: str | Path, device: torch.device) -> SoundToImage:
 
 
 # ---------------------------------------------------------------- inputs
-def _shard_member(cfg: TrainConfig, key: str, member: str) -> bytes:
+def _shard_sample(cfg: TrainConfig, key: str) -> dict:
     import webdataset as wds
 
     train, evaluation = resolve_shards(cfg.data)
     for url in dict.fromkeys(evaluation + train):
         for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
             if sample["__key__"] == key:
-                return sample[member]
+                return sample
     raise FileNotFoundError(f"no clip {key!r} in the shards of {cfg.data.shards!r}")
 
 
 def load_audio(spec: str, cfg: TrainConfig, audio_cfg) -> torch.Tensor:
     """A file path or shard:<key> -> (samples,) float32 waveform at the front end's rate and length."""
-    data = _shard_member(cfg, spec[6:], "flac") if spec.startswith("shard:") else Path(spec).read_bytes()
+    centre_s = None  # a file: its middle (audio.crop "moment"); a shard sample: its best frame
+    if spec.startswith("shard:"):
+        sample = _shard_sample(cfg, spec[6:])
+        data, centre_s = sample["flac"], meta(sample).get("frame_t")
+    else:
+        data = Path(spec).read_bytes()
     wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     wave = torch.from_numpy(wave.mean(axis=1))
     if rate != audio_cfg.sample_rate:
         import torchaudio
 
         wave = torchaudio.functional.resample(wave, rate, audio_cfg.sample_rate)
-    return torch.from_numpy(fit_length(wave.numpy(), audio_cfg))
+    return torch.from_numpy(fit_length(wave.numpy(), audio_cfg, centre_s))
 
 
 def load_image(spec: str, cfg: TrainConfig, size: int) -> torch.Tensor:
     """A file path or shard:<key> (its best frame) -> (3, size, size) in [-1, 1], squashed to a square."""
-    data = _shard_member(cfg, spec[6:], "jpg") if spec.startswith("shard:") else Path(spec).read_bytes()
+    data = _shard_sample(cfg, spec[6:])["jpg"] if spec.startswith("shard:") else Path(spec).read_bytes()
     img = open_image(data, size).resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div(127.5).sub(1)
 

@@ -133,8 +133,8 @@ def test_gen_eval_writes_metrics_and_samples(_trained, tiny_shards, tmp_path):
                      GenEvalConfig(n_z=2, gains_db="-6,0,6", n_mix_pairs=3))
     saved = json.loads((out / "eval.json").read_text())
     assert saved["r_at_1"] == 0.5  # other evaluations' keys are kept
-    for key in ("fd_generated", "class_acc", "class_acc_image_cond", "volume_size_spearman", "mix_both_rate",
-                "probe_real_acc"):
+    for key in ("fd_generated", "class_acc", "class_acc_image_cond", "size_spearman_image_cond",
+                "mix_image_cond_frames", "volume_size_spearman", "mix_both_rate", "probe_real_acc"):
         assert key in saved and key in r
     assert 0 <= r["class_acc"] <= 1 and 0 <= r["mix_both_rate"] <= 1 and r["fd_generated"] >= 0
     assert r["class_acc_clips"] == 16 and r["mix_pairs"] == 3 and r["generator_step"] == 2

@@ -82,6 +82,22 @@ def test_metrics_of_a_generator_that_does_not_listen():
     assert mix["mix_top2_rate"] < 1.0
 
 
+def test_image_conditioned_ceilings_of_a_faithful_and_a_blind_generator():
+    """Frames a (cat 0, small), b (cat 1, large), c (cat 2 with cat 0 beside it); embeddings that hold exactly
+    what the frame shows: a generator that draws its embedding reaches every ceiling, a blind one does not."""
+    truth = pd.DataFrame({
+        "clip_id": ["a", "b", "c"], "t": [0.0, 0.0, 0.0], "category": [0, 1, 2], "visible": [True] * 3,
+        "scale": [0.2, 0.9, 0.5], "category2": [np.nan, np.nan, 0.0], "visible2": [None, None, True]})
+    e_real = np.array([[0.2, 0, 0], [0, 0.9, 0], [0.2, 0, 0.5]], np.float32)
+    z = torch.zeros(2, 4)
+    args = (OracleProbe(), 8, 0.5, truth, ["a", "b", "c"], [0.0, 0.0, 0.0], e_real, z)
+    r = gen_eval.image_conditioned(StubModels(), *args)
+    assert r["class_acc_image_cond"] == 1.0 and r["size_spearman_image_cond"] == pytest.approx(1.0)
+    assert r["mix_image_cond_frames"] == 1 and r["mix_both_rate_image_cond"] == 1.0
+    blind = gen_eval.image_conditioned(StubModels(ignore_input=True), *args)
+    assert blind["class_acc_image_cond"] < 1.0 and blind["size_spearman_image_cond"] < 1.0
+
+
 def test_frame_truth_and_audible():
     truth = pd.DataFrame({
         "clip_id": ["a", "a", "b"], "t": [0.0, 0.1, 0.0], "category": [1, 1, 2], "visible": [True, False, True],

@@ -1,3 +1,5 @@
+import io
+import json
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +13,7 @@ from training_fixtures import RATE, tiny_config, write_tiny_shards
 
 from training.audio import LogSpectrogram, StatsAccumulator, fit_length
 from training.config import AudioConfig, load_config
-from training.data import in_val, pipeline, resolve_shards, selector
+from training.data import decode_audio, in_val, pipeline, resolve_shards, selector
 from training.recipes.stage3_audio import audio_batches
 
 
@@ -85,6 +87,37 @@ def test_short_clips_are_tiled_like_the_official_code():
     wave = np.arange(6000, dtype=np.float32) / 6000
     out = fit_length(wave, cfg)
     assert out.shape == (RATE,) and np.array_equal(out[6000:12000], wave)
+
+
+def test_moment_crop_centres_the_window_on_the_frame_inside_the_clip():
+    wave = np.linspace(-1, 1, 4 * RATE, dtype=np.float32)
+    moment = AudioConfig(seconds=1.0, crop="moment")
+    assert np.array_equal(fit_length(wave, moment, 2.0), wave[int(1.5 * RATE):int(2.5 * RATE)])
+    assert np.array_equal(fit_length(wave, moment, 0.1), wave[:RATE])  # shifted inside, not padded
+    assert np.array_equal(fit_length(wave, moment, 3.9), wave[-RATE:])
+    assert np.array_equal(fit_length(wave, moment, None), wave[int(1.5 * RATE):int(2.5 * RATE)])
+    assert np.array_equal(fit_length(wave, AudioConfig(seconds=1.0, crop="clip"), 2.0), wave[:RATE])
+
+
+def test_training_audio_is_cut_around_the_moment_whose_image_is_the_target():
+    """Two moments (1 s and 3 s) of a 4-s ramp: each draw names its moment and holds the audio around it; a
+    moment whose frame the shard lacks is never drawn."""
+    wave = np.linspace(-0.9, 0.9, 4 * RATE)
+    buf = io.BytesIO()
+    sf.write(buf, wave, RATE, format="FLAC", subtype="PCM_24")
+    info = {"frame_t": 1.0, "moments": [{"t": 1.0, "score": 1.0}, {"t": 3.0, "score": 0.5}]}
+    sample = {"__key__": "k", "__url__": "u", "cls": b"0", "flac": buf.getvalue(), "jpg": b"", "top2.jpg": b"",
+              "json": json.dumps(info).encode()}
+    cfg, rng = AudioConfig(seconds=1.0, crop="moment"), np.random.default_rng(0)
+    draws = [decode_audio(dict(sample), cfg, moments=2, rng=rng) for _ in range(20)]
+    assert {d["moment"] for d in draws} == {0, 1}
+    for d in draws:
+        t = info["moments"][d["moment"]]["t"]
+        expected = wave[int((t - 0.5) * RATE):int((t + 0.5) * RATE)]
+        assert np.allclose(d["wave"], expected, atol=1e-5) and d["frame_t"] == 1.0
+    without_top2 = {k: v for k, v in sample.items() if k != "top2.jpg"}
+    assert {decode_audio(dict(without_top2), cfg, moments=2, rng=rng)["moment"] for _ in range(10)} == {0}
+    assert decode_audio(dict(sample), cfg)["moment"] == 0  # evaluation: always the best frame
 
 
 def _spectrogram(cfg: AudioConfig, waves: torch.Tensor) -> LogSpectrogram:

@@ -27,7 +27,8 @@ class AudioEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AudioEncoderConfig:
-        return cls(AudioConfig(**d["audio"]), int(d["width"]), int(d["embed_dim"]))
+        audio = {"crop": "clip", **d["audio"]}  # checkpoints from before audio.crop heard the clip's start
+        return cls(AudioConfig(**audio), int(d["width"]), int(d["embed_dim"]))
 
 
 class AudioEncoder(nn.Module):

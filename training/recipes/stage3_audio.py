@@ -63,8 +63,14 @@ def info_nce_l2(audio: torch.Tensor, image: torch.Tensor, temperature: float, l2
     return loss
 
 
-def pick_targets(table: EmbeddingTable, rows: np.ndarray, k: int, rng: np.random.Generator) -> torch.Tensor:
-    """Each clip's best-frame embedding (k=1) or one of its first k present moments at random."""
+def pick_targets(table: EmbeddingTable, rows: np.ndarray, k: int, rng: np.random.Generator,
+                 heard: np.ndarray | None = None) -> torch.Tensor:
+    """Each clip's best-frame embedding (k=1), the moment its audio was cut around (`heard`, audio.crop
+    "moment"), or one of its first k present moments at random."""
+    if heard is not None:
+        if not table.present[rows, heard].all():
+            raise RuntimeError("the audio was cut around a moment whose embedding is not in the stage-1 cache")
+        return torch.from_numpy(table.emb[rows, heard])
     if k == 1:
         return torch.from_numpy(table.emb[rows, 0])
     present = table.present[rows, :k]
@@ -73,9 +79,11 @@ def pick_targets(table: EmbeddingTable, rows: np.ndarray, k: int, rng: np.random
 
 
 def audio_batches(urls: list[str], cfg: TrainConfig, part: str, batch_size: int, seed: int | None = None,
-                  partial_batches: bool = True):
-    """Waveform batches of one part of the data ("train", "val", "eval")."""
-    decode = partial(decode_audio, cfg=cfg.audio)
+                  partial_batches: bool = True, moments: int = 1):
+    """Waveform batches of one part of the data ("train", "val", "eval"); with audio.crop "moment" and a seed,
+    each clip is heard around one of its first `moments` moments at random (decode_audio)."""
+    rng = np.random.default_rng(seed) if seed is not None else None
+    decode = partial(decode_audio, cfg=cfg.audio, moments=moments, rng=rng)
     pipe = pipeline(urls, cfg.data, select=selector(cfg.data, part), steps=[mapped(decode, cfg.data)],
                     batch_size=batch_size, seed=seed, partial=partial_batches)
     return loader(pipe, cfg.data.workers) if seed is not None else pipe
@@ -156,7 +164,9 @@ def run(cfg: TrainConfig) -> Stage3Result:
         model = model.to(memory_format=torch.channels_last)
     net = DistributedDataParallel(model) if d.enabled else model
     seed = cfg.runtime.seed + step  # a resumed run draws new batches rather than replaying the first ones
-    batches = forever(audio_batches(train_urls, cfg, "train", s3.batch_size, seed=seed, partial_batches=False))
+    by_moment = cfg.audio.crop == "moment" and s3.target_moments > 1
+    batches = forever(audio_batches(train_urls, cfg, "train", s3.batch_size, seed=seed, partial_batches=False,
+                                    moments=s3.target_moments if by_moment else 1))
     rng = np.random.default_rng([cfg.runtime.seed, step, d.rank])
     use_bf16 = cfg.runtime.bf16 and d.device.type == "cuda"
     seen_urls: set[str] = set()
@@ -165,7 +175,8 @@ def run(cfg: TrainConfig) -> Stage3Result:
     while step < s3.steps and (s3.patience == 0 or bad_evals < s3.patience):
         batch = next(batches)
         seen_urls.update(batch["url"])
-        target = pick_targets(table, table.rows(batch["url"], batch["key"]), s3.target_moments, rng).to(d.device)
+        target = pick_targets(table, table.rows(batch["url"], batch["key"]), s3.target_moments, rng,
+                              batch["moment"].numpy() if by_moment else None).to(d.device)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             audio = net(batch["wave"].to(d.device, non_blocking=True))
         loss = info_nce_l2(audio, target, s3.temperature, s3.l2_weight)
