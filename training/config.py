@@ -75,7 +75,7 @@ class AudioConfig:
     sample_rate: int = 16000
     # what the encoder hears: `seconds` of audio, tiled if the clip is shorter (like the official code), taken
     # from the clip's start (crop "clip": the official code's 10 s) or centred on the sample's best frame
-    # (crop "moment", json frame_t): the sound of the moment the target image shows (README "Stage 3 audio")
+    # (crop "moment", json frame_t): the sound of the moment the target image shows (README "Audio front end")
     seconds: float = 2.0
     crop: str = "moment"
     n_fft: int = 512  # 257 frequency bins

@@ -138,7 +138,7 @@ def decode_audio(sample: dict, cfg: AudioConfig, moments: int = 1, rng: np.rando
     index, centre = 0, frame_t
     if cfg.crop == "moment" and moments > 1 and rng is not None:
         times = [m["t"] for m in info.get("moments", [])]
-        held = [i for i, name in enumerate(moment_names(min(moments, len(times)))) if name in sample]
+        held = [i for i, name in enumerate(moment_names(moments)[:len(times)]) if name in sample]
         if held:
             index = int(held[rng.integers(len(held))])
             centre = times[index]

@@ -118,6 +118,8 @@ def test_training_audio_is_cut_around_the_moment_whose_image_is_the_target():
     without_top2 = {k: v for k, v in sample.items() if k != "top2.jpg"}
     assert {decode_audio(dict(without_top2), cfg, moments=2, rng=rng)["moment"] for _ in range(10)} == {0}
     assert decode_audio(dict(sample), cfg)["moment"] == 0  # evaluation: always the best frame
+    no_moments = dict(sample, json=json.dumps({"frame_t": 1.0}).encode())
+    assert decode_audio(no_moments, cfg, moments=2, rng=rng)["moment"] == 0
 
 
 def _spectrogram(cfg: AudioConfig, waves: torch.Tensor) -> LogSpectrogram:
