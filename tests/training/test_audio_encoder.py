@@ -68,3 +68,16 @@ def test_resume_refuses_a_checkpoint_of_another_model(stage1_out, tiny_shards):
 def test_stage3_needs_stage1(tiny_shards, tmp_path):
     with pytest.raises(FileNotFoundError, match="run `python -m training stage1` first"):
         stage3_audio.run(tiny_config(tiny_shards, tmp_path / "nothing"))
+
+
+def test_a_checkpoint_from_before_audio_crop_is_heard_as_the_clip_it_was_trained_on():
+    import dataclasses
+
+    from training.config import AudioConfig
+    from training.models.audio_encoder import AudioEncoderConfig
+
+    saved = {"audio": {k: v for k, v in dataclasses.asdict(AudioConfig(seconds=10.0)).items() if k != "crop"},
+             "width": 8, "embed_dim": 16}
+    assert AudioEncoderConfig.from_dict(saved).audio.crop == "clip"
+    current = AudioEncoderConfig(AudioConfig(), 8, 16).to_dict()
+    assert AudioEncoderConfig.from_dict(current).audio.crop == "moment"
