@@ -2,7 +2,8 @@
 
 Trains (or reuses) the default CPU-sized model on a demo world, curates it with that model, and times the
 same frames through the bare model: one process with one torch thread per worker, and as many single-thread
-processes as workers (the pipeline's layout). Writes `<out>/ssl.json`. Run: `make bench` or `python -m bench.ssl`.
+processes as workers (the pipeline's layout); every figure `--repeats` times, medians reported (the single runs
+too). Writes `<out>/ssl.json`. Run: `make bench` or `python -m bench.ssl`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import multiprocessing
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="work/bench")
     parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="times every figure is measured; the medians are reported (single runs scatter by "
+                             "5-15 %% on a 2-core machine)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     world_out = out / "ssl_world"
@@ -86,25 +91,31 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cfg, _ = ensure_model(cfg, run_jobs(load_clip_list(cfg, world_out)), world_out, progress=False)
     train_s = time.perf_counter() - started
-    shutil.rmtree(world_out / "cache", ignore_errors=True)
-    summary = run(cfg, progress=False)
-    record = json.loads((world_out / "manifests" / "run.json").read_text())
     workers = cfg.dask.workers or 2
-    in_pipeline = record["scorer_frames_per_s_per_worker"] * workers
     paths = sorted((world_out / "raw").glob("demo*.mp4"))[:16]
-    scorer = LearnedScorer(cfg.score)
-    torch.set_num_threads(workers)
-    frames, seconds = _forward_seconds(scorer, _decode(paths, cfg), cfg.score.batch_size)
-    isolated = frames / seconds
-    isolated_processes = _isolated_in_processes(cfg.score, paths, cfg, workers)
+    runs: dict[str, list[float]] = {"in_pipeline": [], "end_to_end": [], "isolated": [], "isolated_processes": []}
+    frames = 0
+    for _ in range(args.repeats):
+        shutil.rmtree(world_out / "cache", ignore_errors=True)
+        summary = run(cfg, progress=False)
+        record = json.loads((world_out / "manifests" / "run.json").read_text())
+        runs["in_pipeline"].append(record["scorer_frames_per_s_per_worker"] * workers)
+        runs["end_to_end"].append(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps)
+        scorer = LearnedScorer(cfg.score)  # sets one torch thread, as in a worker: the isolated run gets `workers`
+        torch.set_num_threads(workers)
+        frames, seconds = _forward_seconds(scorer, _decode(paths, cfg), cfg.score.batch_size)
+        runs["isolated"].append(frames / seconds)
+        runs["isolated_processes"].append(_isolated_in_processes(cfg.score, paths, cfg, workers))
+    median = {name: statistics.median(values) for name, values in runs.items()}
     results = {
-        "clips": args.clips, "ssl_train_s": round(train_s, 1), "ssl_steps": cfg.ssl.steps,
-        "isolated_forward_frames_per_s": round(isolated, 1), "isolated_frames_timed": frames,
-        "isolated_forward_processes_frames_per_s": round(isolated_processes, 1),
-        "in_pipeline_scorer_frames_per_s": round(in_pipeline, 1),
-        "pipeline_over_isolated": round(in_pipeline / isolated, 3),
-        "pipeline_over_isolated_processes": round(in_pipeline / isolated_processes, 3),
-        "end_to_end_frames_per_s": round(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps, 1),
+        "clips": args.clips, "ssl_train_s": round(train_s, 1), "ssl_steps": cfg.ssl.steps, "repeats": args.repeats,
+        "isolated_forward_frames_per_s": round(median["isolated"], 1), "isolated_frames_timed": frames,
+        "isolated_forward_processes_frames_per_s": round(median["isolated_processes"], 1),
+        "in_pipeline_scorer_frames_per_s": round(median["in_pipeline"], 1),
+        "pipeline_over_isolated": round(median["in_pipeline"] / median["isolated"], 3),
+        "pipeline_over_isolated_processes": round(median["in_pipeline"] / median["isolated_processes"], 3),
+        "end_to_end_frames_per_s": round(median["end_to_end"], 1),
+        "runs_frames_per_s": {name: [round(v, 1) for v in values] for name, values in runs.items()},
         "workers": workers, "torch_threads_isolated": workers, "isolated_processes": workers,
     }
     write_json(out / "ssl.json", results)
