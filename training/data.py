@@ -120,6 +120,14 @@ def moment_names(k: int) -> list[str]:
     return ["jpg"] + [f"top{i}.jpg" for i in range(2, k + 1)]
 
 
+def held_moments(sample: dict, k: int) -> list[tuple[int, float | None]]:
+    """(index, time) of the first k moments whose frame the shard holds: index i is member moment_names(k)[i]
+    and json moments[i]; a sample without `moments` has one, its best frame (json frame_t; None if absent)."""
+    info = meta(sample)
+    times = [m["t"] for m in info.get("moments", [])] or [info.get("frame_t")]
+    return [(i, t) for i, (name, t) in enumerate(zip(moment_names(k), times, strict=False)) if name in sample]
+
+
 def open_image(data: bytes, min_side: int) -> Image.Image:
     """Decode a JPEG, letting libjpeg scale it down by 2/4/8 while keeping both sides >= min_side."""
     img = Image.open(io.BytesIO(data))
@@ -133,15 +141,12 @@ def decode_audio(sample: dict, cfg: AudioConfig, moments: int = 1, rng: np.rando
 
     With audio.crop "moment", moments > 1 and an rng, the waveform is centred on one of the sample's first
     `moments` moments that the shard holds (drawn at random; its index in `moment`), else on the best frame."""
-    info = meta(sample)
-    frame_t = info.get("frame_t")
+    frame_t = meta(sample).get("frame_t")
     index, centre = 0, frame_t
     if cfg.crop == "moment" and moments > 1 and rng is not None:
-        times = [m["t"] for m in info.get("moments", [])]
-        held = [i for i, name in enumerate(moment_names(moments)[:len(times)]) if name in sample]
+        held = held_moments(sample, moments)
         if held:
-            index = int(held[rng.integers(len(held))])
-            centre = times[index]
+            index, centre = held[rng.integers(len(held))]
     return {"wave": load_waveform(sample["flac"], cfg, centre), "url": sample["__url__"],
             "key": sample["__key__"], "label": int(sample["cls"]), "frame_t": float(frame_t or 0.0),
             "moment": index}

@@ -26,7 +26,7 @@ from torch import nn
 from training.checkpoint import append_jsonl, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.config_gan import ProbeConfig
-from training.data import mapped, meta, moment_names, open_image, pipeline
+from training.data import held_moments, mapped, meta, moment_names, open_image, pipeline
 from training.models.blocks import ResNetTrunk
 
 
@@ -66,11 +66,9 @@ def audible(truth: pd.DataFrame, clip_id: str) -> set[int]:
 
 def _decode(sample: dict, moments: int, size: int) -> dict:
     tf = T.Compose([T.Resize((size, size), antialias=True), T.PILToTensor()])
-    info = meta(sample)
-    times = [m["t"] for m in info.get("moments", [])] or [info.get("frame_t") or 0.0]
-    names = [n for n in moment_names(moments) if n in sample][: len(times)]
-    return {"images": [tf(open_image(sample[n], size)) for n in names], "times": times[: len(names)],
-            "key": sample["__key__"], "split": str(info.get("split"))}
+    names, held = moment_names(moments), held_moments(sample, moments)
+    return {"images": [tf(open_image(sample[names[i]], size)) for i, _ in held],
+            "times": [t or 0.0 for _, t in held], "key": sample["__key__"], "split": str(meta(sample).get("split"))}
 
 
 def real_frames(cfg: TrainConfig, urls: list[str], truth: pd.DataFrame, size: int, part: str, moments: int = 3
