@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3,
                         help="times every figure is measured; the medians are reported (single runs scatter by "
-                             "5-15 %% on a 2-core machine)")
+                             "5-25 %% on a 2-core machine)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     world_out = out / "ssl_world"
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - started
     workers = cfg.dask.workers or 2
     paths = sorted((world_out / "raw").glob("demo*.mp4"))[:16]
+    clips = _decode(paths, cfg)
+    scorer = LearnedScorer(cfg.score)  # sets one torch thread, as in a worker: the isolated run gets `workers`
     runs: dict[str, list[float]] = {"in_pipeline": [], "end_to_end": [], "isolated": [], "isolated_processes": []}
     frames = 0
     for _ in range(args.repeats):
@@ -101,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads((world_out / "manifests" / "run.json").read_text())
         runs["in_pipeline"].append(record["scorer_frames_per_s_per_worker"] * workers)
         runs["end_to_end"].append(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps)
-        scorer = LearnedScorer(cfg.score)  # sets one torch thread, as in a worker: the isolated run gets `workers`
         torch.set_num_threads(workers)
-        frames, seconds = _forward_seconds(scorer, _decode(paths, cfg), cfg.score.batch_size)
+        frames, seconds = _forward_seconds(scorer, clips, cfg.score.batch_size)
         runs["isolated"].append(frames / seconds)
         runs["isolated_processes"].append(_isolated_in_processes(cfg.score, paths, cfg, workers))
     median = {name: statistics.median(values) for name, values in runs.items()}
