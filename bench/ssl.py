@@ -96,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     clips = _decode(paths, cfg)
     scorer = LearnedScorer(cfg.score)  # sets one torch thread, as in a worker: the isolated run gets `workers`
     runs: dict[str, list[float]] = {"in_pipeline": [], "end_to_end": [], "isolated": [], "isolated_processes": []}
+    page_faults: list[float] = []
     frames = 0
     for _ in range(args.repeats):
         shutil.rmtree(world_out / "cache", ignore_errors=True)
         summary = run(cfg, progress=False)
         record = json.loads((world_out / "manifests" / "run.json").read_text())
         runs["in_pipeline"].append(record["scorer_frames_per_s_per_worker"] * workers)
+        page_faults.append(record["scorer_page_faults_per_clip"])
         runs["end_to_end"].append(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps)
         torch.set_num_threads(workers)
         frames, seconds = _forward_seconds(scorer, clips, cfg.score.batch_size)
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_over_isolated": round(median["in_pipeline"] / median["isolated"], 3),
         "pipeline_over_isolated_processes": round(median["in_pipeline"] / median["isolated_processes"], 3),
         "end_to_end_frames_per_s": round(median["end_to_end"], 1),
+        "in_pipeline_scorer_page_faults_per_clip": statistics.median(page_faults),
         "runs_frames_per_s": {name: [round(v, 1) for v in values] for name, values in runs.items()},
         "workers": workers, "torch_threads_isolated": workers, "isolated_processes": workers,
     }

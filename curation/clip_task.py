@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,6 +53,7 @@ class ClipOutcome:
     n_frames: int = 0
     seconds: float = 0.0
     score_s: float = 0.0  # time inside the scorer (throughput of the model within the pipeline)
+    score_page_faults: int = 0  # minor page faults while scoring: memory handed back to the OS and faulted in again
     from_cache: bool = False  # read back from an earlier run's cache file, not processed now
 
 
@@ -120,14 +122,19 @@ def _moment_arrays(times: np.ndarray, scores: np.ndarray, contrastive: np.ndarra
     return moments, arrays
 
 
+def _minor_page_faults() -> int:
+    """The calling thread's minor page faults so far (the process's where the OS counts no thread's own)."""
+    return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_minflt
+
+
 def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
     fetched = fetch_job(job, raw_dir, cfg.fetch, gate)
     clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
                        fetched.info)
     scorer = load_scorer(cfg.score)
-    score_started = time.perf_counter()
+    faults_before, score_started = _minor_page_faults(), time.perf_counter()
     result = scorer.score(clip)
-    score_s = time.perf_counter() - score_started
+    score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
     moments, arrays = _moment_arrays(clip.times, result.scores, result.contrastive,
                                      lambda idx: clip.frames[idx], cfg)
     arrays.update(t=clip.times, score=result.scores,
@@ -141,7 +148,7 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
             np.save(buf, arrays["maps"])
             atomic_write_bytes(raw_dir.parent / "maps" / f"{job.clip_id}.npy", buf.getvalue())
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
-                          seconds=time.perf_counter() - started, score_s=score_s)
+                          seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults)
     return outcome, arrays, scorer.model_id
 
 

@@ -32,6 +32,16 @@ __all__ = ["RunPaths", "RunSummary", "format_summary", "reselect", "run"]
 log = logging.getLogger(__name__)
 
 
+# glibc malloc in the LocalCluster's workers (README, Benchmark). Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536,
+# which hands every freed block back to the OS, so each clip's tensors were page-faulted afresh (a 2x slower
+# scorer). glibc's adaptive default is not enough either: a task runs in a thread of its own, whose malloc arena
+# still gave memory back between clips (~4,300 page faults per clip inside the scorer). One arena and fixed
+# thresholds keep freed memory for reuse: blocks under 32 MiB (a decoded 10-s clip) come from the heap and up to
+# 256 MiB of free heap is kept, after which a worker's scorer hardly faults (~500 per clip, the first clips').
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                     "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
 def load_clip_list(cfg: RunConfig, out: Path) -> ClipList:
     """The run's clip list; for the demo world, generate it first (a no-op when it already exists)."""
     if cfg.dataset == "demo":
@@ -69,13 +79,10 @@ def _client(cfg: RunConfig) -> Iterator:
             yield client
         return
     workers = cfg.dask.workers or os.cpu_count() or 1
-    # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in the workers; any explicit value turns off glibc's
-    # adaptive mmap threshold, so every large tensor is mmap'd and page-faulted afresh: the learned scorer ran
-    # 2x slower (README, Benchmark). None unsets it (a value set in the shell still wins). The workers' statistical
-    # profiler (a stack sample every 10 ms) only feeds the dashboard, which is off: without it the scorer ran ~5 %
-    # faster in the pipeline (README, Benchmark).
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                          "distributed.worker.profile.enabled": False}), \
+    # Environment values set in the shell still win. The workers' statistical profiler (a stack sample every
+    # 10 ms) only feeds the dashboard, which is off: without it the scorer ran ~5 % faster (README, Benchmark).
+    settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_MALLOC_ENV.items()}
+    with dask.config.set({**settings, "distributed.worker.profile.enabled": False}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=cfg.dask.memory_limit,
                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
@@ -155,9 +162,12 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
                "process_s": time.perf_counter() - ready}
     score_s = sum(o.score_s for o in outcomes.values())
-    frames = sum(o.n_frames for o in outcomes.values() if o.scored)
+    scored = [o for o in outcomes.values() if o.scored]
+    frames = sum(o.n_frames for o in scored)
     summary = finish(cfg, paths, clip_list, outcomes, timings, model_digest=digest,
                      scorer_frames_per_s_per_worker=round(frames / score_s, 2) if score_s else None,
+                     scorer_page_faults_per_clip=round(sum(o.score_page_faults for o in scored) / len(scored), 1)
+                     if scored else None,
                      fetch={"stopped": stop.reason, "retried_failed": retried})
     notes = [f"retry-failed: {retried} clips with a transient failure fetched again"] if cfg.fetch.retry_failed else []
     return replace(summary, notes=tuple(notes + ([stop.reason] if stop.reason else [])))
