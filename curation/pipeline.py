@@ -99,7 +99,7 @@ def _run_tasks(task: Callable, jobs: list[ClipJob], cfg: RunConfig, args: tuple,
     outcomes: dict[str, ClipOutcome] = {}
     bar = tqdm(total=len(jobs), unit="clip", disable=not progress, desc=desc, smoothing=0.1)
     with _client(cfg) as client:
-        client.run(warm_up, cfg.score)
+        client.run(warm_up, cfg)
         ready = time.perf_counter()
         n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         pending = _groups(jobs, cfg.dask.clips_per_task)
