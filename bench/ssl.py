@@ -2,8 +2,9 @@
 
 Trains (or reuses) the default CPU-sized model on a demo world, curates it with that model, and times the
 same frames through the bare model: one process with one torch thread per worker, and as many single-thread
-processes as workers (the pipeline's layout); every figure `--repeats` times, medians reported (the single runs
-too). Writes `<out>/ssl.json`. Run: `make bench` or `python -m bench.ssl`.
+processes as workers (the pipeline's layout); the whole scorer (resize + model + contrastive score) in that
+layout too, to separate the scorer's own work from the pipeline's; every figure `--repeats` times, medians
+reported (the single runs too). Writes `<out>/ssl.json`. Run: `make bench` or `python -m bench.ssl`.
 """
 
 from __future__ import annotations
@@ -48,22 +49,40 @@ def _forward_seconds(scorer: LearnedScorer, clips: list, batch: int) -> tuple[in
     return len(images), best
 
 
+def _scorer_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
+    """(frames, best-of-2 seconds) of the whole scorer as a pipeline worker calls it, clip by clip, on decoded
+    clips: the resize to the model's input, the model in per-clip batches and the contrastive score."""
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        for clip in clips:
+            scorer.score(clip)
+        best = min(best, time.perf_counter() - started)
+    return sum(len(c.times) for c in clips), best
+
+
 def _decode(paths: list[Path], cfg) -> list:
     return [decode_clip(p, 0.0, cfg.demo.duration_s, cfg.decode) for p in paths]
 
 
 def _forward_process(score_cfg, paths: list[Path], cfg, barrier, results) -> None:
-    """One single-thread copy of the bare model, started together with the others (the pipeline's layout)."""
+    """One single-thread copy of the bare model, then of the whole scorer, each started together with the other
+    copies (the pipeline's layout)."""
     scorer = LearnedScorer(score_cfg)  # one torch thread, as in a pipeline worker
     clips = _decode(paths, cfg)
     _forward_seconds(scorer, clips[:1], score_cfg.batch_size)  # warm-up
-    barrier.wait()
-    frames, seconds = _forward_seconds(scorer, clips, score_cfg.batch_size)
-    results.put(frames / seconds)
+    rates = []
+    for measure in (lambda: _forward_seconds(scorer, clips, score_cfg.batch_size),
+                    lambda: _scorer_seconds(scorer, clips)):
+        barrier.wait()
+        frames, seconds = measure()
+        rates.append(frames / seconds)
+    results.put(rates)
 
 
-def _isolated_in_processes(score_cfg, paths: list[Path], cfg, processes: int) -> float:
-    """frames/s of `processes` concurrent single-thread copies of the bare model, each on the same frames."""
+def _isolated_in_processes(score_cfg, paths: list[Path], cfg, processes: int) -> tuple[float, float]:
+    """frames/s of `processes` concurrent single-thread copies, each on the same frames: (bare model, whole
+    scorer)."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes, timeout=300), ctx.Queue()  # a failed copy breaks it
     procs = [ctx.Process(target=_forward_process, args=(score_cfg, paths, cfg, barrier, results))
@@ -73,7 +92,7 @@ def _isolated_in_processes(score_cfg, paths: list[Path], cfg, processes: int) ->
     rates = [results.get(timeout=600) for _ in procs]
     for proc in procs:
         proc.join()
-    return sum(rates)
+    return sum(r[0] for r in rates), sum(r[1] for r in rates)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted((world_out / "raw").glob("demo*.mp4"))[:16]
     clips = _decode(paths, cfg)
     scorer = LearnedScorer(cfg.score)  # sets one torch thread, as in a worker: the isolated run gets `workers`
-    runs: dict[str, list[float]] = {"in_pipeline": [], "end_to_end": [], "isolated": [], "isolated_processes": []}
+    runs: dict[str, list[float]] = {"in_pipeline": [], "end_to_end": [], "isolated": [], "isolated_processes": [],
+                                    "isolated_scorer_processes": []}
     page_faults: list[float] = []
     frames = 0
     for _ in range(args.repeats):
@@ -108,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(workers)
         frames, seconds = _forward_seconds(scorer, clips, cfg.score.batch_size)
         runs["isolated"].append(frames / seconds)
-        runs["isolated_processes"].append(_isolated_in_processes(cfg.score, paths, cfg, workers))
+        bare, whole = _isolated_in_processes(cfg.score, paths, cfg, workers)
+        runs["isolated_processes"].append(bare)
+        runs["isolated_scorer_processes"].append(whole)
     median = {name: statistics.median(values) for name, values in runs.items()}
     results = {
         "clips": args.clips, "ssl_train_s": round(train_s, 1), "ssl_steps": cfg.ssl.steps, "repeats": args.repeats,
@@ -117,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         "in_pipeline_scorer_frames_per_s": round(median["in_pipeline"], 1),
         "pipeline_over_isolated": round(median["in_pipeline"] / median["isolated"], 3),
         "pipeline_over_isolated_processes": round(median["in_pipeline"] / median["isolated_processes"], 3),
+        "isolated_scorer_processes_frames_per_s": round(median["isolated_scorer_processes"], 1),
+        "pipeline_over_isolated_scorer_processes": round(median["in_pipeline"] / median["isolated_scorer_processes"],
+                                                         3),
         "end_to_end_frames_per_s": round(median["end_to_end"], 1),
         "in_pipeline_scorer_page_faults_per_clip": statistics.median(page_faults),
         "runs_frames_per_s": {name: [round(v, 1) for v in values] for name, values in runs.items()},
