@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 # glibc malloc in the LocalCluster's workers (README, Benchmark). Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536,
 # which hands every freed block back to the OS, so each clip's tensors were page-faulted afresh (a 2x slower
 # scorer). glibc's adaptive default is not enough either: a task runs in a thread of its own, whose malloc arena
-# still gave memory back between clips (~4,300 page faults per clip inside the scorer). One arena and fixed
+# still gave memory back between clips (4,300-5,000 page faults per clip inside the scorer). One arena and fixed
 # thresholds keep freed memory for reuse: blocks under 32 MiB (a decoded 10-s clip) come from the heap and up to
-# 256 MiB of free heap is kept, after which a worker's scorer hardly faults (~500 per clip, the first clips').
+# 256 MiB of free heap is kept; with the warm-up's blank clip a worker's scorer then faults 20-90 times per clip.
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
                      "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
