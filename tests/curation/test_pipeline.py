@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -148,22 +147,24 @@ def test_the_local_cluster_is_shut_down_after_a_run(clean_run):
     assert workers == []
 
 
-def _page_faults_of_reallocating(mib: int, times: int) -> int:
-    """Minor page faults of the calling thread while it allocates, fills and frees `mib` MiB `times` times
-    (after a first allocation that may fault)."""
-    import numpy as np
-
-    np.ones(mib << 20, dtype=np.uint8)
-    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    for _ in range(times):
-        np.ones(mib << 20, dtype=np.uint8)
-    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
-
-
 def test_local_cluster_workers_reuse_freed_memory_instead_of_faulting_it_in_again(tmp_path):
+    def page_faults_of_reallocating(mib: int, times: int) -> int:
+        """The thread's minor page faults while it allocates, fills and frees `mib` MiB `times` times (after a
+        first allocation that may fault). Defined here so that it travels by value: a worker importing this
+        module would find another test folder's conftest first."""
+        import resource
+
+        import numpy as np
+
+        np.ones(mib << 20, dtype=np.uint8)
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        for _ in range(times):
+            np.ones(mib << 20, dtype=np.uint8)
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
     # Measured here: ~2,600 faults under Dask's own worker settings, ~500 under glibc's adaptive defaults, 0 now.
     with _client(load_config(None, {"out": str(tmp_path), "dask.workers": 1})) as client:
-        faults = client.submit(_page_faults_of_reallocating, 24, 5, pure=False).result()
+        faults = client.submit(page_faults_of_reallocating, 24, 5, pure=False).result(timeout=120)
         threads = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
     assert faults < 50
     assert list(threads.values()) == ["1"]  # Dask's one-thread defaults for OpenMP / BLAS are kept
