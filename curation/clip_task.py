@@ -173,13 +173,17 @@ def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: Path,
     return outcome
 
 
-def warm_up(cfg: RunConfig) -> str:
-    """Ready a worker before its first task (once per process): import the decoders, build the scorer and score
-    one blank 10-s 16:9 clip, so the first real clips pay neither the model's first-call costs nor the heap's
-    growth (~7,000 page faults, a quarter of a clip's scoring time)."""
+def import_decoders() -> None:
+    """Import the decoders on a worker before its first task (once per process)."""
     import decord  # noqa: F401
     import torchcodec.decoders  # noqa: F401
 
+
+def warm_up(cfg: RunConfig) -> str:
+    """Ready a worker before its first scoring task (once per process): import the decoders, build the scorer
+    and score one blank 10-s 16:9 clip, so the first real clips pay neither the model's first-call costs nor
+    the heap's growth (~7,000 page faults, a quarter of a clip's scoring time)."""
+    import_decoders()
     scorer = load_scorer(cfg.score)
     d = cfg.decode
     n_frames = int(10 * d.fps)

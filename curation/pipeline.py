@@ -8,6 +8,7 @@ only the selection from those files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -18,7 +19,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from curation.clip_task import ClipJob, ClipOutcome, cache_path, process_group, read_outcome, reselect_group, warm_up
+from curation.clip_task import (
+    ClipJob,
+    ClipOutcome,
+    cache_path,
+    import_decoders,
+    process_group,
+    read_outcome,
+    reselect_group,
+    warm_up,
+)
 from curation.config import RunConfig, config_from_dict
 from curation.errors import require_tools
 from curation.fetch_control import ClusterGate, StopCounter, forget_transient_failures
@@ -89,9 +99,11 @@ def _client(cfg: RunConfig) -> Iterator:
 
 
 def _run_tasks(task: Callable, jobs: list[ClipJob], cfg: RunConfig, args: tuple, progress: bool,
-               desc: str = "curate", stop: StopCounter | None = None) -> tuple[dict[str, ClipOutcome], float]:
-    """Map `task(group, cfg, *args)` over groups of clips with a bounded number of tasks in flight; once
-    `stop` says so, nothing more is submitted (clips never submitted stay pending).
+               warm: Callable[[], object], desc: str = "curate",
+               stop: StopCounter | None = None) -> tuple[dict[str, ClipOutcome], float]:
+    """Map `task(group, cfg, *args)` over groups of clips with a bounded number of tasks in flight, after
+    `warm()` has run once on every worker; once `stop` says so, nothing more is submitted (clips never submitted
+    stay pending).
 
     Returns the outcomes and the moment the cluster was ready (to time processing without start-up)."""
     from dask.distributed import as_completed
@@ -99,7 +111,7 @@ def _run_tasks(task: Callable, jobs: list[ClipJob], cfg: RunConfig, args: tuple,
     outcomes: dict[str, ClipOutcome] = {}
     bar = tqdm(total=len(jobs), unit="clip", disable=not progress, desc=desc, smoothing=0.1)
     with _client(cfg) as client:
-        client.run(warm_up, cfg)
+        client.run(warm)
         ready = time.perf_counter()
         n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         pending = _groups(jobs, cfg.dask.clips_per_task)
@@ -158,7 +170,7 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     stop = StopCounter(cfg.fetch.stop_after, gate.request_stop if gate else None)
     loaded = time.perf_counter()
     outcomes, ready = _run_tasks(process_group, jobs, cfg, (str(paths.raw), str(paths.cache), gate), progress,
-                                 stop=stop)
+                                 functools.partial(warm_up, cfg), stop=stop)
     timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
                "process_s": time.perf_counter() - ready}
     score_s = sum(o.score_s for o in outcomes.values())
@@ -196,7 +208,7 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
         outcomes, ready = {j.clip_id: read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs}, loaded
     else:
         outcomes, ready = _run_tasks(reselect_group, jobs, cfg, (str(paths.raw), str(old_cache), str(paths.cache)),
-                                     progress, desc="reselect")
+                                     progress, import_decoders, desc="reselect")  # selection needs no model
     timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded, "process_s": time.perf_counter() - ready}
     return finish(cfg, paths, clip_list, outcomes, timings, model_digest=record.get("model_digest"),
                   reselected_from=record["cache_dir"])
