@@ -149,18 +149,18 @@ def test_the_local_cluster_is_shut_down_after_a_run(clean_run):
 
 def test_local_cluster_workers_reuse_freed_memory_instead_of_faulting_it_in_again(tmp_path):
     def page_faults_of_reallocating(mib: int, times: int) -> int:
-        """The thread's minor page faults while it allocates, fills and frees `mib` MiB `times` times (after a
-        first allocation that may fault). Defined here so that it travels by value: a worker importing this
-        module would find another test folder's conftest first."""
-        import resource
-
+        """The thread's minor page faults (as the pipeline counts them) while it allocates, fills and frees `mib`
+        MiB `times` times, after a first allocation that may fault. Defined here so that it travels by value: a
+        worker importing this module would find another test folder's conftest first."""
         import numpy as np
 
+        from curation.clip_task import _minor_page_faults
+
         np.ones(mib << 20, dtype=np.uint8)
-        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        before = _minor_page_faults()
         for _ in range(times):
             np.ones(mib << 20, dtype=np.uint8)
-        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+        return _minor_page_faults() - before
 
     # Measured here: ~2,600 faults under Dask's own worker settings, ~500 under glibc's adaptive defaults, 0 now.
     with _client(load_config(None, {"out": str(tmp_path), "dask.workers": 1})) as client:
