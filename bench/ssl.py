@@ -16,6 +16,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +34,16 @@ from manifests.io import write_json
 BARE_BATCH = 64
 
 
+def _best_of_2(work: Callable[[], object]) -> float:
+    """Seconds of the faster of two runs of `work`."""
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def _forward_seconds(scorer: LearnedScorer, clips: list, batch: int) -> tuple[int, float]:
     """(frames, best-of-2 seconds) of the bare model (image maps + audio vectors + localisation) on
     pre-decoded, pre-resized inputs."""
@@ -42,27 +53,20 @@ def _forward_seconds(scorer: LearnedScorer, clips: list, batch: int) -> tuple[in
     images = torch.cat([scorer._images(c.frames) for c in clips])
     waves = torch.cat([audio_windows(torch.from_numpy(c.audio), torch.from_numpy(c.times), cfg.window_s,
                                      cfg.sample_rate) for c in clips])
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(2):
-            started = time.perf_counter()
-            for lo in range(0, len(images), batch):
-                maps = model.image_maps(images[lo:lo + batch])
-                model.localization(maps, model.audio_vectors(front(waves[lo:lo + batch])))
-            best = min(best, time.perf_counter() - started)
-    return len(images), best
+
+    @torch.inference_mode()
+    def forward_all() -> None:
+        for lo in range(0, len(images), batch):
+            maps = model.image_maps(images[lo:lo + batch])
+            model.localization(maps, model.audio_vectors(front(waves[lo:lo + batch])))
+
+    return len(images), _best_of_2(forward_all)
 
 
 def _scorer_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     """(frames, best-of-2 seconds) of the whole scorer as a pipeline worker calls it, clip by clip, on decoded
     clips: the resize to the model's input, the model in per-clip batches and the contrastive score."""
-    best = float("inf")
-    for _ in range(2):
-        started = time.perf_counter()
-        for clip in clips:
-            scorer.score(clip)
-        best = min(best, time.perf_counter() - started)
-    return sum(len(c.times) for c in clips), best
+    return sum(len(c.times) for c in clips), _best_of_2(lambda: [scorer.score(clip) for clip in clips])
 
 
 def _decode(paths: list[Path], cfg) -> list:
