@@ -44,9 +44,9 @@ def _best_of_2(work: Callable[[], object]) -> float:
     return best
 
 
-def _forward_seconds(scorer: LearnedScorer, clips: list, batch: int) -> tuple[int, float]:
+def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     """(frames, best-of-2 seconds) of the bare model (image maps + audio vectors + localisation) on
-    pre-decoded, pre-resized inputs."""
+    pre-decoded, pre-resized inputs, in batches of BARE_BATCH."""
     from curation.ssl_train import audio_windows
 
     model, front, cfg = scorer.model, scorer.front, scorer.model.cfg
@@ -56,9 +56,9 @@ def _forward_seconds(scorer: LearnedScorer, clips: list, batch: int) -> tuple[in
 
     @torch.inference_mode()
     def forward_all() -> None:
-        for lo in range(0, len(images), batch):
-            maps = model.image_maps(images[lo:lo + batch])
-            model.localization(maps, model.audio_vectors(front(waves[lo:lo + batch])))
+        for lo in range(0, len(images), BARE_BATCH):
+            maps = model.image_maps(images[lo:lo + BARE_BATCH])
+            model.localization(maps, model.audio_vectors(front(waves[lo:lo + BARE_BATCH])))
 
     return len(images), _best_of_2(forward_all)
 
@@ -78,9 +78,9 @@ def _forward_process(score_cfg, paths: list[Path], cfg, barrier, results) -> Non
     copies (the pipeline's layout)."""
     scorer = LearnedScorer(score_cfg)  # one torch thread, as in a pipeline worker
     clips = _decode(paths, cfg)
-    _forward_seconds(scorer, clips[:1], BARE_BATCH)  # warm-up
+    _forward_seconds(scorer, clips[:1])  # warm-up
     rates = []
-    for measure in (lambda: _forward_seconds(scorer, clips, BARE_BATCH),
+    for measure in (lambda: _forward_seconds(scorer, clips),
                     lambda: _scorer_seconds(scorer, clips)):
         barrier.wait()
         frames, seconds = measure()
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         page_faults.append(record["scorer_page_faults_per_clip"])
         runs["end_to_end"].append(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps)
         torch.set_num_threads(workers)
-        frames, seconds = _forward_seconds(scorer, clips, BARE_BATCH)
+        frames, seconds = _forward_seconds(scorer, clips)
         runs["isolated"].append(frames / seconds)
         bare, whole = _isolated_in_processes(cfg.score, paths, cfg, workers)
         runs["isolated_processes"].append(bare)
