@@ -216,6 +216,8 @@ def test_gen_eval_writes_metrics_and_samples(_trained, tiny_shards, tmp_path):
                 "mix_image_cond_frames", "volume_size_spearman", "mix_both_rate", "probe_real_acc"):
         assert key in saved and key in r
     assert 0 <= r["class_acc"] <= 1 and 0 <= r["mix_both_rate"] <= 1 and r["fd_generated"] >= 0
+    assert 0 <= r["gen_r_at_1"] <= r["gen_r_at_5"] <= r["gen_r_at_10"] == 1.0  # N = 10 candidates
+    assert r["gen_r_at_k_protocol"]["candidates"] == 10 and "generated" in r["gen_r_at_k_protocol"]["query_features"]
     assert r["class_acc_clips"] == 16 and r["mix_pairs"] == 3 and r["generator_step"] == 2
     grid = Image.open(out / "samples.png")
     assert grid.size[1] == 16 + 4 * (RES + 2)  # one row per label (4), real + 2 samples
