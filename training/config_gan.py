@@ -58,7 +58,7 @@ class GenEvalConfig:
     n_mix_pairs: int = 40  # two-category mixtures of held-out clips
     batch_size: int = 64
     seed: int = 0
-    inception_weights: str | None = None  # torchvision Inception-v3 state dict: FID/IS (never downloaded)
+    inception_weights: str | None = None  # torchvision or pytorch-fid Inception-v3 file: FID/IS (never downloaded)
 
 
 DIFFAUG_POLICIES = ("translation", "cutout", "color")
