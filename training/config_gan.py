@@ -35,6 +35,9 @@ class Stage2Config:
     sample_every: int = 200  # samples_<step>.png
     checkpoint_every: int = 200  # last.pt (resume) and generator.pt (EMA weights for sampling)
     standing_stats_batches: int = 8  # batch-norm statistics of the EMA generator, re-estimated before saving
+    # an icgan_biggan_imagenet_res128/ folder: start G from the released IC-GAN generator (its shape replaces
+    # z_dim and g_width; resolution must be its 128; needs 2048-d stage-1 embeddings; docs/official_weights.md)
+    init_official: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ Encoder: `audnet`, a torchvision-layout ResNet-18 with a one-channel conv1, aver
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import scipy.signal
@@ -36,6 +37,10 @@ class OfficialAudioConfig:
 
     audio: AudioConfig = field(default_factory=lambda: OFFICIAL_AUDIO)
     embed_dim: int = EMBED_DIM
+
+    def to_dict(self) -> dict:
+        """The stage-3 checkpoint's model_config; `kind` tells load_audio_encoder which model to build."""
+        return {"kind": "sound2scene", **dataclasses.asdict(self)}
 
 
 class OfficialSpectrogram(nn.Module):

@@ -15,6 +15,7 @@ loss.jsonl.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import time
 from dataclasses import dataclass
@@ -34,7 +35,10 @@ from training.config import TrainConfig
 from training.config_gan import Stage2Config
 from training.data import imagenet_input, mapped, meta, moment_names, open_image, pipeline, resolve_shards
 from training.embedding_cache import FrozenEncoder, ensure_cache, load_encoder, load_table
+from training.models.biggan import FEATURE_DIM, BigGANConfig, BigGANGenerator
 from training.models.gan import Discriminator, GANConfig, Generator, count_parameters, update_ema
+from training.models.weights import WeightsError
+from training.official import load_official_generator
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,8 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[Generator, d
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `python -m training stage2` first")
     state = load_checkpoint(path)
-    g = Generator(GANConfig.from_dict(state["gan_config"]))
+    g = (BigGANGenerator(BigGANConfig(**state["biggan_config"])) if "biggan_config" in state
+         else Generator(GANConfig.from_dict(state["gan_config"])))
     g.load_state_dict(state["generator"])
     return g.eval().requires_grad_(False).to(device), {k: v for k, v in state.items() if k != "generator"}
 
@@ -187,6 +192,19 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[Generator, d
 # ---------------------------------------------------------------- training
 def _gan_config(s2: Stage2Config, embed_dim: int) -> GANConfig:
     return GANConfig(s2.resolution, embed_dim, s2.z_dim, s2.shared_dim, s2.g_width, s2.d_width)
+
+
+def initial_generator(s2: Stage2Config, gcfg: GANConfig) -> tuple[Generator | BigGANGenerator, GANConfig, dict]:
+    """A new generator, or the released IC-GAN one (stage2.init_official); the config z and D follow; what
+    checkpoints need to rebuild it."""
+    if not s2.init_official:
+        return Generator(gcfg), gcfg, {}
+    g = load_official_generator(s2.init_official).train()
+    if gcfg.embed_dim != FEATURE_DIM or gcfg.resolution != g.cfg.resolution:
+        raise WeightsError(f"stage2.init_official: the released generator makes {g.cfg.resolution} px images from "
+                          f"{FEATURE_DIM}-d embeddings; here stage2.resolution={gcfg.resolution} and stage 1 "
+                          f"embeddings are {gcfg.embed_dim}-d (set stage2.resolution, use --swav-weights)")
+    return g, dataclasses.replace(gcfg, z_dim=g.cfg.z_dim), {"biggan_config": g.cfg.to_dict()}
 
 
 def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
@@ -202,7 +220,8 @@ def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
     frames, emb = frames.to(device), emb.to(device)
     gcfg = _gan_config(s2, emb.shape[1])
     torch.manual_seed(cfg.runtime.seed)
-    g, disc = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
+    g, gcfg, g_meta = initial_generator(s2, gcfg)
+    g, disc = g.to(device), Discriminator(gcfg).to(device)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(g.parameters(), s2.g_lr, betas=(s2.beta1, s2.beta2))
     opt_d = torch.optim.Adam(disc.parameters(), s2.d_lr, betas=(s2.beta1, s2.beta2))
@@ -229,12 +248,12 @@ def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
         state = {"g": g.state_dict(), "d": disc.state_dict(), "g_ema": g_ema.state_dict(),
                  "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
                  "seconds": spent + time.time() - t_start, "gan_config": gcfg.to_dict(),
-                 "image_encoder_sha256": encoder.sha256, "config": cfg.to_dict()}
+                 "image_encoder_sha256": encoder.sha256, "config": cfg.to_dict(), **g_meta}
         save_checkpoint(last, state)
         sampler = copy.deepcopy(g_ema)
         standing_stats(sampler, emb, s2.standing_stats_batches, s2.batch_size, cfg.runtime.seed)
         save_checkpoint(gen_path, {"generator": sampler.state_dict(), "gan_config": gcfg.to_dict(), "step": step,
-                                   "image_encoder_sha256": encoder.sha256, "config": cfg.to_dict()})
+                                   "image_encoder_sha256": encoder.sha256, "config": cfg.to_dict(), **g_meta})
         with torch.no_grad():
             rows = []
             for i in fixed_idx.tolist():
