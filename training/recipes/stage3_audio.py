@@ -221,7 +221,8 @@ def run(cfg: TrainConfig) -> Stage3Result:
     return Stage3Result(best, last, step, best_val, time.time() - t0)
 
 
-def load_audio_encoder(path: str | Path, device: torch.device) -> tuple[AudioEncoder, dict]:
+def load_audio_encoder(path: str | Path, device: torch.device
+                       ) -> tuple[AudioEncoder | Sound2SceneAudioEncoder, dict]:
     """A stage-3 checkpoint's model (eval mode) and the checkpoint's metadata."""
     state = load_checkpoint(path)
     model = (Sound2SceneAudioEncoder() if state["model_config"].get("kind") == "sound2scene"
