@@ -15,17 +15,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from training.embedding_cache import FrozenEncoder
 from training.models.biggan import ARCH, BigGANConfig, BigGANGenerator
 from training.models.image_encoder import SWAV_IMAGE_SIZE, ImageEncoderConfig, load_swav_weights, swav_resnet50
 from training.models.official_audio import Sound2SceneAudioEncoder
-from training.models.weights import ICGAN_SAFE_GLOBALS, WeightsError, load_strict, read_weights
+from training.models.weights import WeightsError, load_strict, read_weights
 
 AUDIO_FILE = "sound2scene.pth"
 GENERATOR_DIR = "icgan_biggan_imagenet_res128"
 SWAV_FILE = "swav.pth.tar"
+# IC-GAN's state_dict_best*.pth keeps its run config, which holds the nn.ReLU it built G with, and a numpy
+# float best_FID: the only non-tensor objects allowed there (numpy's scalar under its 1.x and 2.x names)
+ICGAN_SAFE_GLOBALS = [nn.ReLU, np.dtype, np.dtypes.Float64DType, np._core.multiarray.scalar,
+                      (np._core.multiarray.scalar, "numpy.core.multiarray.scalar")]
 
 
 def load_official_audio_encoder(path: str | Path) -> Sound2SceneAudioEncoder:

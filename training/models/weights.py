@@ -8,19 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 
 class WeightsError(ValueError):
     """A weights file that does not hold what the model needs."""
-
-
-# IC-GAN's state_dict_best*.pth keeps its run config, which holds the nn.ReLU it built G with, and a numpy
-# float best_FID: these are the only non-tensor objects allowed (numpy's scalar under its 1.x and 2.x names).
-ICGAN_SAFE_GLOBALS = [nn.ReLU, np.dtype, np.dtypes.Float64DType, np._core.multiarray.scalar,
-                      (np._core.multiarray.scalar, "numpy.core.multiarray.scalar")]
 
 
 def read_weights(path: str | Path, what: str, safe_globals: list | None = None) -> Any:
