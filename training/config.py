@@ -105,6 +105,9 @@ class Stage3Config:
     patience: int = 0  # stop after this many validations without improvement (0: never)
     val_clips: int = 512  # validation reads at most this many clips of the slice (shard order)
     log_every: int = 20
+    # a sound2scene.pth: fine-tune the released audio encoder instead of a new one (its own front end and 10 s
+    # input replace [audio]; needs 2048-d stage-1 embeddings, i.e. --swav-weights; docs/official_weights.md)
+    init_official: str | None = None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ class Stage2Config:
     sample_every: int = 200  # samples_<step>.png
     checkpoint_every: int = 200  # last.pt (resume) and generator.pt (EMA weights for sampling)
     standing_stats_batches: int = 8  # batch-norm statistics of the EMA generator, re-estimated before saving
+    # an icgan_biggan_imagenet_res128/ folder: start G from the released IC-GAN generator (its shape replaces
+    # z_dim and g_width; resolution must be its 128; needs 2048-d stage-1 embeddings; docs/official_weights.md)
+    init_official: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class GenEvalConfig:
     n_mix_pairs: int = 40  # two-category mixtures of held-out clips
     batch_size: int = 64
     seed: int = 0
-    inception_weights: str | None = None  # torchvision Inception-v3 state dict: FID/IS (never downloaded)
+    inception_weights: str | None = None  # torchvision or pytorch-fid Inception-v3 file: FID/IS (never downloaded)
 
 
 DIFFAUG_POLICIES = ("translation", "cutout", "color")

@@ -4,7 +4,8 @@ Always: `gen_r_at_k` (the paper's R@k variant: generated image -> real frames, s
 `fd_generated` = Fréchet distance between stage-1 embeddings of the generated images (gen_eval.n_z per
 evaluation clip) and of the real evaluation frames (`fd_generated_reference`: training vs evaluation real
 frames, the floor), and `samples.png` (a row per evaluation clip, one per label: its real frame, then samples).
-With Inception-v3 weights (gen_eval.inception_weights, a torchvision state dict; never downloaded): `fid`, `is`.
+With Inception-v3 weights (gen_eval.inception_weights: torchvision's or pytorch-fid's file, training/inception.py;
+never downloaded): `fid`, `is`.
 On the demo world (truth beside the shards; training/probe.py judges the images):
   class_acc             generated images whose most probable category is the clip's sound category, over the
                         clips where exactly one category sounds (chance 1/K)

@@ -38,7 +38,10 @@ from training.config import TrainConfig
 from training.config_gan import Stage2Config
 from training.data import imagenet_input, mapped, meta, moment_names, open_image, pipeline, resolve_shards
 from training.embedding_cache import FrozenEncoder, ensure_cache, load_encoder, load_table
+from training.models.biggan import FEATURE_DIM, BigGANConfig, BigGANGenerator
 from training.models.gan import Discriminator, GANConfig, Generator, count_parameters, update_ema
+from training.models.weights import WeightsError
+from training.official import load_official_generator
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,8 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[Generator, d
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `python -m training stage2` first")
     state = load_checkpoint(path)
-    g = Generator(GANConfig.from_dict(state["gan_config"]))
+    g = (BigGANGenerator(BigGANConfig(**state["biggan_config"])) if "biggan_config" in state
+         else Generator(GANConfig.from_dict(state["gan_config"])))
     g.load_state_dict(state["generator"])
     return g.eval().requires_grad_(False).to(device), {k: v for k, v in state.items() if k != "generator"}
 
@@ -199,28 +203,45 @@ def _gan_config(s2: Stage2Config, embed_dim: int) -> GANConfig:
     return GANConfig(s2.resolution, embed_dim, s2.z_dim, s2.shared_dim, s2.g_width, s2.d_width)
 
 
+def initial_generator(s2: Stage2Config, gcfg: GANConfig) -> tuple[Generator | BigGANGenerator, GANConfig, dict]:
+    """A new generator, or the released IC-GAN one (stage2.init_official); the config z and D follow; what
+    checkpoints need to rebuild it."""
+    if not s2.init_official:
+        return Generator(gcfg), gcfg, {}
+    g = load_official_generator(s2.init_official).train()
+    if gcfg.embed_dim != FEATURE_DIM or gcfg.resolution != g.cfg.resolution:
+        raise WeightsError(f"stage2.init_official: the released generator makes {g.cfg.resolution} px images from "
+                           f"{FEATURE_DIM}-d embeddings; here stage2.resolution={gcfg.resolution} and stage 1 "
+                           f"embeddings are {gcfg.embed_dim}-d (set stage2.resolution, use --swav-weights)")
+    return g, dataclasses.replace(gcfg, z_dim=g.cfg.z_dim), {"biggan_config": g.cfg.to_dict()}
+
+
 @dataclass
 class Nets:
     """Both networks, the EMA generator, the optimisers, and what the train step calls (the DDP wrappers
-    under torchrun, else the networks themselves)."""
+    under torchrun, else the networks themselves); `gcfg` sizes D and the checkpoints, `g_meta` is what a
+    checkpoint needs to rebuild a released generator."""
 
-    g: Generator
+    g: Generator | BigGANGenerator
     disc: Discriminator
-    g_ema: Generator
+    g_ema: Generator | BigGANGenerator
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     g_train: torch.nn.Module
     d_train: torch.nn.Module
+    gcfg: GANConfig
+    g_meta: dict
 
 
 def build_nets(gcfg: GANConfig, s2: Stage2Config, seed: int, device: torch.device, channels_last: bool) -> Nets:
     torch.manual_seed(seed)
-    g, disc = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
+    g, gcfg, g_meta = initial_generator(s2, gcfg)
+    g, disc = g.to(device), Discriminator(gcfg).to(device)
     if channels_last:
         g, disc = g.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), s2.g_lr, betas=(s2.beta1, s2.beta2))
     opt_d = torch.optim.Adam(disc.parameters(), s2.d_lr, betas=(s2.beta1, s2.beta2))
-    return Nets(g, disc, copy.deepcopy(g).eval().requires_grad_(False), opt_g, opt_d, g, disc)
+    return Nets(g, disc, copy.deepcopy(g).eval().requires_grad_(False), opt_g, opt_d, g, disc, gcfg, g_meta)
 
 
 def wrap_ddp(nets: Nets, d: distributed.Dist) -> Nets:
@@ -278,9 +299,9 @@ def save_state(stage_dir: Path, n: Nets, cfg: TrainConfig, frames: torch.Tensor,
                encoder: FrozenEncoder, step: int, seconds: float) -> None:
     """last.pt (resume), generator.pt (EMA with standing statistics) and samples_<step>.png: rank 0 only.
     Grid rows: 8 training frames spread over the set, each with 7 fixed noise vectors."""
-    s2, gcfg = cfg.stage2, n.g.cfg
+    s2, gcfg = cfg.stage2, n.gcfg
     common = {"gan_config": gcfg.to_dict(), "step": step, "image_encoder_sha256": encoder.sha256,
-              "config": cfg.to_dict()}
+              "config": cfg.to_dict(), **n.g_meta}
     save_checkpoint(stage_dir / "last.pt", {"g": n.g.state_dict(), "d": n.disc.state_dict(),
                                             "g_ema": n.g_ema.state_dict(), "opt_g": n.opt_g.state_dict(),
                                             "opt_d": n.opt_d.state_dict(), "seconds": seconds, **common})
@@ -333,7 +354,7 @@ def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
     gcfg = _gan_config(s2, emb.shape[1])
     nets = build_nets(gcfg, s2, cfg.runtime.seed, device, channels_last)
     last = stage_dir / "last.pt"
-    step, spent = _resume(nets, last, gcfg, encoder) if cfg.runtime.resume and last.exists() else (0, 0.0)
+    step, spent = _resume(nets, last, nets.gcfg, encoder) if cfg.runtime.resume and last.exists() else (0, 0.0)
     nets = wrap_ddp(nets, d)
     start_step, t_start, capped = step, time.time(), False
     if d.is_main:

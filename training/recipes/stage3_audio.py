@@ -11,6 +11,7 @@ Outputs in OUT/stage3/: last.pt (resume), best.pt, loss.jsonl, shards_rank<r>.js
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +37,9 @@ from training.config import TrainConfig
 from training.data import decode_audio, forever, loader, mapped, pipeline, resolve_shards, selector
 from training.embedding_cache import EmbeddingTable, ensure_cache, load_encoder, load_table
 from training.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from training.models.official_audio import EMBED_DIM, OFFICIAL_AUDIO, Sound2SceneAudioEncoder
+from training.models.weights import WeightsError
+from training.official import load_official_audio_encoder
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,13 @@ def validate(model: AudioEncoder, table: EmbeddingTable, cfg: TrainConfig, urls:
     return {"val_loss": float(np.average(losses, weights=weights)), "val_r_at_1": r1, "val_clips": a.shape[0]}
 
 
-def _model(cfg: TrainConfig, embed_dim: int, device: torch.device) -> AudioEncoder:
+def _model(cfg: TrainConfig, embed_dim: int, device: torch.device) -> AudioEncoder | Sound2SceneAudioEncoder:
     torch.manual_seed(cfg.runtime.seed)
+    if cfg.stage3.init_official:  # the released encoder, fine-tuned
+        if embed_dim != EMBED_DIM:
+            raise WeightsError(f"stage3.init_official: the released encoder outputs {EMBED_DIM}-d embeddings, stage 1 "
+                              f"made {embed_dim}-d ones (use the SwAV ResNet-50: --swav-weights)")
+        return load_official_audio_encoder(cfg.stage3.init_official).to(device)
     return AudioEncoder(AudioEncoderConfig(cfg.audio, cfg.stage3.width, embed_dim)).to(device)
 
 
@@ -151,6 +160,8 @@ def run(cfg: TrainConfig) -> Stage3Result:
     """Train (or resume) the audio encoder; keep last.pt and the best validation checkpoint best.pt."""
     d = distributed.setup(cfg.runtime)
     t0 = time.time()
+    if cfg.stage3.init_official:  # the released encoder hears what it was trained on: 16 kHz, 10 s, per clip
+        cfg = dataclasses.replace(cfg, audio=OFFICIAL_AUDIO)
     s3, stage_dir = cfg.stage3, Path(cfg.out) / "stage3"
     train_urls, _ = resolve_shards(cfg.data)
     encoder = load_encoder(cfg.out, d.device)
@@ -224,10 +235,12 @@ def run(cfg: TrainConfig) -> Stage3Result:
     return Stage3Result(best, last, step, best_val, time.time() - t0)
 
 
-def load_audio_encoder(path: str | Path, device: torch.device) -> tuple[AudioEncoder, dict]:
+def load_audio_encoder(path: str | Path, device: torch.device
+                       ) -> tuple[AudioEncoder | Sound2SceneAudioEncoder, dict]:
     """A stage-3 checkpoint's model (eval mode) and the checkpoint's metadata."""
     state = load_checkpoint(path)
-    model = AudioEncoder(AudioEncoderConfig.from_dict(state["model_config"]))
+    model = (Sound2SceneAudioEncoder() if state["model_config"].get("kind") == "sound2scene"
+             else AudioEncoder(AudioEncoderConfig.from_dict(state["model_config"])))
     model.load_state_dict(state["model"])
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
     return model.eval().to(device), meta
