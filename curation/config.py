@@ -17,7 +17,7 @@ from manifests.typed_config import parse_value as parse_value  # re-exported: fl
 
 DATASETS = ("demo", "vggsound", "vegas", "csv")
 SCORERS = ("ssl", "synchrony", "none")
-CHECKPOINT_FORMATS = ("native", "ezvsl")
+CHECKPOINT_FORMATS = ("auto", "native", "ezvsl", "slavc")
 CONTRASTS = ("frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
 
@@ -42,7 +42,9 @@ class ScoreConfig:
     scorer: str = "ssl"  # learned localisation; `synchrony` is the training-free baseline, `none` scores 0
     grid: int = 7  # the synchrony baseline correlates audio energy with change in grid x grid regions
     checkpoint: str | None = None  # ssl: a trained model; none trains one on the run's clips first (ssl-train)
-    checkpoint_format: str = "native"  # `ezvsl`: a published EZ-VSL checkpoint ({'model': state_dict})
+    # `auto` reads it from the file: `native` (ssl-train), `ezvsl` (EZ-VSL / FNAC best.pth), `slavc`; the run
+    # records the format found (docs/localisers_and_moments.md)
+    checkpoint_format: str = "auto"
     # frames per forward pass: a clip of up to this many (10 s at 10 fps) is one batch, ~4 % faster in the pipeline
     # than 64 + the rest (README, Benchmark); a batch never holds two clips' frames
     batch_size: int = 100

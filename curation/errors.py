@@ -58,7 +58,18 @@ class ClipError(Exception):
         super().__init__(message)
 
 
-class MissingToolError(RuntimeError):
+class UsageError(ValueError):
+    """What the user asked for cannot work (a missing file, a wrong checkpoint, a bad parameter).
+
+    The command line prints the message as one line on stderr and exits with code 2, without a traceback
+    (`--debug` shows it): so the message must say what is wrong and what to do. Subclass it for new kinds."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint file that cannot be used: missing, not a checkpoint, an unknown layout, wrong shapes."""
+
+
+class MissingToolError(UsageError, RuntimeError):
     """A required external program (ffmpeg, ffprobe) is not installed: reported before any work starts."""
 
 
