@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from dataclasses import replace
 
 from curation.config import DATASETS, ConfigError, load_config
-from curation.errors import MissingToolError
+from curation.errors import UsageError
 from manifests.readers import ClipListError
 
 
@@ -26,9 +27,10 @@ def _config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    cfg = _config(args)  # a config error is reported before the pipeline's imports
     from curation.pipeline import format_summary, run
 
-    summary = run(_config(args), progress=not args.quiet)
+    summary = run(cfg, progress=not args.quiet)
     print(format_summary(summary))
     return 0
 
@@ -91,7 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--dataset", choices=DATASETS, help="clip list form (default: demo)")
+    run.add_argument("--dataset", help=f"clip list form: {' | '.join(DATASETS)} (default: demo)")
     run.add_argument("--meta", help="the clip list: VGGSound csv, csv/parquet list, or for vegas an AudioSet "
                                     "segment csv, a folder of them, or a folder of VEGAS videos")
     run.add_argument("--label-map", help="vegas: AudioSet class_labels_indices.csv (default: beside the csv)")
@@ -154,7 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--duration", type=float, default=8.0, help="seconds per clip")
     demo.set_defaults(func=_demo)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the traceback of an error (make: DEBUG=1)")
     return parser
+
+
+def _one_line(exc: Exception) -> str:
+    """The error as one line: a multi-line message (all problems of a config) joined with '; '."""
+    head, *rest = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    line = head + (" " + "; ".join(rest) if rest else "")
+    if isinstance(exc, ClipListError):
+        line += " (META= / --meta names the clip list)"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, ClipListError, MissingToolError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UsageError, ConfigError, ClipListError) as exc:  # what the user can fix: no traceback unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

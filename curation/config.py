@@ -167,7 +167,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
 
     need(cfg.dataset in DATASETS, f"dataset: must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
     need(cfg.dataset not in DATASETS or cfg.dataset == "demo" or bool(cfg.meta),
-         f"meta: a clip list is required for dataset {cfg.dataset!r}")
+         f"meta: a clip list is required for dataset {cfg.dataset!r} (META= / --meta path/to/list)")
     need(cfg.demo.clips >= 1, "demo.clips: must be >= 1")
     need(cfg.decode.fps > 0, "decode.fps: must be > 0")
     need(16 <= cfg.decode.short_side <= 2048, "decode.short_side: must be in 16..2048")

@@ -64,7 +64,8 @@ def safe_load(path: str | Path):
             raise CheckpointError(f"checkpoint {path} holds Python objects the safe loader refuses ({refused}); "
                                   "only tensors, numbers and numpy float64 scalars are loaded") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first[:160]}): give the best.pth or "
+                              "latest.pth an EZ-VSL, FNAC or SLAVC run wrote, or a model.pt from ssl-train") from None
 
 
 def _state_dict(blob, path: str) -> dict[str, torch.Tensor]:
