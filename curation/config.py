@@ -16,7 +16,7 @@ from manifests.typed_config import load_typed, typed_from_dict
 from manifests.typed_config import parse_value as parse_value  # re-exported: flag values in TOML syntax
 
 DATASETS = ("demo", "vggsound", "vegas", "csv")
-SCORERS = ("ssl", "synchrony", "none")
+SCORERS = ("ssl", "synchrony", "none", "moments")
 CHECKPOINT_FORMATS = ("auto", "native", "ezvsl", "slavc")
 CONTRASTS = ("frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
@@ -51,6 +51,8 @@ class ScoreConfig:
     contrast: str = "frame"  # the cross-clip score: own match minus the mean match with other clips' audio
     # ("frame"), other clips' frames ("audio"), or the average of the two ("both"); README has the measurements
     save_maps: bool = False  # write every frame's heat map to OUT/maps/<clip_id>.npy (float16)
+    moments: str | None = None  # scorer `moments`: an official top1_boxes_top10_moments.json to curate from
+    moments_first_frame: int = 1  # the number of a clip's first frame in that file (official: 1; see curation.moments)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,8 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
          f"score.checkpoint_format: must be one of {', '.join(CHECKPOINT_FORMATS)}")
     need(cfg.score.contrast in CONTRASTS, f"score.contrast: must be one of {', '.join(CONTRASTS)}")
     need(cfg.score.batch_size >= 1, "score.batch_size: must be >= 1")
+    need(cfg.score.scorer != "moments" or bool(cfg.score.moments), "score.moments: SCORER=moments needs MOMENTS=")
+    need(cfg.score.moments_first_frame in (0, 1), "score.moments_first_frame: must be 0 or 1")
     need(all(w >= 1 for w in cfg.ssl.widths), "ssl.widths: must be positive")
     need(cfg.ssl.image_size >= 32, "ssl.image_size: must be >= 32")
     need(cfg.ssl.steps >= 1 and cfg.ssl.batch_size >= 4, "ssl.steps/batch_size: must be >= 1 / >= 4")

@@ -23,6 +23,8 @@ ERROR_KINDS = {
     "unsupported_source": "the clip's source is of a kind no fetcher handles",
     "worker_lost": "the task running the clip died on every retry",
     "internal_error": "an unexpected exception (a bug): reported with its type, retried on rerun",
+    "not_in_moments": "SCORER=moments: the moments file does not list the clip (not fetched)",
+    "moments_out_of_range": "SCORER=moments: the file's frame numbers for the clip all fall after its last frame",
     # Fetching (yt-dlp + ffmpeg). The `error` column keeps yt-dlp's / ffmpeg's own message.
     "unavailable": "the video or URL does not exist or cannot be played (YouTube 'Video unavailable', HTTP 404)",
     "private": "the video is private or members-only",

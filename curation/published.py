@@ -200,10 +200,11 @@ def spectrograms(audio: np.ndarray, times: np.ndarray, rate: int) -> np.ndarray:
 
 def images(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 frames -> (T, 3, 224, 224) floats in [0, 1]: the whole frame resized bicubic (aspect not
-    kept, as their test transform `Resize((224, 224), BICUBIC)`), rounded to 8 bits as PIL does."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    kept, as their test transform `Resize((224, 224), BICUBIC)`). Resized as uint8, channels-last: within one grey
+    level of PIL's bicubic and ~15x faster than resizing floats."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255) / 255.0
+    return x.float() / 255.0
 
 
 class PublishedScorer:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
+
+if TYPE_CHECKING:
+    from curation.moments import MomentsScorer
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ class LearnedScorer:
 
 
 @functools.lru_cache(maxsize=4)
-def load_scorer(cfg: ScoreConfig) -> Scorer:
+def load_scorer(cfg: ScoreConfig) -> Scorer | MomentsScorer:
     """The configured scorer, built once per process (workers reuse it across tasks)."""
     if cfg.scorer == "none":
         return NoScorer()
@@ -183,4 +186,8 @@ def load_scorer(cfg: ScoreConfig) -> Scorer:
         fmt = checkpoint_format(cfg.checkpoint) if cfg.checkpoint and cfg.checkpoint_format == "auto" \
             else cfg.checkpoint_format
         return PublishedScorer(replace(cfg, checkpoint_format=fmt)) if fmt in ("ezvsl", "slavc") else LearnedScorer(cfg)
+    if cfg.scorer == "moments":
+        from curation.moments import MomentsScorer
+
+        return MomentsScorer(cfg)
     raise ValueError(f"unknown scorer {cfg.scorer!r}")

@@ -315,7 +315,12 @@ def train(data: TrainingClips, cfg: RunConfig, checkpoint: Path, progress: bool 
 
 def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: Path, progress: bool = True) -> tuple[RunConfig, str | None]:
     """The run's config with `score.checkpoint` set (training one on `jobs` when none is given), and the
-    checkpoint's sha256 (part of the per-clip cache key). Non-learned scorers pass through."""
+    checkpoint's sha256 (part of the per-clip cache key). A moments file is checked and digested the same way;
+    other scorers pass through."""
+    if cfg.score.scorer == "moments":
+        from curation.moments import resolve_moments
+
+        return resolve_moments(cfg)
     if cfg.score.scorer != "ssl":
         return cfg, None
     if cfg.score.checkpoint:

@@ -9,13 +9,14 @@ import pytest
 import soundfile
 import torch
 import torchvision
+from PIL import Image
 from scipy import signal
 from torch import nn
 
 from curation.config import DecodeConfig, ScoreConfig
 from curation.decode import decode_clip
 from curation.errors import CheckpointError
-from curation.published import PublishedScorer, SLAVCLocalizer, load_published, spectrograms
+from curation.published import PublishedScorer, SLAVCLocalizer, images, load_published, spectrograms
 from curation.score import load_scorer
 
 WAV = "FwVYUHKoLtQ_000034.wav"
@@ -108,11 +109,19 @@ def test_checkpoint_saved_by_ezvsl_training_scores_a_real_clip(ezvsl_checkpoint,
     # the authors' forward on the same inputs: 224 px bicubic frames, ImageNet normalisation, their spectrogram
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float()
-    frames = nn.functional.interpolate(frames, size=(224, 224), mode="bicubic", antialias=True).round().clamp(0, 255)
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((224, 224), Image.BICUBIC)) for f in clip.frames])
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         expected = reference((frames / 255 - mean) / std, torch.from_numpy(spectrograms(clip.audio, clip.times, 16000)))
-    np.testing.assert_allclose(result.maps, expected.numpy(), atol=2e-3, rtol=1e-4)
+    np.testing.assert_allclose(result.maps, expected.numpy(), atol=0.05)  # images within a grey level of PIL's
+
+
+def test_frames_are_resized_whole_as_pil_bicubic():
+    rng = np.random.default_rng(0)
+    frame = np.array(Image.fromarray(rng.integers(0, 256, (9, 16, 3), dtype=np.uint8)).resize((398, 224)))
+    ours = images(frame[None])[0].permute(1, 2, 0).numpy() * 255
+    pil = np.asarray(Image.fromarray(frame).resize((224, 224), Image.BICUBIC)).astype(np.float32)
+    assert ours.shape == (224, 224, 3) and np.abs(ours - pil).max() <= 1.0 + 1e-3
 
 
 def test_checkpoint_written_under_numpy_1_loads(ezvsl_checkpoint, tmp_path):
