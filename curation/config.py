@@ -155,7 +155,13 @@ class RunConfig:
     def clip_stage_fingerprint(self, model_digest: str | None = None) -> str:
         """Hash of what changes a clip's decoded+scored result (keys the per-clip cache): the decode, score
         and per-clip selection options, and the scoring model's content."""
-        parts = {"decode": dataclasses.asdict(self.decode), "score": dataclasses.asdict(self.score),
+        # options added later leave the keys of runs that do not use them as they were (no rescoring after an
+        # update): an ssl run's format is resolved before this is called; other scorers never resolve `auto`
+        fmt = "native" if self.score.checkpoint_format == "auto" else self.score.checkpoint_format
+        score = dict(dataclasses.asdict(self.score), checkpoint_format=fmt)
+        if self.score.scorer != "moments":
+            del score["moments"], score["moments_first_frame"]
+        parts = {"decode": dataclasses.asdict(self.decode), "score": score,
                  "top_k": self.select.top_k, "min_gap_s": self.select.min_gap_s,
                  "moment_window_s": self.select.moment_window_s, "clip_score": self.select.clip_score,
                  "jpeg_quality": self.write.jpeg_quality, "model": model_digest}

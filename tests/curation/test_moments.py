@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from curation.config import ScoreConfig, SelectConfig
+from curation.config import ScoreConfig, SelectConfig, load_config
 from curation.errors import ClipError
 from curation.moments import MomentsError, MomentsScorer, frame_numbers, official_key, read_moments
 from curation.select import select_moments
@@ -70,3 +70,14 @@ def test_an_unusable_file_is_one_line(tmp_path, content, expected):
     with pytest.raises(MomentsError) as err:
         read_moments(path)
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_new_score_options_leave_other_runs_cache_keys_alone():
+    """Updating must not rescore a run that uses neither a moments file nor a published checkpoint."""
+    cfg = load_config(None, {"score.scorer": "synchrony"})
+    same = load_config(None, {"score.scorer": "synchrony", "score.checkpoint_format": "native",
+                              "score.moments": "unused.json"})
+    assert cfg.clip_stage_fingerprint(None) == same.clip_stage_fingerprint(None)
+    moments = load_config(None, {"score.scorer": "moments", "score.moments": "a.json"})
+    other = load_config(None, {"score.scorer": "moments", "score.moments": "a.json", "score.moments_first_frame": 0})
+    assert moments.clip_stage_fingerprint("d") != other.clip_stage_fingerprint("d")
