@@ -188,6 +188,8 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.score.contrast in CONTRASTS, f"score.contrast: must be one of {', '.join(CONTRASTS)}")
     need(cfg.score.batch_size >= 1, "score.batch_size: must be >= 1")
     need(cfg.score.scorer != "moments" or bool(cfg.score.moments), "score.moments: SCORER=moments needs MOMENTS=")
+    need(cfg.score.checkpoint_format in ("auto", "native") or bool(cfg.score.checkpoint),
+         f"score.checkpoint_format: {cfg.score.checkpoint_format} needs CHECKPOINT= the published file")
     need(cfg.score.moments_first_frame in (0, 1), "score.moments_first_frame: must be 0 or 1")
     need(all(w >= 1 for w in cfg.ssl.widths), "ssl.widths: must be positive")
     need(cfg.ssl.image_size >= 32, "ssl.image_size: must be >= 32")

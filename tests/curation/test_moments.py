@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from curation.config import ScoreConfig, SelectConfig, load_config
+from curation.config import ConfigError, ScoreConfig, SelectConfig, load_config
 from curation.errors import ClipError
 from curation.moments import MomentsError, MomentsScorer, frame_numbers, official_key, read_moments
 from curation.select import select_moments
@@ -81,3 +81,8 @@ def test_new_score_options_leave_other_runs_cache_keys_alone():
     moments = load_config(None, {"score.scorer": "moments", "score.moments": "a.json"})
     other = load_config(None, {"score.scorer": "moments", "score.moments": "a.json", "score.moments_first_frame": 0})
     assert moments.clip_stage_fingerprint("d") != other.clip_stage_fingerprint("d")
+
+
+def test_the_moments_scorer_without_a_file_is_a_config_error():
+    with pytest.raises(ConfigError, match="score.moments: SCORER=moments needs MOMENTS="):
+        load_config(None, {"score.scorer": "moments"})

@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import signal
 from torch import nn
 
-from curation.config import DecodeConfig, ScoreConfig
+from curation.config import ConfigError, DecodeConfig, ScoreConfig, load_config
 from curation.decode import decode_clip
 from curation.errors import CheckpointError
 from curation.published import PublishedScorer, SLAVCLocalizer, images, load_published, spectrograms
@@ -205,3 +205,8 @@ def test_the_layout_asked_for_must_be_the_files(ezvsl_checkpoint):
     with pytest.raises(CheckpointError, match="is an EZ-VSL / FNAC checkpoint, not a SLAVC checkpoint"):
         load_published(path, "slavc")
 
+
+
+def test_a_published_format_without_a_file_is_a_config_error():
+    with pytest.raises(ConfigError, match="score.checkpoint_format: ezvsl needs CHECKPOINT="):
+        load_config(None, {"score.checkpoint_format": "ezvsl"})
