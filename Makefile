@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 OUT     ?= work/demo
 DATASET ?= demo
 
-.PHONY: setup shards test bench report train clean
+.PHONY: setup shards test bench bench-scale report train clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VPY) -m bench.curation --out work/bench
 	$(VPY) -m bench.ssl --out work/bench
+
+# 1k / 5k / 20k tiny clips: client and worker peak RSS, clips/s, and the write wave on 1 vs 2 workers (~30 min)
+bench-scale: $(STAMP)
+	$(VPY) -m bench.scale --out work/bench
 
 report: $(STAMP)
 	$(VPY) -m curation report --out $(OUT)

@@ -101,6 +101,26 @@ def read_cached(path: Path) -> CachedClip:
                           flac=data["flac"].tobytes(), model_id=meta["model_id"])
 
 
+@dataclass(frozen=True)
+class ClipScores:
+    """A scored clip's per-frame arrays, without its media: what frames.parquet needs."""
+
+    times: np.ndarray
+    scores: np.ndarray
+    contrastive: np.ndarray | None
+    ranks: np.ndarray
+    selected: np.ndarray
+
+
+def read_scores(path: Path) -> ClipScores:
+    """The per-frame arrays of a scored clip's cache file; its JPEGs and FLAC are never read (an npz member is
+    only read when asked for)."""
+    with np.load(path, allow_pickle=False) as data:
+        return ClipScores(times=data["t"], scores=data["score"],
+                          contrastive=data["contrastive"] if "contrastive" in data.files else None,
+                          ranks=data["rank"], selected=data["selected"])
+
+
 def read_outcome(path: Path) -> ClipOutcome:
     with np.load(path, allow_pickle=False) as data:
         return ClipOutcome(**json.loads(data["meta"].tobytes())["outcome"])

@@ -82,6 +82,12 @@ class SSLConfig:
     checkpoint_every: int = 100
     seed: int = 0
     threads: int = 2
+    # at most this many clips train the model (a sample fixed by clip id); none = every usable clip
+    max_clips: int | None = None
+    # decoded clips held in memory at once (~1 MB each for 10-s clips): the training clips are split into chunks of
+    # at most this many, each trained on for its share of the steps, so memory does not grow with the clip list
+    buffer_clips: int = 2048
+    device: str = "auto"  # `auto`: CUDA when this machine has it, else the CPU
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,10 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.ssl.train_fps > 0, "ssl.train_fps: must be > 0")
     need(0 <= cfg.ssl.background_swap <= 1, "ssl.background_swap: must be in 0..1")
     need(0 < cfg.ssl.window_s <= cfg.decode.window_s, "ssl.window_s: must be > 0 and <= decode.window_s")
+    need(cfg.ssl.max_clips is None or cfg.ssl.max_clips >= 4, "ssl.max_clips: must be >= 4 (or none)")
+    need(cfg.ssl.buffer_clips >= 4, "ssl.buffer_clips: must be >= 4")
+    need(cfg.ssl.device in ("auto", "cpu", "cuda") or cfg.ssl.device.startswith("cuda:"),
+         "ssl.device: auto, cpu, cuda or cuda:N")
     need(cfg.select.top_k >= 1, "select.top_k: must be >= 1")
     need(cfg.select.min_gap_s >= 0, "select.min_gap_s: must be >= 0")
     need(cfg.select.moment_window_s >= 0, "select.moment_window_s: must be >= 0")

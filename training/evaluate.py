@@ -8,7 +8,8 @@ FD = Fréchet distance between Gaussians fitted to the audio embeddings and the 
 split; `fd_reference` is the same distance between the training and evaluation image embeddings (the floor
 set by two samples of real images). `image_1nn_label_acc` checks the image space itself: how often an
 evaluation frame's nearest training frame has the same label. On the demo world, `r_at_1_truth_ceiling`
-estimates the best R@1 reachable from what the audio carries (training/demo_truth.py).
+estimates the best R@1 reachable from what the audio carries (training/demo_truth.py). eval.json carries the
+protocol beside the numbers (`r_at_k_protocol`) and the stages' step budgets (`budget`, `under_trained`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from manifests.io import write_json
-from training import cli, distributed
+from training import budget, cli, distributed
 from training.config import TrainConfig
 from training.data import resolve_shards
 from training.demo_truth import find_truth, retrieval_ceiling
@@ -59,6 +60,16 @@ def retrieval(audio: np.ndarray, image: np.ndarray, labels: np.ndarray,
         out[f"r_at_{k}"] = float(np.mean(ranks < k))
         out[f"chance_r_at_{k}"] = min(k, n) / n
     return out
+
+
+def protocol(n_queries: int, n_candidates: int, seed: int, query: str, candidates: str) -> dict[str, Any]:
+    """How an R@k was measured, stored next to it: without the candidate count, the way negatives are drawn and
+    the features, an R@k cannot be compared with anyone's."""
+    return {"queries": f"{n_queries} clips of the evaluation split, each once", "query_features": query,
+            "candidates": n_candidates, "candidate_features": candidates,
+            "negatives": f"{n_candidates - 1} other evaluation clips per query, drawn without replacement "
+                         f"(numpy default_rng({seed})), the same sets for every model",
+            "distance": "L2 between L2-normalised features", "chance_r_at_k": "k / candidates"}
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -110,7 +121,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
               "fd": frechet_distance(a, v), "fd_reference": frechet_distance(train_v, v),
               "image_1nn_label_acc": float(np.mean(table.labels[nearest] == table.labels[rows])),
               "eval_split": cfg.data.eval_split, "checkpoint": str(ckpt), "checkpoint_step": int(meta["step"]),
-              "image_encoder": encoder.cfg.kind, "embed_dim": int(v.shape[1]), "seconds": time.time() - t0}
+              "image_encoder": encoder.cfg.kind, "embed_dim": int(v.shape[1]), "seconds": time.time() - t0,
+              "r_at_k_protocol": protocol(len(rows), len(candidates[0]), cfg.evaluate.seed,
+                                          "stage-3 audio embedding (best.pt)",
+                                          f"stage-1 {encoder.cfg.kind} embedding of each clip's best frame (jpg)"),
+              **budget.collect(out)}
     truth = find_truth(cfg.data)
     if truth is not None:
         result["r_at_1_truth_ceiling"] = retrieval_ceiling(truth, keys, frame_t, candidates)
@@ -121,9 +136,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def describe(r: dict[str, Any]) -> str:
-    return (f"evaluate: R@1 {r['r_at_1']:.3f} R@5 {r['r_at_5']:.3f} R@10 {r['r_at_10']:.3f} among "
-            f"N={r['n_candidates']} candidates (chance R@1 {r['chance_r_at_1']:.3f}), {r['n_queries']} queries; "
-            f"FD {r['fd']:.4f} (real-vs-real reference {r['fd_reference']:.4f})")
+    """The result in one line, then a warning line per stage a time cap stopped early."""
+    lines = [f"evaluate: R@1 {r['r_at_1']:.3f} R@5 {r['r_at_5']:.3f} R@10 {r['r_at_10']:.3f} among "
+             f"N={r['n_candidates']} candidates (chance R@1 {r['chance_r_at_1']:.3f}), {r['n_queries']} queries; "
+             f"FD {r['fd']:.4f} (real-vs-real reference {r['fd_reference']:.4f})"]
+    lines += [budget.warning(stage, r["budget"][stage]) for stage in r.get("under_trained", [])]
+    return "\n".join(lines)
 
 
 def _run_and_show(cfg: TrainConfig) -> None:

@@ -4,7 +4,8 @@ Loss: the official code's InfoNCE with L2 logits (logits = -||a - v|| / temperat
 and image embeddings, symmetric cross-entropy over the batch), plus an optional L2 regression term. Targets come
 from the stage-1 cache. The global audio statistics are computed once on the training clips (rank 0) and
 stored with the model. The validation slice (data.val_fraction of the training clips, by key hash) is never
-trained on; it picks best.pt and drives early stopping.
+trained on; it picks best.pt and drives early stopping. Under torchrun the contrastive batch is the global
+batch: every rank's pairs are gathered, so each audio clip has world_size x batch_size - 1 negatives.
 Outputs in OUT/stage3/: last.pt (resume), best.pt, loss.jsonl, shards_rank<r>.json (the shards each rank read).
 """
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from manifests.io import write_json
-from training import cli, distributed
+from training import budget, cli, distributed
 from training.audio import StatsAccumulator
 from training.checkpoint import (
     append_jsonl,
@@ -61,6 +62,17 @@ def info_nce_l2(audio: torch.Tensor, image: torch.Tensor, temperature: float, l2
     if l2_weight:
         loss = loss + l2_weight * (a - v).square().sum(dim=-1).mean()
     return loss
+
+
+def global_batch_loss(d: distributed.Dist, audio: torch.Tensor, target: torch.Tensor, s3) -> tuple[torch.Tensor,
+                                                                                                    torch.Tensor]:
+    """(loss to back-propagate, loss to log): InfoNCE over every rank's pairs (negatives gathered across ranks,
+    gradients through the local part). DDP averages the ranks' gradients, so the loss is scaled by world_size
+    to give the gradient of the global-batch loss itself."""
+    a = distributed.all_gather_with_grad(d, audio.float())
+    v = distributed.all_gather_with_grad(d, target.float())
+    loss = info_nce_l2(a, v, s3.temperature, s3.l2_weight)
+    return loss * d.world_size, loss.detach()
 
 
 def pick_targets(table: EmbeddingTable, rows: np.ndarray, k: int, rng: np.random.Generator,
@@ -179,12 +191,12 @@ def run(cfg: TrainConfig) -> Stage3Result:
                               batch["moment"].numpy() if by_moment else None).to(d.device)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             audio = net(batch["wave"].to(d.device, non_blocking=True))
-        loss = info_nce_l2(audio, target, s3.temperature, s3.l2_weight)
+        loss, logged = global_batch_loss(d, audio, target, s3)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        losses.append(loss.item())
+        losses.append(logged.item())
         if d.is_main and (step % s3.log_every == 0 or step == s3.steps):
             append_jsonl(stage_dir / "loss.jsonl", {"step": step, "loss": float(np.mean(losses)),
                                                     "clips_per_s": len(losses) * s3.batch_size * d.world_size
@@ -207,6 +219,8 @@ def run(cfg: TrainConfig) -> Stage3Result:
             distributed.barrier(d)
     write_json(stage_dir / f"shards_rank{d.rank}.json", {"rank": d.rank, "world_size": d.world_size,
                                                           "urls": sorted(seen_urls)})
+    if d.is_main:
+        budget.record(stage_dir, s3.steps, step, "steps" if step >= s3.steps else "early_stopping", time.time() - t0)
     return Stage3Result(best, last, step, best_val, time.time() - t0)
 
 
