@@ -37,12 +37,12 @@ _OTHER_LAYOUTS = {"state_dict": "an SSL-TIE checkpoint (`state_dict`)",
                   "model_state_dict": "an LVS / Senocak et al. checkpoint (`model_state_dict`)"}
 
 
-def _numpy_scalar_globals() -> list:
+def _numpy_scalar_globals() -> list[tuple[object, str]]:
     """What unpickling a numpy float64 needs (numpy 2 names it numpy._core, checkpoints from numpy 1 numpy.core)."""
     from numpy._core.multiarray import scalar
 
-    return [(scalar, "numpy._core.multiarray.scalar"), (scalar, "numpy.core.multiarray.scalar"), np.dtype,
-            np.dtypes.Float64DType]
+    return [(scalar, "numpy._core.multiarray.scalar"), (scalar, "numpy.core.multiarray.scalar"),
+            (np.dtype, "numpy.dtype"), (np.dtypes.Float64DType, "numpy.dtypes.Float64DType")]
 
 
 def safe_load(path: str | Path):
@@ -55,9 +55,11 @@ def safe_load(path: str | Path):
     except IsADirectoryError:
         raise CheckpointError(f"checkpoint {path} is a folder: give the .pth file inside it") from None
     except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        allowed = {name for _, name in _numpy_scalar_globals()}
         refused = ""
         try:
-            refused = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            refused = ", ".join(name for name in found if name not in allowed)
         except Exception:  # not even a torch file: the first message says enough
             pass
         if refused:

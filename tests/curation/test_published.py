@@ -198,6 +198,7 @@ def test_every_bad_checkpoint_is_one_line_naming_the_problem(ezvsl_checkpoint, s
     for name, (blob, expected) in cases.items():
         torch.save(blob, tmp_path / name)
         assert expected in _one_line(tmp_path / name), name
+    assert "(argparse.Namespace)" in _one_line(tmp_path / "args.pth")  # not the numpy scalars it also holds
 
 
 def test_the_layout_asked_for_must_be_the_files(ezvsl_checkpoint):
