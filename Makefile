@@ -22,7 +22,8 @@ shards: $(STAMP)
 		$(if $(META),--meta $(META)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
 		$(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(SCORER),--scorer $(SCORER)) \
-		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(CHECKPOINT_FORMAT),--checkpoint-format $(CHECKPOINT_FORMAT)) \
+		$(if $(MOMENTS),--moments $(MOMENTS)) $(if $(filter 1 yes true,$(DEBUG)),--debug) \
 		$(if $(LABEL_MAP),--label-map $(LABEL_MAP)) $(if $(COOKIES),--cookies $(COOKIES)) \
 		$(if $(PROXY),--proxy $(PROXY)) $(if $(PER_HOST),--per-host $(PER_HOST)) \
 		$(if $(RATE_LIMIT),--rate-limit $(RATE_LIMIT)) $(if $(SOCKET_TIMEOUT),--socket-timeout $(SOCKET_TIMEOUT)) \

@@ -23,6 +23,8 @@ ERROR_KINDS = {
     "unsupported_source": "the clip's source is of a kind no fetcher handles",
     "worker_lost": "the task running the clip died on every retry",
     "internal_error": "an unexpected exception (a bug): reported with its type, retried on rerun",
+    "not_in_moments": "SCORER=moments: the moments file does not list the clip (not fetched)",
+    "moments_out_of_range": "SCORER=moments: the file's frame numbers for the clip all fall after its last frame",
     # Fetching (yt-dlp + ffmpeg). The `error` column keeps yt-dlp's / ffmpeg's own message.
     "unavailable": "the video or URL does not exist or cannot be played (YouTube 'Video unavailable', HTTP 404)",
     "private": "the video is private or members-only",
@@ -58,7 +60,18 @@ class ClipError(Exception):
         super().__init__(message)
 
 
-class MissingToolError(RuntimeError):
+class UsageError(ValueError):
+    """What the user asked for cannot work (a missing file, a wrong checkpoint, a bad parameter).
+
+    The command line prints the message as one line on stderr and exits with code 2, without a traceback
+    (`--debug` shows it): so the message must say what is wrong and what to do. Subclass it for new kinds."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint file that cannot be used: missing, not a checkpoint, an unknown layout, wrong shapes."""
+
+
+class MissingToolError(UsageError, RuntimeError):
     """A required external program (ffmpeg, ffprobe) is not installed: reported before any work starts."""
 
 

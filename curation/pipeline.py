@@ -35,6 +35,7 @@ from curation.config import RunConfig, config_from_dict
 from curation.errors import require_tools
 from curation.fetch_control import ClusterGate, StopCounter, forget_transient_failures
 from curation.outputs import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
+from curation.published import resolve_checkpoint
 from curation.ssl_train import ensure_model
 from manifests.io import write_parquet
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
@@ -178,6 +179,8 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Curate `cfg`'s clip list into shards and manifests under `cfg.out`."""
     started = time.perf_counter()
     require_tools("ffmpeg", "ffprobe")
+    if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
+        cfg = resolve_checkpoint(cfg)  # a wrong file fails now, before the clip list or the demo world is built
     out = Path(cfg.out).resolve()
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)

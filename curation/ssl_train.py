@@ -30,7 +30,7 @@ from tqdm import tqdm
 from curation.clip_task import ClipJob, fetch_job
 from curation.config import ConfigError, RunConfig, SSLConfig
 from curation.decode import decode_clip
-from curation.errors import ClipError
+from curation.errors import CheckpointError, ClipError
 from curation.fetch import raw_path
 from curation.ssl_model import AudioFrontEnd, AVLocalizer, SSLModelConfig, load_state_strict
 from manifests.io import atomic_write_bytes
@@ -282,8 +282,8 @@ def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tens
     """A checkpoint written by `ssl-train`: the model (eval mode), its reference banks, and the raw blob."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an ssl-train checkpoint (format {CHECKPOINT_FORMAT}); "
-                         "for a published EZ-VSL checkpoint set score.checkpoint_format = 'ezvsl'")
+        raise CheckpointError(f"{path} is not an ssl-train checkpoint (format {CHECKPOINT_FORMAT}): for a published "
+                              "EZ-VSL / FNAC / SLAVC checkpoint set score.checkpoint_format = auto")
     model = AVLocalizer(SSLModelConfig.from_dict(blob["model_config"]))
     load_state_strict(model, blob["model"], str(path))
     return model.eval(), blob["bank"], blob
@@ -389,17 +389,22 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
 
 def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: Path, progress: bool = True) -> tuple[RunConfig, str | None]:
     """The run's config with `score.checkpoint` set (training one on `jobs` when none is given), and the
-    checkpoint's sha256 (part of the per-clip cache key). Non-learned scorers pass through."""
+    checkpoint's sha256 (part of the per-clip cache key). A moments file is checked and digested the same way;
+    other scorers pass through."""
+    if cfg.score.scorer == "moments":
+        from curation.moments import resolve_moments
+
+        return resolve_moments(cfg)
     if cfg.score.scorer != "ssl":
         return cfg, None
     if cfg.score.checkpoint:
-        if not Path(cfg.score.checkpoint).is_file():
-            raise FileNotFoundError(f"score.checkpoint: no such file {cfg.score.checkpoint}")
-        return cfg, file_digest(cfg.score.checkpoint)
+        from curation.published import resolve_checkpoint
+
+        return resolve_checkpoint(cfg), file_digest(cfg.score.checkpoint)
     settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)
     checkpoint = out / "ssl" / hashlib.sha256(settings.encode()).hexdigest()[:12] / "model.pt"
     finished = checkpoint.exists() and load_checkpoint(checkpoint)[2]["step"] >= cfg.ssl.steps
     if not finished:
         train(training_set(jobs, cfg, out / "raw"), cfg, checkpoint, progress)
-    resolved = replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint)))
+    resolved = replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native"))
     return resolved, file_digest(checkpoint)
