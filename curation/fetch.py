@@ -309,7 +309,7 @@ def _keeps_bytes(info: MediaInfo, cfg: FetchConfig) -> bool:
 def _copied(source: MediaInput | Path, dst: Path, start_s: float, end_s: float, source_end_s: float,
             cfg: FetchConfig) -> Fetched:
     """Stream copy of the section into `dst`, refused when it does not reach the clip's end (a cut-off read)."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.copy.mp4")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp.copy.mp4")
     info = copy_section(source, tmp, start_s, end_s, cfg)
     want = min(end_s, source_end_s or end_s) - DURATION_TOLERANCE_S
     if info.duration_s < want or info.video_start_s > start_s:

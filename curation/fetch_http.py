@@ -162,4 +162,4 @@ def download(url: str, dst: Path, cfg: FetchConfig, jar: http.cookiejar.CookieJa
 
 def scratch_path(raw_dir: Path, clip_id: str) -> Path:
     """Where a whole source is read to: beside `raw/<clip_id>.mp4`, so keeping it is an atomic rename."""
-    return raw_dir / f".{clip_id}.{os.getpid()}.download"
+    return raw_dir / f".{clip_id}.{os.getpid()}.tmp.download"  # .*.tmp*: a killed run's is removed at start
