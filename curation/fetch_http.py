@@ -8,11 +8,11 @@ to a file beside `raw/`, so ffmpeg never has to seek in a stream it cannot rewin
 
 from __future__ import annotations
 
+import errno
 import http.client
 import http.cookiejar
 import os
 import socket
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +25,7 @@ from curation.errors import ClipError
 from curation.fetch_errors import RETRIABLE_KINDS, http_kind, retry_after_s
 
 CHUNK = 1 << 20
-USER_AGENT = "sound2scene-curation (+https://github.com/; direct media fetch)"
+USER_AGENT = "sound2scene-curation/1 (direct media fetch)"
 _PAGE_TYPES = ("text/", "html", "xml", "json")  # answers that are pages for yt-dlp's extractors, not media
 
 
@@ -92,12 +92,12 @@ def _from_exception(exc: BaseException, url: str) -> ClipError:
     message = f"{type(cause).__name__}: {cause} ({_strip_query(url)})"
     if isinstance(cause, (TimeoutError, socket.timeout)):
         return ClipError("timeout", message, retriable=True)
+    if isinstance(cause, ValueError):  # urllib's word for a URL it cannot parse (a bad port, say)
+        return ClipError("invalid_id", message)
     if isinstance(cause, (socket.gaierror, ConnectionRefusedError)) or (
-            isinstance(cause, OSError) and cause.errno in (101, 113)):  # unreachable network / host
+            isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)):
         return ClipError("network", message)  # no connection at all: an offline machine, not worth a retry
-    if isinstance(cause, (ConnectionError, http.client.HTTPException, ssl.SSLError, OSError)):
-        return ClipError("network", message, retriable=True)
-    return ClipError("network", message)
+    return ClipError("network", message, retriable=True)  # a connection that broke: reset, TLS, bad answer
 
 
 def open_source(url: str, cfg: FetchConfig, jar: http.cookiejar.CookieJar):
