@@ -26,7 +26,7 @@ from curation.fetch_errors import RETRIABLE_KINDS, http_kind, retry_after_s
 
 CHUNK = 1 << 20
 USER_AGENT = "sound2scene-curation/1 (direct media fetch)"
-_PAGE_TYPES = ("text/", "html", "xml", "json")  # answers that are pages for yt-dlp's extractors, not media
+_PAGE_TYPES = ("text/", "html", "xml", "json", "mpegurl")  # pages and playlists (HLS, DASH): for yt-dlp
 
 
 @dataclass(frozen=True)
