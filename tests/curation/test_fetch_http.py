@@ -14,7 +14,7 @@ from curation.decode import decode_clip
 from curation.errors import ClipError
 from curation.fetch import fetch_local, fetch_remote, probe_output
 
-CFG = FetchConfig(socket_timeout_s=0.5, retries=2, backoff_s=0.05, backoff_max_s=5.0)
+CFG = FetchConfig(socket_timeout_s=5.0, retries=2, backoff_s=0.05, backoff_max_s=5.0)  # a loaded machine is slow
 DECODE = DecodeConfig(short_side=64)
 
 
@@ -75,7 +75,7 @@ def test_a_source_that_is_not_h264_is_re_encoded_once_read_whole(server, tmp_pat
 def test_a_body_slower_than_fetch_timeout_s_is_a_timeout_and_leaves_nothing(server, tmp_path):
     cfg = FetchConfig(socket_timeout_s=2.0, timeout_s=0.3, retries=0)
     with pytest.raises(ClipError) as err:
-        _fetch(server, "slow/150/good.mp4", tmp_path, cfg=cfg)
+        _fetch(server, "slow/400/good.mp4", tmp_path, cfg=cfg)  # 3 pieces of 64 KiB: >= 0.8 s
     assert err.value.kind == "timeout" and "fetch.timeout_s" in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
