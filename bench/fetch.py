@@ -188,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scorer", default="synchrony")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
-    results = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                           "python": platform.python_version()},
+    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+               "python": platform.python_version(), "load_average_before": os.getloadavg()[0]}
+    results = {"machine": machine,
                **compare_servers(out / "fetch_urls", args.clips, args.seconds, args.workers, args.scorer)}
+    machine["load_average_after"] = os.getloadavg()[0]  # other jobs on the machine make wall times noisy
     write_json(out / "fetch_urls.json", results)
     for key in ("path_rows", "url_rows_no_ranges", "url_rows_ranges"):
         r = results[key]
