@@ -138,6 +138,7 @@ class FetchConfig:
     stop_after: int = 10  # consecutive rate_limited / bot_check clips that stop the run (0: never)
     retry_failed: bool = False  # refetch clips whose cached failure is transient (RETRY_FAILED=1)
     js_runtimes: str | None = None  # yt-dlp JavaScript runtimes for YouTube, e.g. "deno,node" (none: yt-dlp's)
+    max_download_mb: int = 2048  # largest source read whole from a host that cannot seek (HTTP ranges)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ ERROR_KINDS = {
     "timeout": "no answer within fetch.socket_timeout_s, or the fetch ran past fetch.timeout_s",
     "no_h264_format": "no format matched the format selector (fetch.format; the default falls back to any codec)",
     "low_audio_rate": "the source audio is sampled below 16 kHz",
+    "too_large": "a source that must be read whole (its host cannot seek) is over fetch.max_download_mb",
     "fetch_error": "yt-dlp failed in a way none of the kinds above describes (its message is kept)",
 }
 
