@@ -52,3 +52,24 @@ def bad_media(tmp_path: Path) -> dict[str, Path]:
     cases["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     cases["not_media"].write_bytes(bytes(range(256)) * 100)
     return cases
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, one for the whole session (tests/s3_server.py)."""
+    from s3_server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server, with this test's environment (and the Dask workers it starts) pointed at it."""
+    import s3fs
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would keep an earlier endpoint
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()
