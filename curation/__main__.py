@@ -15,7 +15,7 @@ from manifests.readers import ClipListError
 
 def _config(args: argparse.Namespace):
     overrides = {key: value for key, value in (
-        ("dataset", args.dataset), ("meta", args.meta), ("out", args.out),
+        ("dataset", args.dataset), ("meta", args.meta), ("out", args.out), ("source.path", args.source),
         ("dask.scheduler", args.scheduler), ("dask.workers", args.workers),
         ("demo.clips", args.demo_clips), ("score.scorer", args.scorer),
         ("score.checkpoint", args.checkpoint), ("label_map", args.label_map),
@@ -106,6 +106,8 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--dataset", help=f"clip list form: {' | '.join(DATASETS)} (default: demo)")
     run.add_argument("--meta", help="the clip list: VGGSound csv, csv/parquet list, or for vegas an AudioSet "
                                     "segment csv, a folder of them, or a folder of VEGAS videos")
+    run.add_argument("--source", help="already-downloaded clips (<ytid>_<start:06d>.mp4): a folder, a tar/tar.gz "
+                                      "archive or a glob of them, local or s3://... (docs/mirrors.md)")
     run.add_argument("--label-map", help="vegas: AudioSet class_labels_indices.csv (default: beside the csv)")
     run.add_argument("--out", help="output folder (default: work/demo)")
     run.add_argument("--config", help="TOML config file; flags override it")

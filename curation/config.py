@@ -142,6 +142,14 @@ class FetchConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """Where already-downloaded clips lie (docs/mirrors.md): a folder, an archive or a glob of archives, local
+    or an fsspec URL (`s3://bucket/vggsound_*.tar.gz`); none: fetch each clip from its url / YouTube."""
+
+    path: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     dataset: str = "demo"
     meta: str | None = None  # the clip list (not needed for the demo world)
@@ -155,6 +163,7 @@ class RunConfig:
     write: WriteConfig = field(default_factory=WriteConfig)
     dask: DaskConfig = field(default_factory=DaskConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,6 +192,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.dataset in DATASETS, f"dataset: must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
     need(cfg.dataset not in DATASETS or cfg.dataset == "demo" or bool(cfg.meta),
          f"meta: a clip list is required for dataset {cfg.dataset!r} (META= / --meta path/to/list)")
+    need(cfg.source.path is None or cfg.dataset != "demo", "source.path: the demo world makes its own clips")
     need(cfg.demo.clips >= 1, "demo.clips: must be >= 1")
     need(cfg.decode.fps > 0, "decode.fps: must be > 0")
     need(16 <= cfg.decode.short_side <= 2048, "decode.short_side: must be in 16..2048")

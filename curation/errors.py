@@ -21,6 +21,9 @@ ERROR_KINDS = {
     "invalid_row": "the clip list row could not be parsed",
     "duplicate_id": "the clip id repeats with different content",
     "unsupported_source": "the clip's source is of a kind no fetcher handles",
+    # SOURCE (a mirror's folder or archives, docs/mirrors.md): recomputed on every run, never cached
+    "missing_source": "no file or archive member of SOURCE is named for the clip (`<ytid>_<start:06d>.mp4`)",
+    "archive_damaged": "the SOURCE archive that holds (or may hold) the clip is cut short or corrupt before it",
     "worker_lost": "the task running the clip died on every retry",
     "internal_error": "an unexpected exception (a bug): reported with its type, retried on rerun",
     "not_in_moments": "SCORER=moments: the moments file does not list the clip (not fetched)",
@@ -74,6 +77,10 @@ class CheckpointError(UsageError):
 
 class MissingToolError(UsageError, RuntimeError):
     """A required external program (ffmpeg, ffprobe) is not installed: reported before any work starts."""
+
+
+class SourceError(UsageError):
+    """SOURCE as a whole cannot be used (missing, unreadable, nothing in it): reported before any work starts."""
 
 
 def require_tools(*names: str) -> None:

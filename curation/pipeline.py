@@ -34,6 +34,7 @@ from curation.clip_task import (
 from curation.config import RunConfig, config_from_dict
 from curation.errors import require_tools
 from curation.fetch_control import ClusterGate, StopCounter, forget_transient_failures
+from curation.mirror import extract_archive, plan_source, resolve_source, source_jobs
 from curation.outputs import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
 from curation.published import resolve_checkpoint
 from curation.ssl_train import ensure_model
@@ -81,11 +82,15 @@ def _groups(jobs: list[ClipJob], size: int) -> Iterator[list[ClipJob]]:
 
 
 @contextlib.contextmanager
-def _client(cfg: RunConfig) -> Iterator:
-    """A client of the configured cluster; a LocalCluster started here is shut down on exit."""
+def _client(cfg: RunConfig, running=None) -> Iterator:
+    """A client of the configured cluster (`running`: one this run already has); a LocalCluster started here is
+    shut down on exit."""
     import dask
     from dask.distributed import Client, LocalCluster
 
+    if running is not None:
+        yield running
+        return
     logging.getLogger("distributed").setLevel(logging.ERROR)  # cluster chatter would hide the progress bar
     if cfg.dask.scheduler:
         with Client(cfg.dask.scheduler, timeout="30s") as client:
@@ -167,6 +172,38 @@ def _dask_mapper(client, cfg: RunConfig) -> Callable[[Callable, list], Iterable]
     return mapper
 
 
+def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: Path, progress: bool, stack: contextlib.ExitStack):
+    """Bring SOURCE's clips into `raw` (docs/mirrors.md): one task per archive to read, each archive streamed once.
+
+    Returns jobs reading the clips that are now there, failed outcomes for the others, a note for run.json, and
+    the cluster when one was started (kept in `stack` for the clip wave)."""
+    from dask.distributed import as_completed
+
+    started = time.perf_counter()
+    plan = plan_source(resolve_source(cfg.source.path), jobs, raw)
+    passes, lost, client = [], {}, None
+    if plan.archives:
+        bar = tqdm(total=len(plan.archives), unit="archive", disable=not progress, desc="read archives")
+        client = stack.enter_context(_client(cfg))
+        [wanted] = client.scatter([plan.wanted])  # one copy per worker, not one per task
+        futures = {client.submit(extract_archive, archive, wanted, str(raw), str(raw / "source_index"),
+                                 retries=cfg.dask.retries, pure=False): archive for archive in plan.archives}
+        for fut in as_completed(futures):
+            try:
+                passes.append(fut.result())
+            except Exception as exc:  # the worker died, or the store failed on every retry
+                lost[futures[fut]] = f"{type(exc).__name__}: {exc}"
+            bar.update(1)
+        bar.close()
+    ready, failed = source_jobs(plan, jobs, raw, lost)
+    note = {"archives": len(plan.source.archives), "archives_read": len(plan.archives),
+            "archives_skipped": plan.skipped, "loose_clips": len(plan.source.clips),
+            "extracted": sum(p.extracted for p in passes), "damaged": {p.archive: p.damaged for p in passes
+                                                                       if p.damaged}, "lost": lost,
+            "seconds": round(time.perf_counter() - started, 3)}
+    return ready, {o.clip_id: o for o in failed}, note, client
+
+
 def _remove_temp_files(paths: RunPaths) -> None:
     """Temp files a killed run left behind (finished files are only ever renamed into place)."""
     for folder in (paths.raw, paths.cache, paths.manifests, paths.shards):
@@ -177,6 +214,11 @@ def _remove_temp_files(paths: RunPaths) -> None:
 
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Curate `cfg`'s clip list into shards and manifests under `cfg.out`."""
+    with contextlib.ExitStack() as stack:  # a cluster started for SOURCE's archives serves the clips too
+        return _run(cfg, progress, stack)
+
+
+def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSummary:
     started = time.perf_counter()
     require_tools("ffmpeg", "ffprobe")
     if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
@@ -184,6 +226,9 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     out = Path(cfg.out).resolve()
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)
+    unreached, source_note, client = {}, None, None
+    if cfg.source.path:
+        jobs, unreached, source_note, client = _from_source(cfg, jobs, out / "raw", progress, stack)
     cfg, digest = ensure_model(cfg, jobs, out, progress)  # trains the localisation model when none is given
     paths = RunPaths.for_config(cfg, digest)
     _remove_temp_files(paths)
@@ -192,11 +237,12 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     gate = ClusterGate(cfg.fetch) if any(j.path is None for j in jobs) else None  # url / YouTube rows
     stop = StopCounter(cfg.fetch.stop_after, gate.request_stop if gate else None)
     loaded = time.perf_counter()
-    with _client(cfg) as client:
+    with _client(cfg, client) as client:
         outcomes, ready = _run_tasks(client, process_group, jobs, cfg, (str(paths.raw), str(paths.cache), gate),
                                      progress, functools.partial(warm_up, cfg), stop=stop)
         timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}
+        outcomes.update(unreached)
         score_s = sum(o.score_s for o in outcomes.values())
         scored = [o for o in outcomes.values() if o.scored]
         frames = sum(o.n_frames for o in scored)
@@ -204,7 +250,7 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
                          scorer_frames_per_s_per_worker=round(frames / score_s, 2) if score_s else None,
                          scorer_page_faults_per_clip=round(sum(o.score_page_faults for o in scored) / len(scored),
                                                            1) if scored else None,
-                         fetch={"stopped": stop.reason, "retried_failed": retried})
+                         fetch={"stopped": stop.reason, "retried_failed": retried}, source=source_note)
     notes = [f"retry-failed: {retried} clips with a transient failure fetched again"] if cfg.fetch.retry_failed else []
     return replace(summary, notes=tuple(notes + ([stop.reason] if stop.reason else [])))
 
