@@ -36,6 +36,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) -m bench.curation --out work/bench
+	$(VPY) -m bench.mirror --out work/bench
 	$(VPY) -m bench.ssl --out work/bench
 	$(VPY) -m bench.fetch --out work/bench
 

@@ -1,10 +1,11 @@
 """Source stage: clips from a local or bucket mirror of VGGSound (a folder of clips, or tar / tar.gz archives).
 
 The community mirrors ship `<ytid>_<start_seconds:06d>.mp4` members (10-s clips, h264 + AAC) in ~17-GB
-archives. Extracting them whole would double the disk; instead each archive is read once, as a stream, by one
-Dask task (`extract_archive`): members no row asks for are skipped, each wanted member's bytes become the
-clip's fetched file `OUT/raw/<clip_id>.mp4` (atomically), and from there the normal per-clip path decodes and
-scores it. Loose clips in a folder are hard-linked into `raw/` (symlinked across file systems), never copied.
+archives. They are never extracted whole (a pass of its own and room for a second copy): each archive is read
+once, as a stream, by one Dask task (`extract_archive`); members no row asks for are skipped, and each wanted
+member's bytes become the clip's fetched file `OUT/raw/<clip_id>.mp4` (atomically), from where the normal
+per-clip path decodes and scores it. Loose clips in a folder are hard-linked into `raw/` (symlinked across
+file systems), never copied.
 
 Each archive pass leaves a listing in `OUT/raw/source_index/`, so a rerun knows which archive holds which clip
 and reads no archive whose clips are all in `raw/` already. A damaged archive (cut short, corrupt compressed
@@ -29,7 +30,6 @@ from curation import storage
 from curation.clip_task import ClipJob, ClipOutcome
 from curation.errors import SourceError
 from curation.fetch import raw_path
-from manifests.io import write_parquet
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 COPY_CHUNK = 1 << 20
@@ -50,8 +50,6 @@ class Source:
 class ArchiveIndex:
     """One archive's listing from its last complete or damaged pass."""
 
-    archive: str
-    identity: str
     keys: frozenset[str]
     damaged: str | None  # why the pass ended early; None when it read to the end-of-archive marker
 
@@ -121,22 +119,24 @@ def _write_index(index_dir: Path, archive: str, identity: str, members: list[tup
     meta = {"archive": archive, "identity": identity, "damaged": damaged or ""}
     table = pa.table({"member": [m for m, _ in members], "size": [s for _, s in members]},
                      schema=_INDEX_SCHEMA.with_metadata(meta))
-    write_parquet(_index_path(index_dir, archive), table)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    storage.write_bytes(str(_index_path(index_dir, archive)), sink.getvalue().to_pybytes())
 
 
 def read_indexes(index_dir: Path, archives: tuple[str, ...]) -> dict[str, ArchiveIndex]:
     """The listings of `archives` still valid: an archive replaced since its pass (new size, time or ETag) has none."""
     found = {}
     for archive in archives:
-        path = _index_path(index_dir, archive)
-        if not path.exists():
+        path = str(_index_path(index_dir, archive))
+        if not storage.exists(path):
             continue
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         if meta.get("archive") != archive or meta.get("identity") != storage.identity(archive):
             continue
         keys = frozenset(k for m in table.column("member").to_pylist() if (k := member_key(m)))
-        found[archive] = ArchiveIndex(archive, meta["identity"], keys, meta["damaged"] or None)
+        found[archive] = ArchiveIndex(keys, meta["damaged"] or None)
     return found
 
 
@@ -168,12 +168,12 @@ def _end_problem(tar: tarfile.TarFile) -> str | None:
     """Why the member loop ended, if not at the end-of-archive marker. tarfile ends the loop silently on a
     broken header or a stream cut at a member boundary; only what follows tells those from a proper end
     (the rest of a zero block, then zero padding)."""
-    rest = b"".join(iter(lambda: tar.fileobj.read(COPY_CHUNK), b""))
-    if not rest:
-        return "the archive ends without its end-of-archive marker (cut short)"
-    if rest.strip(b"\0"):
-        return f"a broken member header at byte {tar.offset} of the tar stream"
-    return None
+    rest = 0
+    for chunk in iter(lambda: tar.fileobj.read(COPY_CHUNK), b""):
+        if chunk.strip(b"\0"):
+            return f"a broken member header at byte {tar.offset} of the tar stream"
+        rest += len(chunk)
+    return None if rest else "the archive ends without its end-of-archive marker (cut short)"
 
 
 def extract_archive(archive: str, wanted: dict[str, str], raw_dir: str, index_dir: str) -> ArchivePass:

@@ -98,11 +98,6 @@ def open_read(location: str) -> BinaryIO:
     return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
 
 
-def local_path(location: str) -> Path | None:
-    """The local path of `location`, or None when it lives in a remote store."""
-    return None if is_url(location) else Path(_local(location))
-
-
 def read_bytes(location: str) -> bytes:
     if not is_url(location):
         return Path(_local(location)).read_bytes()
