@@ -210,3 +210,13 @@ def test_archives_in_a_bucket_are_read_by_the_workers(tmp_path, mirror, s3):
     assert _source_note(out)["archives_read"] == 2
     with pytest.raises(SourceError, match="matches no file"):
         resolve_source("s3://vggsound-mirror/elsewhere/*.tar.gz")
+
+
+def test_source_is_a_config_option_with_a_flag_and_not_for_the_demo_world(tmp_path):
+    from curation.config import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text('dataset = "vggsound"\nmeta = "v.csv"\n[source]\npath = "/data/vggsound_*.tar.gz"\n')
+    assert load_config(path).source.path == "/data/vggsound_*.tar.gz"
+    with pytest.raises(ConfigError, match="source.path: the demo world"):
+        load_config(None, {"source.path": "/data/x.tar"})
