@@ -175,10 +175,11 @@ def test_a_glob_of_archives_curates_and_a_rerun_reads_no_finished_archive(tmp_pa
     assert _source_note(out)["archives_read"] == 0 and _shard_hashes(out) == hashes
 
     (out / "raw" / f"{_clip_id(ids[9])}.mp4").unlink()  # only the archive that holds it is read again
-    run(cfg, progress=False)
-    note = _source_note(out)
-    assert (note["archives_read"], note["archives_skipped"], note["extracted"]) == (1, 1, 1)
-    assert _statuses(out) == mirror["expected"] and _shard_hashes(out) == hashes
+    jobs = [ClipJob(r["clip_id"], None, None, r["start_s"], r["end_s"], r["ytid"])
+            for r in read_vggsound(mirror["csv"]).table.to_pylist()]
+    plan = plan_source(resolve_source(cfg.source.path), jobs, out / "raw")
+    assert plan.archives == (str(mirror["archives"][1]),) and plan.skipped == 1
+    assert plan.wanted == {ids[9]: _clip_id(ids[9]), ids[6]: _clip_id(ids[6])}  # and the one no archive holds
 
 
 def test_a_folder_links_loose_clips_and_reads_the_archives_in_it(tmp_path, ids, clip_bytes):
