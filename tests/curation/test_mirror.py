@@ -145,6 +145,14 @@ def test_a_damaged_archive_fails_only_the_clips_it_can_no_longer_reach(tmp_path,
     assert plan_source(resolve_source(str(path)), jobs, raw).archives == ()
 
 
+def test_clips_of_an_archive_whose_task_died_are_worker_lost_and_retried_by_a_rerun(tmp_path, mirror, ids):
+    jobs = [ClipJob(_clip_id(n), None, None, float(int(n[12:])), int(n[12:]) + 10.0, n[:11]) for n in ids[:2]]
+    plan = plan_source(resolve_source(str(mirror["archives"][0])), jobs, tmp_path / "raw")
+    ready, failed = source_jobs(plan, jobs, tmp_path / "raw", lost={plan.archives[0]: "KilledWorker: ..."})
+    assert ready == [] and {o.error_kind for o in failed} == {"worker_lost"}
+    assert plan_source(resolve_source(str(mirror["archives"][0])), jobs, tmp_path / "raw").archives == plan.archives
+
+
 def test_unusable_sources_are_one_line_errors_before_any_work(tmp_path, mirror, capsys):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
