@@ -250,11 +250,8 @@ def _unreached(job: ClipJob, indexes: dict[str, ArchiveIndex], lost: dict[str, s
     if key is None:
         return ClipOutcome(job.clip_id, scored=False, error_kind="missing_source",
                            error="the row has no YouTube id and whole-second start to name a mirror file")
+    holder = next((a for a, i in indexes.items() if key in i.keys), None)  # listed = read whole
     damaged = {a: i.damaged for a, i in indexes.items() if i.damaged}
-    holder = next((a for a, i in indexes.items() if key in i.keys), None)
-    if holder in damaged:
-        return ClipOutcome(job.clip_id, scored=False, error_kind="archive_damaged",
-                           error=f"{key}.mp4: {holder} holds it but broke while it was read: {damaged[holder]}")
     if lost and (holder is None or holder in lost):
         archive, why = next(iter(lost.items()))
         return ClipOutcome(job.clip_id, scored=False, error_kind="worker_lost",
@@ -264,8 +261,9 @@ def _unreached(job: ClipJob, indexes: dict[str, ArchiveIndex], lost: dict[str, s
         return ClipOutcome(job.clip_id, scored=False, error_kind="archive_damaged",
                            error=f"{key}.mp4 is in no intact part of SOURCE; {archive} (one of {len(damaged)} "
                                  f"damaged) may hold it in the part it lost: {damaged[archive]}")
-    return ClipOutcome(job.clip_id, scored=False, error_kind="missing_source",
-                       error=f"{key}.mp4 is in no archive or folder of SOURCE {spec}")
+    where = f"{holder} lists it, but its file left raw/ during the run" if holder else \
+        f"it is in no archive or folder of SOURCE {spec}"
+    return ClipOutcome(job.clip_id, scored=False, error_kind="missing_source", error=f"{key}.mp4: {where}")
 
 
 def source_jobs(plan: SourcePlan, jobs: list[ClipJob], raw: Path,
