@@ -145,6 +145,16 @@ def test_a_damaged_archive_fails_only_the_clips_it_can_no_longer_reach(tmp_path,
     assert plan_source(resolve_source(str(path)), jobs, raw).archives == ()
 
 
+def test_corrupt_gzip_data_is_found_even_where_inflate_does_not_stumble(tmp_path, ids, clip_bytes):
+    path = _archive(tmp_path / "a.tar.gz", {f"{ids[i]}.mp4": clip_bytes[i % 2] for i in range(4)})
+    data = bytearray(path.read_bytes())
+    at = len(data) * 7 // 10
+    data[at:at + 64] = bytes(b ^ 0x5A for b in data[at:at + 64])  # an inflate error, or a CRC mismatch at the end
+    path.write_bytes(bytes(data))
+    done = extract_archive(str(path), {}, str(tmp_path / "raw"), str(tmp_path / "raw" / "source_index"))
+    assert done.damaged and ("CRC check failed" in done.damaged or "invalid" in done.damaged)
+
+
 def test_clips_of_an_archive_whose_task_died_are_worker_lost_and_retried_by_a_rerun(tmp_path, mirror, ids):
     jobs = [ClipJob(_clip_id(n), None, None, float(int(n[12:])), int(n[12:]) + 10.0, n[:11]) for n in ids[:2]]
     plan = plan_source(resolve_source(str(mirror["archives"][0])), jobs, tmp_path / "raw")
