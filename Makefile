@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 
 shards: $(STAMP)
 	$(VPY) -m curation run --dataset $(DATASET) --out $(OUT) \
-		$(if $(META),--meta $(META)) $(if $(SOURCE),--source '$(SOURCE)') $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+		$(if $(META),--meta $(META)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+		$(if $(SOURCE),--source '$(SOURCE)') \
 		$(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(SCORER),--scorer $(SCORER)) \
 		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(CHECKPOINT_FORMAT),--checkpoint-format $(CHECKPOINT_FORMAT)) \

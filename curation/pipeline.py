@@ -198,8 +198,8 @@ def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: Path, progress: bool,
     ready, failed = source_jobs(plan, jobs, raw, lost)
     note = {"archives": len(plan.source.archives), "archives_read": len(plan.archives),
             "archives_skipped": plan.skipped, "loose_clips": len(plan.source.clips),
-            "extracted": sum(p.extracted for p in passes), "damaged": {p.archive: p.damaged for p in passes
-                                                                       if p.damaged}, "lost": lost,
+            "extracted": sum(p.extracted for p in passes), "lost": lost,
+            "damaged": {p.archive: p.damaged for p in passes if p.damaged},
             "seconds": round(time.perf_counter() - started, 3)}
     return ready, {o.clip_id: o for o in failed}, note, client
 
