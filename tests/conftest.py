@@ -54,9 +54,10 @@ def bad_media(tmp_path: Path) -> dict[str, Path]:
     return cases
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server():
-    """moto's S3 server on 127.0.0.1, one for the whole session (tests/s3_server.py)."""
+    """moto's S3 server on 127.0.0.1, one per test module that uses it (tests/s3_server.py): a server living for
+    the whole session would still be running when other modules check that a run leaves no process behind."""
     from s3_server import S3Server
 
     with S3Server() as server:
