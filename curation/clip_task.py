@@ -21,6 +21,7 @@ from curation.config import FetchConfig, RunConfig
 from curation.decode import DecodedClip, decode_clip, read_frames
 from curation.errors import ClipError
 from curation.fetch import DEFAULT_FETCH, FetchGate, fetch_local, fetch_remote
+from curation.quality import measure, signals_dict
 from curation.score import load_scorer
 from curation.select import select_moments
 from curation.write import encode_flac, encode_jpeg
@@ -55,6 +56,7 @@ class ClipOutcome:
     score_s: float = 0.0  # time inside the scorer (throughput of the model within the pipeline)
     score_page_faults: int = 0  # minor page faults while scoring: memory handed back to the OS and faulted in again
     from_cache: bool = False  # read back from an earlier run's cache file, not processed now
+    quality: dict | None = None  # the data-quality filters' signals (curation.quality.Signals, ~0.7 KB)
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,10 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
             buf = io.BytesIO()
             np.save(buf, arrays["maps"])
             atomic_write_bytes(raw_dir.parent / "maps" / f"{job.clip_id}.npy", buf.getvalue())
+    quality = signals_dict(measure(clip.frames, clip.audio, clip.sample_rate))
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
-                          seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults)
+                          seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults,
+                          quality=quality)
     return outcome, arrays, scorer.model_id
 
 
