@@ -1,10 +1,11 @@
 """Data-quality filters on a planted world: precision and recall per filter, and their cost per clip.
 
 Demo-world clips (12 s, each with its own background; categories shared, so similar content abounds) plus
-planted cases made with the ffmpeg CLI: re-encoded, resized, shifted, re-cut and gain-changed copies (the
-near-duplicates), still images with sound, silent clips, short overlapping windows of one ytid, and look-alikes
-that must not match (same footage with other sound, same still image with other sound, different clips of one
-category). Runs the whole pipeline (synchrony scorer) and scores clips.parquet against the plan.
+planted cases made with the ffmpeg CLI: re-encoded, resized, shifted, re-cut, gain-changed, combined and
+late-cut copies (the near-duplicates), still images with sound, silent clips, short overlapping windows of one
+ytid, and look-alikes that must not match (same footage with other sound, same still image with other sound,
+different clips of one category). Runs the whole pipeline (synchrony scorer) and scores clips.parquet against
+the plan; also times the duplicate index on synthetic fingerprints of 20k and 100k clips.
 Writes `<out>/quality.json`. Run: `python -m bench.quality [--base 24] [--out work/bench]`.
 """
 
@@ -32,11 +33,14 @@ from curation.quality import (
     AUDIO_SEARCH,
     BLOCK_S,
     HASH_STEP,
+    MOTION_FLOOR,
     Fingerprint,
     candidate_pairs,
     envelope_correlations,
     fingerprint,
     footage_alignments,
+    min_overlap_steps,
+    moves_alike,
 )
 from manifests.io import write_json
 
@@ -50,6 +54,8 @@ COPIES = {
     "shifted": (["-ss", "0.7"], ["-t", "10", "-crf", "26"]),
     "recut": (["-ss", "3.0"], ["-t", "9", "-crf", "23"]),
     "gain": ([], ["-t", "10", "-af", "volume=0.35", "-crf", "23"]),
+    "combo": (["-ss", "0.4"], ["-t", "10", "-vf", "scale=192:150", "-af", "volume=2.0", "-crf", "30"]),
+    "late": (["-ss", "5.0"], ["-t", "7", "-crf", "23"]),  # shares only 5 s with the original's [0, 10)
 }
 
 
@@ -74,8 +80,8 @@ def _plan(raw: Path, kinds: dict[str, str], n_base: int) -> list[dict]:
     for b in base[:20] + base[22:]:
         add(b, raw / f"{b}.mp4", 0.0, 10.0, b, b)
     for i, b in enumerate(dup_bases):  # two copies each, the copy kinds in turn
-        for name in (list(COPIES)[i % 5], list(COPIES)[(i + 2) % 5]):
-            add(f"{b}_{name}", raw / f"{b}_{name}.mp4", 0.0, 9.0 if name == "recut" else 10.0, b, b)
+        for name in (list(COPIES)[i % len(COPIES)], list(COPIES)[(i + 3) % len(COPIES)]):
+            add(f"{b}_{name}", raw / f"{b}_{name}.mp4", 0.0, float(COPIES[name][1][1]), b, b)
     for i, b in enumerate(still_bases):  # a frozen frame of b, with the sound of two other clips (no duplicates)
         for other in (base[(i + 5) % 12], base[(i + 7) % 12]):
             add(f"still_{b}_{other}", raw / f"still_{b}_{other}.mp4", 0.0, 10.0, f"frozen_{b}", other)
@@ -162,9 +168,9 @@ def score_filters(clips: pd.DataFrame, rows: list[dict]) -> dict:
 
 def _footage_corr(a: Fingerprint, b: Fingerprint, cfg: FilterConfig) -> tuple[bool, float | None]:
     """Whether the footage matches at some alignment, and the best envelope correlation at those alignments."""
-    min_overlap = int(round(cfg.dup_min_overlap_s * FPS / HASH_STEP))
+    min_overlap = min_overlap_steps(len(a.hashes), len(b.hashes), HASH_STEP / FPS, cfg)
     shifts = footage_alignments(a, b, cfg, min_overlap) if min(len(a.hashes), len(b.hashes)) >= min_overlap else []
-    corr = envelope_correlations(a.env, b.env, int(round(cfg.dup_min_overlap_s / BLOCK_S)))
+    corr = envelope_correlations(a.env, b.env, min_overlap_steps(len(a.env), len(b.env), BLOCK_S, cfg))
     near = [corr[2 * s + d] for s in shifts for d in range(-AUDIO_SEARCH, AUDIO_SEARCH + 1) if 2 * s + d in corr]
     return bool(shifts), max(near) if near else None
 
@@ -179,15 +185,17 @@ def margins(clips: pd.DataFrame, rows: list[dict], signals: dict[str, dict]) -> 
     for a, b in combinations(sorted(fps), 2):
         same = (plan[a]["video"], plan[a]["audio"]) == (plan[b]["video"], plan[b]["audio"])
         matched, corr = _footage_corr(fps[a], fps[b], cfg)
-        (true_pairs if same else false_pairs).append((matched, corr))
-    false_corr = [c for m, c in false_pairs if m and c is not None]
+        low, high = sorted((fps[a].motion + MOTION_FLOOR, fps[b].motion + MOTION_FLOOR))
+        (true_pairs if same else false_pairs).append((matched and moves_alike(fps[a], fps[b]), corr, high / low))
+    false_corr = [c for m, c, _ in false_pairs if m and c is not None]
     return {"still_motion_max": max(v for c, v in motion.items() if plan[c]["still"]),
             "other_motion_min": min(v for c, v in motion.items() if not plan[c]["still"]),
             "silent_db_max": max(v for c, v in loud.items() if plan[c]["silent"]),
             "other_db_min": min(v for c, v in loud.items() if not plan[c]["silent"]),
-            "dup_true_pairs_footage_matched": f"{sum(m for m, _ in true_pairs)}/{len(true_pairs)}",
-            "dup_true_pairs_corr_min": round(min(c for _, c in true_pairs if c is not None), 3),
-            "dup_false_pairs_footage_matched": f"{sum(m for m, _ in false_pairs)}/{len(false_pairs)}",
+            "dup_true_pairs_footage_matched": f"{sum(m for m, _, _ in true_pairs)}/{len(true_pairs)}",
+            "dup_true_pairs_corr_min": round(min(c for _, c, _ in true_pairs if c is not None), 3),
+            "dup_true_pairs_motion_ratio_max": round(max(r for _, _, r in true_pairs), 2),
+            "dup_false_pairs_footage_matched": f"{sum(m for m, _, _ in false_pairs)}/{len(false_pairs)}",
             "dup_false_pairs_corr_max": round(max(false_corr), 3) if false_corr else None}
 
 
@@ -211,7 +219,7 @@ def index_scale(n_clips: int, seed: int = 0) -> dict:
     flips[cuts] = rng.integers(0, 2**63, int(cuts.sum()), dtype=np.int64).astype(np.uint64)
     hashes = np.bitwise_xor.accumulate(np.concatenate([start, flips[:, 1:]], axis=1), axis=1)
     fps = {f"c{i:07d}": Fingerprint(hashes[i], np.zeros(50, bool), np.zeros(100, np.float32),
-                                    np.zeros(16, np.float32)) for i in range(n_clips)}
+                                    np.zeros(16, np.float32), 10.0) for i in range(n_clips)}
     started = time.perf_counter()
     pairs = candidate_pairs(fps)
     return {"clips": n_clips, "candidate_pairs": len(pairs), "seconds": round(time.perf_counter() - started, 2),

@@ -1,8 +1,8 @@
 """Data-quality filters: still video, silent audio, near-duplicate clips, overlapping windows.
 
-Per clip (on the worker, from the frames and audio already decoded for scoring) `measure` computes a few
-hundred bytes of signals: a motion level, a loudness level, 64-bit difference hashes of grey thumbnails at
-5 fps and a log-energy envelope at 10 Hz. They travel in the clip's small outcome, so the client groups
+Per clip (on the worker, from the frames and audio already decoded for scoring) `measure` computes ~0.8 KB
+of signals: a motion level, a loudness level, 64-bit difference hashes of thumbnails at 5 fps, a loudness
+envelope at 10 Hz and a band spectrum. They travel in the clip's small outcome, so the client groups
 duplicates over the whole run with a band index (no all-pairs comparison) and never sees media.
 `docs/quality_filters.md` says how the thresholds were chosen and what they measure.
 """
@@ -23,7 +23,7 @@ HASH_STEP = 2  # every 2nd decoded frame (5 fps at the default 10): half the byt
 BLOCK_S = 0.1  # audio envelope block
 FLAT_GRID_STD = 2.0  # a hash grid flatter than this (grey levels) is a blank frame: its bits are noise
 MAX_BUCKET = 64  # index keys shared by more clips than this (title cards, black frames) select no candidates
-MIN_SHARED_KEYS = 2  # a candidate pair shares at least this many index keys
+MIN_SHARED_KEYS = 1  # a candidate pair shares at least this many index keys (a static scene has few hashes)
 # (shift, bits): 2 bands of a hash; a copy's hash with a few flipped bits often keeps one of them, and a clip has
 # ~30 distinct hashes, so copies share several keys; 32-bit keys keep chance collisions rare at 200k clips
 BANDS = ((32, 32), (0, 32))
@@ -31,6 +31,9 @@ FLOOR_DB = -80.0
 SPECTRUM_BANDS = np.geomspace(60.0, 6000.0, 17)  # 16 bands; above 6 kHz low-bitrate re-encodes cut
 SPECTRUM_FRAME = 1024
 SPECTRUM_RANGE = 40.0  # dB below the loudest band that the spectrum comparison looks at
+MIN_OVERLAP_FRACTION = 0.5  # duplicates share at least half of the shorter clip (and dup_min_overlap_s)
+MOTION_RATIO = 3.0  # copies move alike: motion levels (+ MOTION_FLOOR) within this factor (a frozen frame of a
+MOTION_FLOOR = 0.5  # moving scene has the scene's hashes, not its motion)
 AUDIO_SEARCH = 2  # audio blocks searched either side of the video's alignment (its 0.2-s grid)
 MIN_AUDIO_STD_DB = 1.0  # an envelope flatter than this (silence, steady noise) says nothing about identity
 
@@ -50,13 +53,14 @@ class Signals:
 
 def _thumbnails(frames: np.ndarray) -> np.ndarray:
     """(T, 32, 36) float32 block means of the green channel (close to luma at a third of the work; every 2nd
-    pixel, as the blocks average them anyway)."""
+    pixel, as the blocks average them anyway). Block edges follow the frame's own size, so a copy decoded a
+    few pixels narrower gets the same blocks."""
     green = frames[:, ::2, ::2, 1]
-    t, h, w = green.shape
     rows, cols = GRID
-    h, w = h - h % rows, w - w % cols
-    sums = green[:, :h, :w].reshape(t, rows, h // rows, cols, w // cols).sum(axis=(2, 4), dtype=np.uint32)
-    return sums.astype(np.float32) / ((h // rows) * (w // cols))
+    row_edges = np.linspace(0, green.shape[1], rows + 1).astype(np.int64)
+    col_edges = np.linspace(0, green.shape[2], cols + 1).astype(np.int64)
+    sums = np.add.reduceat(np.add.reduceat(green, row_edges[:-1], axis=1, dtype=np.uint32), col_edges[:-1], axis=2)
+    return sums.astype(np.float32) / np.outer(np.diff(row_edges), np.diff(col_edges)).astype(np.float32)
 
 
 def _dhash(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +123,7 @@ class Fingerprint:
     flat: np.ndarray  # (n,) bool
     env: np.ndarray  # (m,) float32 dB at 1 / BLOCK_S Hz
     spectrum: np.ndarray  # (16,) float32 dB
+    motion: float
 
 
 def fingerprint(signals: dict) -> Fingerprint:
@@ -126,15 +131,17 @@ def fingerprint(signals: dict) -> Fingerprint:
     flat = np.unpackbits(np.frombuffer(base64.b64decode(signals["flat"]), dtype=np.uint8))[: len(hashes)]
     env = np.frombuffer(base64.b64decode(signals["aenv"]), dtype=np.int8).astype(np.float32)
     spectrum = np.frombuffer(base64.b64decode(signals["aspec"]), dtype=np.int8).astype(np.float32)
-    return Fingerprint(hashes, flat.astype(bool), env, spectrum)
+    return Fingerprint(hashes, flat.astype(bool), env, spectrum, signals["motion"])
 
 
 def _index(fps: dict[str, Fingerprint]) -> tuple[np.ndarray, np.ndarray]:
     """(key, clip index) of every distinct band value of every clip's non-blank frame hashes, sorted by key."""
     ids = sorted(fps)
     hashes = [fps[cid].hashes[~fps[cid].flat] for cid in ids]
+    if sum(len(h) for h in hashes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     owner = np.repeat(np.arange(len(ids), dtype=np.int64), [len(h) for h in hashes])
-    flat = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    flat = np.concatenate(hashes)
     keys = np.concatenate([((flat >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
                            | (band << 40) for band, (shift, bits) in enumerate(BANDS)])
     owner = np.tile(owner, len(BANDS))
@@ -190,21 +197,31 @@ def _spectrum_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())
 
 
+def min_overlap_steps(a: int, b: int, seconds_per_step: float, cfg: FilterConfig) -> int:
+    return max(1, int(round(cfg.dup_min_overlap_s / seconds_per_step)), int(np.ceil(MIN_OVERLAP_FRACTION * min(a, b))))
+
+
+def moves_alike(a: Fingerprint, b: Fingerprint) -> bool:
+    low, high = sorted((a.motion + MOTION_FLOOR, b.motion + MOTION_FLOOR))
+    return high <= MOTION_RATIO * low
+
+
 def is_duplicate(a: Fingerprint, b: Fingerprint, cfg: FilterConfig, fps: float) -> bool:
-    """Same footage and same sound at one alignment: the frame hashes agree along it and the loudness envelopes
-    correlate there (+-AUDIO_SEARCH blocks); for two steady sounds (flat envelopes) the band spectra agree
-    instead. Both are relative to the clip's own level, so a gain change shifts neither. (A whole-clip spectrum
-    differs between shifted copies of a changing sound, so it only decides between steady ones.)"""
+    """Same footage and same sound at one alignment: the clips move alike, the frame hashes agree along the
+    alignment and the loudness envelopes correlate there (+-AUDIO_SEARCH blocks); for two steady sounds (flat
+    envelopes) the band spectra agree instead. Both are relative to the clip's own level, so a gain change
+    shifts neither. (A whole-clip spectrum differs between shifted copies of a changing sound, so it only
+    decides between steady ones.)"""
     hash_period = HASH_STEP / fps
-    min_overlap = max(1, int(round(cfg.dup_min_overlap_s / hash_period)))
-    if min(len(a.hashes), len(b.hashes)) < min_overlap:
+    min_overlap = min_overlap_steps(len(a.hashes), len(b.hashes), hash_period, cfg)
+    if min(len(a.hashes), len(b.hashes)) < min_overlap or not moves_alike(a, b):
         return False
     shifts = footage_alignments(a, b, cfg, min_overlap)
     if not shifts:
         return False
     if a.env.std() < MIN_AUDIO_STD_DB and b.env.std() < MIN_AUDIO_STD_DB:  # both silent or steady: what is heard
         return _spectrum_distance(a.spectrum, b.spectrum) <= cfg.dup_spectrum_db
-    corr = envelope_correlations(a.env, b.env, int(round(cfg.dup_min_overlap_s / BLOCK_S)))
+    corr = envelope_correlations(a.env, b.env, min_overlap_steps(len(a.env), len(b.env), BLOCK_S, cfg))
     ratio = hash_period / BLOCK_S
     return any(corr.get(int(round(s * ratio)) + d, -1.0) >= cfg.dup_audio_corr
                for s in shifts for d in range(-AUDIO_SEARCH, AUDIO_SEARCH + 1))

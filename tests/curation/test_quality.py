@@ -67,6 +67,7 @@ def test_index_finds_the_copy_among_distinct_clips_without_pairing_everything():
     fps["c03_copy"] = fingerprint(_signals(_footage(3), _sound(3), start_s=1.0))
     pairs = candidate_pairs(fps)
     assert ("c03", "c03_copy") in pairs and len(pairs) < 10
+    assert candidate_pairs({}) == set() and judge([], {}, FilterConfig(), FPS).dup_group == {}
 
 
 def test_judge_groups_rejects_and_records():
