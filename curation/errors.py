@@ -23,6 +23,11 @@ ERROR_KINDS = {
     "unsupported_source": "the clip's source is of a kind no fetcher handles",
     "worker_lost": "the task running the clip died on every retry",
     "internal_error": "an unexpected exception (a bug): reported with its type, retried on rerun",
+    # Data-quality filters: status `rejected`, by [filters] (docs/quality_filters.md).
+    "duplicate": "a near-duplicate of the clip named in `dup_group`, which is kept",
+    "still": "the video barely changes (a static image with sound)",
+    "silent": "the audio stays below the level floor for most of the clip",
+    "overlap": "the window overlaps an earlier window of the same ytid (`overlap_of`)",
     # Fetching (yt-dlp + ffmpeg). The `error` column keeps yt-dlp's / ffmpeg's own message.
     "unavailable": "the video or URL does not exist or cannot be played (YouTube 'Video unavailable', HTTP 404)",
     "private": "the video is private or members-only",
