@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 OUT     ?= work/demo
 DATASET ?= demo
 
-.PHONY: setup shards test bench report train clean
+.PHONY: setup shards test bench bench-scale report train clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,8 @@ shards: $(STAMP)
 		$(if $(META),--meta $(META)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
 		$(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(SCORER),--scorer $(SCORER)) \
-		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(CHECKPOINT_FORMAT),--checkpoint-format $(CHECKPOINT_FORMAT)) \
+		$(if $(MOMENTS),--moments $(MOMENTS)) $(if $(filter 1 yes true,$(DEBUG)),--debug) \
 		$(if $(LABEL_MAP),--label-map $(LABEL_MAP)) $(if $(COOKIES),--cookies $(COOKIES)) \
 		$(if $(PROXY),--proxy $(PROXY)) $(if $(PER_HOST),--per-host $(PER_HOST)) \
 		$(if $(RATE_LIMIT),--rate-limit $(RATE_LIMIT)) $(if $(SOCKET_TIMEOUT),--socket-timeout $(SOCKET_TIMEOUT)) \
@@ -36,6 +37,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VPY) -m bench.curation --out work/bench
 	$(VPY) -m bench.ssl --out work/bench
+	$(VPY) -m bench.fetch --out work/bench
+
+# 1k / 5k / 20k tiny clips: client and worker peak RSS, clips/s, and the write wave on 1 vs 2 workers (~30 min)
+bench-scale: $(STAMP)
+	$(VPY) -m bench.scale --out work/bench
 
 report: $(STAMP)
 	$(VPY) -m curation report --out $(OUT)

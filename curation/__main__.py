@@ -1,14 +1,15 @@
-"""Command line: `python -m curation {run,demo,ssl-train,select,report}` (the Make targets call these)."""
+"""Command line: `python -m curation {run,demo,ssl-train,select,report,export-moments}` (Make targets call these)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 from dataclasses import replace
 
 from curation.config import DATASETS, ConfigError, load_config
-from curation.errors import MissingToolError
+from curation.errors import UsageError
 from manifests.readers import ClipListError
 
 
@@ -18,6 +19,7 @@ def _config(args: argparse.Namespace):
         ("dask.scheduler", args.scheduler), ("dask.workers", args.workers),
         ("demo.clips", args.demo_clips), ("score.scorer", args.scorer),
         ("score.checkpoint", args.checkpoint), ("label_map", args.label_map),
+        ("score.checkpoint_format", args.checkpoint_format), ("score.moments", args.moments),
         ("fetch.cookies", args.cookies), ("fetch.proxy", args.proxy), ("fetch.per_host", args.per_host),
         ("fetch.rate_limit", args.rate_limit), ("fetch.socket_timeout_s", args.socket_timeout),
         ("fetch.retries", args.fetch_retries), ("fetch.stop_after", args.stop_after),
@@ -26,9 +28,10 @@ def _config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    cfg = _config(args)  # a config error is reported before the pipeline's imports
     from curation.pipeline import format_summary, run
 
-    summary = run(_config(args), progress=not args.quiet)
+    summary = run(cfg, progress=not args.quiet)
     print(format_summary(summary))
     return 0
 
@@ -82,6 +85,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_moments(args: argparse.Namespace) -> int:
+    from curation.export import export_moments
+
+    done = export_moments(args.out, args.json)
+    print(f"moments: {done.json_path} ({done.n_clips} clips; images/ and audios/ beside it"
+          + (f"; {done.removed} pairs of clips no longer kept removed)" if done.removed else ")"))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from curation.demo import generate_world
 
@@ -91,7 +103,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--dataset", choices=DATASETS, help="clip list form (default: demo)")
+    run.add_argument("--dataset", help=f"clip list form: {' | '.join(DATASETS)} (default: demo)")
     run.add_argument("--meta", help="the clip list: VGGSound csv, csv/parquet list, or for vegas an AudioSet "
                                     "segment csv, a folder of them, or a folder of VEGAS videos")
     run.add_argument("--label-map", help="vegas: AudioSet class_labels_indices.csv (default: beside the csv)")
@@ -100,8 +112,10 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
     run.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     run.add_argument("--demo-clips", type=int, help="number of demo-world clips")
-    run.add_argument("--scorer", help="per-frame scorer: ssl | synchrony | none")
+    run.add_argument("--scorer", help="per-frame scorer: ssl | synchrony | none | moments (a given file)")
     run.add_argument("--checkpoint", help="trained localisation model (else one is trained on the clips first)")
+    run.add_argument("--checkpoint-format", help="auto (default) | native | ezvsl (EZ-VSL, FNAC) | slavc")
+    run.add_argument("--moments", help="scorer moments: an official top1_boxes_top10_moments.json to curate from")
     fetch = run.add_argument_group("fetching url / YouTube clips (README: Fetching)")
     fetch.add_argument("--cookies", help="Netscape cookies.txt for yt-dlp (read only)")
     fetch.add_argument("--proxy", help="http://[user:pass@]host:port for yt-dlp and ffmpeg")
@@ -149,13 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", help="where to write it (default OUT/report.html)")
     report.set_defaults(func=_report)
 
+    export = sub.add_parser("export-moments", help="a run's kept clips in the official Sound2Scene moments format")
+    export.add_argument("--out", default="work/demo", help="the run's output folder")
+    export.add_argument("--json", help="where to write it (default OUT/official/top1_boxes_top10_moments.json); "
+                                       "images/ and audios/ go beside it")
+    export.set_defaults(func=_export_moments)
+
     demo = sub.add_parser("demo", help="generate the synthetic demo world (mp4 clips + per-frame truth)")
     demo.add_argument("--out", required=True)
     demo.add_argument("--clips", type=int, default=320)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--duration", type=float, default=8.0, help="seconds per clip")
     demo.set_defaults(func=_demo)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the traceback of an error (make: DEBUG=1)")
     return parser
+
+
+def _one_line(exc: Exception) -> str:
+    """The error as one line: a multi-line message (all problems of a config) joined with '; '."""
+    head, *rest = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    line = head + (" " + "; ".join(rest) if rest else "")
+    if isinstance(exc, ClipListError):
+        line += " (META= / --meta names the clip list)"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, ClipListError, MissingToolError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UsageError, ConfigError, ClipListError) as exc:  # what the user can fix: no traceback unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

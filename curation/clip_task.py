@@ -21,6 +21,7 @@ from curation.config import FetchConfig, RunConfig
 from curation.decode import DecodedClip, decode_clip, read_frames
 from curation.errors import ClipError
 from curation.fetch import DEFAULT_FETCH, FetchGate, fetch_local, fetch_remote
+from curation.moments import MomentsScorer
 from curation.quality import measure, signals_dict
 from curation.score import load_scorer
 from curation.select import select_moments
@@ -102,6 +103,26 @@ def read_cached(path: Path) -> CachedClip:
                           flac=data["flac"].tobytes(), model_id=meta["model_id"])
 
 
+@dataclass(frozen=True)
+class ClipScores:
+    """A scored clip's per-frame arrays, without its media: what frames.parquet needs."""
+
+    times: np.ndarray
+    scores: np.ndarray
+    contrastive: np.ndarray | None
+    ranks: np.ndarray
+    selected: np.ndarray
+
+
+def read_scores(path: Path) -> ClipScores:
+    """The per-frame arrays of a scored clip's cache file; its JPEGs and FLAC are never read (an npz member is
+    only read when asked for)."""
+    with np.load(path, allow_pickle=False) as data:
+        return ClipScores(times=data["t"], scores=data["score"],
+                          contrastive=data["contrastive"] if "contrastive" in data.files else None,
+                          ranks=data["rank"], selected=data["selected"])
+
+
 def read_outcome(path: Path) -> ClipOutcome:
     with np.load(path, allow_pickle=False) as data:
         return ClipOutcome(**json.loads(data["meta"].tobytes())["outcome"])
@@ -117,7 +138,7 @@ def fetch_job(job: ClipJob, raw_dir: Path, fetch_cfg: FetchConfig = DEFAULT_FETC
 def _moment_arrays(times: np.ndarray, scores: np.ndarray, contrastive: np.ndarray | None, frames, cfg: RunConfig):
     """Rank and select the clip's moments; JPEG the chosen frames (`frames(indices)` decodes them)."""
     basis = contrastive if cfg.select.clip_score == "score_contrastive" else None
-    moments = select_moments(times, scores, cfg.select, basis)
+    moments = select_moments(times, scores, cfg.select, basis, given=cfg.score.scorer == "moments")
     arrays = {"rank": moments.ranks, "selected": moments.selected}
     for i, frame in enumerate(frames(moments.selected)):
         arrays[f"jpg{i}"] = np.frombuffer(encode_jpeg(frame, cfg.write.jpeg_quality), dtype=np.uint8)
@@ -130,12 +151,14 @@ def _minor_page_faults() -> int:
 
 
 def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
+    scorer = load_scorer(cfg.score)
+    # a moments file names the clip's frames: a clip it does not list fails here, before it is fetched
+    given = scorer.frames_of(job.clip_id, job.ytid, job.start_s) if isinstance(scorer, MomentsScorer) else None
     fetched = fetch_job(job, raw_dir, cfg.fetch, gate)
     clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
                        fetched.info)
-    scorer = load_scorer(cfg.score)
     faults_before, score_started = _minor_page_faults(), time.perf_counter()
-    result = scorer.score(clip)
+    result = scorer.score(clip) if given is None else scorer.result(given, clip.times)
     score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
     moments, arrays = _moment_arrays(clip.times, result.scores, result.contrastive,
                                      lambda idx: clip.frames[idx], cfg)
@@ -194,7 +217,8 @@ def warm_up(cfg: RunConfig) -> str:
     blank = DecodedClip(frames=np.zeros((n_frames, d.short_side, d.short_side * 16 // 9, 3), dtype=np.uint8),
                         times=np.arange(n_frames) / d.fps, audio=np.zeros(10 * d.sample_rate, dtype=np.float32),
                         sample_rate=d.sample_rate, window_s=d.window_s)
-    scorer.score(blank)
+    if not isinstance(scorer, MomentsScorer):  # reads a file, no model to warm
+        scorer.score(blank)
     measure(blank.frames, blank.audio, blank.sample_rate)  # the filters' first call pays numpy's set-up, not a clip
     return scorer.model_id
 

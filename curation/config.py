@@ -16,8 +16,8 @@ from manifests.typed_config import load_typed, typed_from_dict
 from manifests.typed_config import parse_value as parse_value  # re-exported: flag values in TOML syntax
 
 DATASETS = ("demo", "vggsound", "vegas", "csv")
-SCORERS = ("ssl", "synchrony", "none")
-CHECKPOINT_FORMATS = ("native", "ezvsl")
+SCORERS = ("ssl", "synchrony", "none", "moments")
+CHECKPOINT_FORMATS = ("auto", "native", "ezvsl", "slavc")
 CONTRASTS = ("frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
 
@@ -42,13 +42,17 @@ class ScoreConfig:
     scorer: str = "ssl"  # learned localisation; `synchrony` is the training-free baseline, `none` scores 0
     grid: int = 7  # the synchrony baseline correlates audio energy with change in grid x grid regions
     checkpoint: str | None = None  # ssl: a trained model; none trains one on the run's clips first (ssl-train)
-    checkpoint_format: str = "native"  # `ezvsl`: a published EZ-VSL checkpoint ({'model': state_dict})
+    # `auto` reads it from the file: `native` (ssl-train), `ezvsl` (EZ-VSL / FNAC best.pth), `slavc`; the run
+    # records the format found (docs/localisers_and_moments.md)
+    checkpoint_format: str = "auto"
     # frames per forward pass: a clip of up to this many (10 s at 10 fps) is one batch, ~4 % faster in the pipeline
     # than 64 + the rest (README, Benchmark); a batch never holds two clips' frames
     batch_size: int = 100
     contrast: str = "frame"  # the cross-clip score: own match minus the mean match with other clips' audio
     # ("frame"), other clips' frames ("audio"), or the average of the two ("both"); README has the measurements
     save_maps: bool = False  # write every frame's heat map to OUT/maps/<clip_id>.npy (float16)
+    moments: str | None = None  # scorer `moments`: an official top1_boxes_top10_moments.json to curate from
+    moments_first_frame: int = 1  # the number of a clip's first frame in that file (official: 1; see curation.moments)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,12 @@ class SSLConfig:
     checkpoint_every: int = 100
     seed: int = 0
     threads: int = 2
+    # at most this many clips train the model (a sample fixed by clip id); none = every usable clip
+    max_clips: int | None = None
+    # decoded clips held in memory at once (~1 MB each for 10-s clips): the training clips are split into chunks of
+    # at most this many, each trained on for its share of the steps, so memory does not grow with the clip list
+    buffer_clips: int = 2048
+    device: str = "auto"  # `auto`: CUDA when this machine has it, else the CPU
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,7 @@ class FetchConfig:
     stop_after: int = 10  # consecutive rate_limited / bot_check clips that stop the run (0: never)
     retry_failed: bool = False  # refetch clips whose cached failure is transient (RETRY_FAILED=1)
     js_runtimes: str | None = None  # yt-dlp JavaScript runtimes for YouTube, e.g. "deno,node" (none: yt-dlp's)
+    max_download_mb: int = 2048  # largest source read whole from a host that cannot seek (HTTP ranges)
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,13 @@ class RunConfig:
     def clip_stage_fingerprint(self, model_digest: str | None = None) -> str:
         """Hash of what changes a clip's decoded+scored result (keys the per-clip cache): the decode, score
         and per-clip selection options, and the scoring model's content."""
-        parts = {"decode": dataclasses.asdict(self.decode), "score": dataclasses.asdict(self.score),
+        # options added later leave the keys of runs that do not use them as they were (no rescoring after an
+        # update): an ssl run's format is resolved before this is called; other scorers never resolve `auto`
+        fmt = "native" if self.score.checkpoint_format == "auto" else self.score.checkpoint_format
+        score = dict(dataclasses.asdict(self.score), checkpoint_format=fmt)
+        if self.score.scorer != "moments":
+            del score["moments"], score["moments_first_frame"]
+        parts = {"decode": dataclasses.asdict(self.decode), "score": score,
                  "top_k": self.select.top_k, "min_gap_s": self.select.min_gap_s,
                  "moment_window_s": self.select.moment_window_s, "clip_score": self.select.clip_score,
                  "jpeg_quality": self.write.jpeg_quality, "model": model_digest}
@@ -189,7 +206,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
 
     need(cfg.dataset in DATASETS, f"dataset: must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
     need(cfg.dataset not in DATASETS or cfg.dataset == "demo" or bool(cfg.meta),
-         f"meta: a clip list is required for dataset {cfg.dataset!r}")
+         f"meta: a clip list is required for dataset {cfg.dataset!r} (META= / --meta path/to/list)")
     need(cfg.demo.clips >= 1, "demo.clips: must be >= 1")
     need(cfg.decode.fps > 0, "decode.fps: must be > 0")
     need(16 <= cfg.decode.short_side <= 2048, "decode.short_side: must be in 16..2048")
@@ -201,12 +218,20 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
          f"score.checkpoint_format: must be one of {', '.join(CHECKPOINT_FORMATS)}")
     need(cfg.score.contrast in CONTRASTS, f"score.contrast: must be one of {', '.join(CONTRASTS)}")
     need(cfg.score.batch_size >= 1, "score.batch_size: must be >= 1")
+    need(cfg.score.scorer != "moments" or bool(cfg.score.moments), "score.moments: SCORER=moments needs MOMENTS=")
+    need(cfg.score.checkpoint_format in ("auto", "native") or bool(cfg.score.checkpoint),
+         f"score.checkpoint_format: {cfg.score.checkpoint_format} needs CHECKPOINT= the published file")
+    need(cfg.score.moments_first_frame in (0, 1), "score.moments_first_frame: must be 0 or 1")
     need(all(w >= 1 for w in cfg.ssl.widths), "ssl.widths: must be positive")
     need(cfg.ssl.image_size >= 32, "ssl.image_size: must be >= 32")
     need(cfg.ssl.steps >= 1 and cfg.ssl.batch_size >= 4, "ssl.steps/batch_size: must be >= 1 / >= 4")
     need(cfg.ssl.train_fps > 0, "ssl.train_fps: must be > 0")
     need(0 <= cfg.ssl.background_swap <= 1, "ssl.background_swap: must be in 0..1")
     need(0 < cfg.ssl.window_s <= cfg.decode.window_s, "ssl.window_s: must be > 0 and <= decode.window_s")
+    need(cfg.ssl.max_clips is None or cfg.ssl.max_clips >= 4, "ssl.max_clips: must be >= 4 (or none)")
+    need(cfg.ssl.buffer_clips >= 4, "ssl.buffer_clips: must be >= 4")
+    need(cfg.ssl.device in ("auto", "cpu", "cuda") or cfg.ssl.device.startswith("cuda:"),
+         "ssl.device: auto, cpu, cuda or cuda:N")
     need(cfg.select.top_k >= 1, "select.top_k: must be >= 1")
     need(cfg.select.min_gap_s >= 0, "select.min_gap_s: must be >= 0")
     need(cfg.select.moment_window_s >= 0, "select.moment_window_s: must be >= 0")

@@ -93,7 +93,11 @@ class MediaInfo:
     width: int
     height: int
     video_codec: str
-    duration_s: float  # the longer of the video and audio header durations
+    duration_s: float  # where the longer of video and audio ends, by the headers
+    # A stream-copied section keeps its source's timeline (`curation.fetch`): its first frame is not at 0.
+    video_start_s: float = 0.0
+    audio_codec: str = ""
+    sample_rate: int = 0
 
 
 def probe_media(path: str | os.PathLike) -> MediaInfo:
@@ -122,8 +126,11 @@ def probe_media(path: str | os.PathLike) -> MediaInfo:
         raise ClipError("no_audio", f"no audio stream: {exc}") from None
     except RuntimeError as exc:
         raise ClipError("decode_error", f"audio does not open: {exc}") from None
-    duration = max(video.duration_seconds_from_header or 0.0, audio.duration_seconds_from_header or 0.0)
-    return MediaInfo(width=video.width, height=video.height, video_codec=video.codec or "", duration_s=duration)
+    video_start = video.begin_stream_seconds_from_header or 0.0
+    duration = max(video_start + (video.duration_seconds_from_header or 0.0),
+                   (audio.begin_stream_seconds_from_header or 0.0) + (audio.duration_seconds_from_header or 0.0))
+    return MediaInfo(width=video.width, height=video.height, video_codec=video.codec or "", duration_s=duration,
+                     video_start_s=video_start, audio_codec=audio.codec or "", sample_rate=audio.sample_rate or 0)
 
 
 def _read_audio(path: Path, start_s: float, end_s: float, sample_rate: int) -> np.ndarray:
@@ -146,13 +153,16 @@ def _output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
 
 
-def _read_frames(path: Path, times_abs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _read_frames(path: Path, times_abs: np.ndarray, size: tuple[int, int], first_s: float = 0.0) -> np.ndarray:
+    """Frames at `times_abs` on the file's timeline, whose first frame is at `first_s`."""
     import decord
 
     try:
         reader = decord.VideoReader(str(path), width=size[0], height=size[1], num_threads=1)
         native_fps = reader.get_avg_fps()
-        indices = np.minimum(np.round(times_abs * native_fps).astype(np.int64), len(reader) - 1)
+        # Frame numbers on the source's grid, minus the first frame's: a copied section picks the same frames.
+        first = round(first_s * native_fps)
+        indices = np.clip(np.round(times_abs * native_fps).astype(np.int64) - first, 0, len(reader) - 1)
         return reader.get_batch(indices.tolist()).asnumpy()
     except (RuntimeError, decord.DECORDError) as exc:
         raise ClipError("decode_error", f"video decoding failed: {str(exc).splitlines()[0]}") from None
@@ -163,8 +173,9 @@ def read_frames(path: str | os.PathLike, start_s: float, times: np.ndarray, cfg:
     """Frames at `times` (seconds from `start_s`), sized as `decode_clip` sizes them: the same pixels, so a
     re-selection that decodes only a few frames matches a full decode."""
     info = info or probe_media(path)
+    # decord counts frames from the file's first one; audio is read by timestamp, so both agree on `start_s`.
     return _read_frames(Path(path), start_s + np.asarray(times, dtype=np.float64),
-                        _output_size(info.width, info.height, cfg.short_side))
+                        _output_size(info.width, info.height, cfg.short_side), info.video_start_s)
 
 
 def decode_clip(path: str | os.PathLike, start_s: float, end_s: float, cfg: DecodeConfig,

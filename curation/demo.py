@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
-from curation.errors import require_tools
+from curation.errors import UsageError, require_tools
 from manifests.io import write_json, write_parquet
 from manifests.schema import CLIP_LIST_SCHEMA, TRUTH_SCHEMA
 
@@ -429,11 +429,12 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
     """Write the demo world under out_dir/raw (mp4s, truth.parquet, demo_clips.parquet, demo_world.json).
 
     A complete world with the same parameters is reused as is; a killed run resumes (finished mp4s are
-    kept); a folder holding a world with other parameters is refused (ValueError)."""
+    kept); a folder holding a world with other parameters is refused (UsageError)."""
     n_frames = int(round(duration_s * FPS))
     if n_clips < 1 or workers < 1 or abs(n_frames - duration_s * FPS) > 1e-6 or n_frames < 2 * MIN_SEGMENT_S * FPS:
-        raise ValueError(f"need n_clips >= 1, workers >= 1 and a duration_s >= {2 * MIN_SEGMENT_S} s "
-                         f"that is a whole number of frames at {FPS} fps")
+        raise UsageError(f"demo world of {n_clips} clips of {duration_s} s ({workers} workers): give >= 1 clip "
+                         f"(CLIPS=, --demo-clips) of >= {2 * MIN_SEGMENT_S} s, a whole number of frames at {FPS} fps "
+                         "(--set demo.duration_s=...)")
     require_tools("ffmpeg")  # the demo world is encoded with the ffmpeg CLI
     raw = Path(out_dir).resolve() / "raw"
     kinds, cats = _world_plan(seed, n_clips)
@@ -444,7 +445,7 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
         old = json.loads(world.world_json.read_text()).get("params")
         if old != params:
             changed = sorted(k for k in params if old is None or old.get(k) != params[k])
-            raise ValueError(f"{raw} holds a demo world with other parameters (differing: {', '.join(changed)}); "
+            raise UsageError(f"{raw} holds a demo world with other parameters (differing: {', '.join(changed)}); "
                              "choose another output folder")
         if _complete(world):
             return world

@@ -28,6 +28,8 @@ ERROR_KINDS = {
     "still": "the video barely changes (a static image with sound)",
     "silent": "the audio stays below the level floor for most of the clip",
     "overlap": "the window overlaps an earlier window of the same ytid (`overlap_of`)",
+    "not_in_moments": "SCORER=moments: the moments file does not list the clip (not fetched)",
+    "moments_out_of_range": "SCORER=moments: the file's frame numbers for the clip all fall after its last frame",
     # Fetching (yt-dlp + ffmpeg). The `error` column keeps yt-dlp's / ffmpeg's own message.
     "unavailable": "the video or URL does not exist or cannot be played (YouTube 'Video unavailable', HTTP 404)",
     "private": "the video is private or members-only",
@@ -43,6 +45,7 @@ ERROR_KINDS = {
     "timeout": "no answer within fetch.socket_timeout_s, or the fetch ran past fetch.timeout_s",
     "no_h264_format": "no format matched the format selector (fetch.format; the default falls back to any codec)",
     "low_audio_rate": "the source audio is sampled below 16 kHz",
+    "too_large": "a source that must be read whole (its host cannot seek) is over fetch.max_download_mb",
     "fetch_error": "yt-dlp failed in a way none of the kinds above describes (its message is kept)",
 }
 
@@ -63,7 +66,18 @@ class ClipError(Exception):
         super().__init__(message)
 
 
-class MissingToolError(RuntimeError):
+class UsageError(ValueError):
+    """What the user asked for cannot work (a missing file, a wrong checkpoint, a bad parameter).
+
+    The command line prints the message as one line on stderr and exits with code 2, without a traceback
+    (`--debug` shows it): so the message must say what is wrong and what to do. Subclass it for new kinds."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint file that cannot be used: missing, not a checkpoint, an unknown layout, wrong shapes."""
+
+
+class MissingToolError(UsageError, RuntimeError):
     """A required external program (ffmpeg, ffprobe) is not installed: reported before any work starts."""
 
 

@@ -46,7 +46,7 @@ _FFMPEG_KINDS = (  # checked in order: a network cause explains the decoding err
                 r"connection refused|network is unreachable|no route to host"),
     ("network", r"stream ends prematurely|partial file|connection reset|broken pipe|input/output error|end of file"),
 )
-_RETRIABLE = {"rate_limited", "server_error", "timeout"}
+RETRIABLE_KINDS = {"rate_limited", "server_error", "timeout"}
 _NO_CONNECTION = re.compile(r"resolve|name or service|name resolution|refused|unreachable|no route", re.IGNORECASE)
 _FFMPEG_CONTENT_KINDS = (  # what is wrong with bytes that did arrive
     ("no_audio", r"stream map '\d+:a[:\d]*' matches no streams"),
@@ -83,7 +83,8 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _http_kind(status: int) -> str:
+def http_kind(status: int) -> str:
+    """The error kind of an HTTP error status."""
     if status == 429:
         return "rate_limited"
     if status == 404:
@@ -109,10 +110,10 @@ def from_ytdlp(exc: BaseException) -> ClipError:
         if isinstance(status, int) and hasattr(cause, "response"):
             headers = getattr(cause.response, "headers", None) or {}
             wait = retry_after_s(headers.get("Retry-After")) if status in (429, 503) else None
-            kind = _http_kind(status)
+            kind = http_kind(status)
             if kind == "forbidden" and re.search(_MESSAGE_KINDS[0][1], text):
                 kind = "bot_check"
-            return ClipError(kind, message, retriable=kind in _RETRIABLE, retry_after_s=wait)
+            return ClipError(kind, message, retriable=kind in RETRIABLE_KINDS, retry_after_s=wait)
         if type(cause).__name__ == "GeoRestrictedError":
             return ClipError("geo_blocked", message)
         if isinstance(cause, (TimeoutError, socket.timeout)):
@@ -168,7 +169,7 @@ def _ffmpeg_error(problems: list[str], kinds, fallback: str) -> ClipError | None
     message = "ffmpeg: " + (" | ".join(problems[-3:])[-600:] or fallback)
     for kind, pattern in kinds:
         if match := re.search(pattern, text):
-            retriable = kind in _RETRIABLE or (kind == "network" and not _NO_CONNECTION.search(match.group()))
+            retriable = kind in RETRIABLE_KINDS or (kind == "network" and not _NO_CONNECTION.search(match.group()))
             return ClipError(kind, message, retriable=retriable)
     return None
 

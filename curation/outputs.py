@@ -1,28 +1,40 @@
 """Assembly of a run's outputs from its per-clip results: selection across clips, shards, manifests, run.json.
 
-Runs on the client after the per-clip work (or a re-selection) and reads only the cache files, so the same
-cache and config always give the same shards and manifests.
+Runs after the per-clip work (or a re-selection) and reads only the cache files, so the same cache and config
+always give the same shards and manifests. The client selects from the small per-clip outcomes; shards and
+frames.parquet parts are written by a second wave of tasks (`write_planned_shard`, `frames_part`).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from curation import provenance
-from curation.clip_task import CachedClip, ClipOutcome, cache_path, read_cached
+from curation.clip_task import ClipOutcome, cache_path, read_cached, read_scores
 from curation.config import RunConfig
 from curation.quality import Verdicts, judge
 from curation.select import keep_clips, moment_scores
-from curation.write import build_sample, remove_stale_shards, write_shard_set, write_wids_index
-from manifests.io import write_json, write_parquet
+from curation.write import (
+    ShardInfo,
+    build_sample,
+    chunks,
+    remove_stale_shards,
+    shard_name,
+    write_shard,
+    write_wids_index,
+)
+from manifests.io import write_json, write_parquet, write_parquet_parts
 from manifests.readers import ClipList
 from manifests.schema import CLIPS_SCHEMA, FRAMES_SCHEMA, SHARDS_SCHEMA
+
+SAMPLE_FIELDS = ("clip_id", "dataset", "ytid", "start_s", "end_s", "label", "split")  # clip-list fields in `json`
 
 
 @dataclass(frozen=True)
@@ -55,40 +67,74 @@ class RunSummary:
     filtered: dict[str, int] = field(default_factory=dict)  # clips rejected by a data-quality filter, per kind
 
 
-def _samples(clip_rows: list[dict], cfg: RunConfig, paths: RunPaths, label_index: dict[str, int]) -> Iterator[dict]:
-    for row in clip_rows:
-        cached = read_cached(cache_path(paths.cache, row["clip_id"]))
-        best = int(cached.selected[0])
-        meta = {key: row[key] for key in ("clip_id", "dataset", "ytid", "start_s", "end_s", "label", "split")}
-        meta.update(frame_t=float(cached.times[best]), score=float(cached.scores[best]), rank=1,
-                    ssl_model=cached.model_id,
-                    moments=[{"t": float(cached.times[i]), "score": float(cached.scores[i])}
-                             for i in cached.selected])
-        yield build_sample(row["clip_id"], cached.jpgs, cached.flac, label_index[row["label"]], meta)
+# frames.parquet is assembled from parts of this many clips (one row group each): a part is one task's work and
+# the most the client holds at once (~25k rows at 10 s and 10 fps)
+FRAME_PART_CLIPS = 256
+
+# map(fn, items) -> fn's results in item order. The pipeline passes one that runs the calls as Dask tasks; the
+# default runs them here, one after the other. Either way at most a few results are held at once.
+Mapper = Callable[[Callable, list], Iterable]
 
 
-def _write_shards(kept_rows: list[dict], cfg: RunConfig, paths: RunPaths, label_index: dict[str, int]):
+@dataclass(frozen=True)
+class PlannedShard:
+    """One shard to write: its file name and its samples (clip id, label index, json fields), in order."""
+
+    shard: str
+    split: str | None
+    samples: tuple[tuple[str, int, dict], ...]
+
+
+def plan_shards(kept_rows: list[dict], cfg: RunConfig, label_index: dict[str, int]) -> dict[str, list[PlannedShard]]:
+    """Kept clips -> shards, per shard set `<name>-<split>`: clips in clip-id order, `samples_per_shard` each.
+
+    Depends only on the kept rows and the config, never on workers or timing: byte-identical shards."""
     by_split: dict[str | None, list[dict]] = {}
     for row in sorted(kept_rows, key=lambda r: r["clip_id"]):
         by_split.setdefault(row["split"], []).append(row)
-    infos, written = [], set()
+    plans = {}
     for split in sorted(by_split, key=lambda s: s or ""):
         name = cfg.write.name or cfg.dataset
         name = f"{name}-{split}" if split else name
-        split_infos = write_shard_set(_samples(by_split[split], cfg, paths, label_index), paths.shards, name,
-                                      split, cfg.write.samples_per_shard)
-        index = write_wids_index(paths.shards, name, split_infos)
-        written.update([i.shard for i in split_infos] + [index.name])
-        infos.extend(split_infos)
+        samples = [(row["clip_id"], label_index[row["label"]], {key: row[key] for key in SAMPLE_FIELDS})
+                   for row in by_split[split]]
+        plans[name] = [PlannedShard(shard_name(name, index), split, tuple(chunk))
+                       for index, chunk in enumerate(chunks(samples, cfg.write.samples_per_shard))]
+    return plans
+
+
+def _sample(cache_dir: Path, clip_id: str, label: int, fields: dict) -> dict:
+    cached = read_cached(cache_path(cache_dir, clip_id))
+    best = int(cached.selected[0])
+    meta = dict(fields, frame_t=float(cached.times[best]), score=float(cached.scores[best]), rank=1,
+                ssl_model=cached.model_id,
+                moments=[{"t": float(cached.times[i]), "score": float(cached.scores[i])} for i in cached.selected])
+    return build_sample(clip_id, cached.jpgs, cached.flac, label, meta)
+
+
+def write_planned_shard(plan: PlannedShard, cache_dir: str, shard_dir: str) -> ShardInfo:
+    """One task of the write wave: read the shard's clips from their cache files and write the shard."""
+    samples = (_sample(Path(cache_dir), *spec) for spec in plan.samples)
+    return write_shard(samples, Path(shard_dir), plan.shard, plan.split)
+
+
+def _write_shards(plans: dict[str, list[PlannedShard]], paths: RunPaths, mapper: Mapper) -> list[ShardInfo]:
     paths.shards.mkdir(parents=True, exist_ok=True)
+    write = functools.partial(write_planned_shard, cache_dir=str(paths.cache), shard_dir=str(paths.shards))
+    infos = list(mapper(write, [plan for name in plans for plan in plans[name]]))
+    written = {info.shard for info in infos}
+    for name in plans:
+        index = write_wids_index(paths.shards, name, [i for i in infos if i.shard.startswith(f"{name}-")])
+        written.add(index.name)
     remove_stale_shards(paths.shards, written)
     return infos
 
 
-def _frame_rows(cached: dict[str, CachedClip], kept: set[str], moment_window_s: float) -> pa.Table:
+def frames_part(clip_ids: list[str], kept: frozenset[str], cache_dir: str, moment_window_s: float) -> pa.Table:
+    """frames.parquet rows of some scored clips, read from their cache files without their media."""
     columns: dict[str, list] = {name: [] for name in FRAMES_SCHEMA.names}
-    for clip_id in sorted(cached):
-        clip = cached[clip_id]
+    for clip_id in clip_ids:
+        clip = read_scores(cache_path(Path(cache_dir), clip_id))
         chosen = set(clip.selected.tolist()) if clip_id in kept else set()
         columns["clip_id"].extend([clip_id] * len(clip.times))
         columns["t"].extend(clip.times.tolist())
@@ -106,6 +152,13 @@ def _filter_columns(clip_id: str, v: Verdicts | None) -> dict:
         return {}
     return {"still": v.still.get(clip_id), "silent": v.silent.get(clip_id), "dup_group": v.dup_group.get(clip_id),
             "overlap_of": v.overlap_of.get(clip_id)}
+
+
+def _write_frames(scored: list[str], kept: set[str], cfg: RunConfig, paths: RunPaths, mapper: Mapper) -> int:
+    part = functools.partial(frames_part, kept=frozenset(kept), cache_dir=str(paths.cache),
+                             moment_window_s=cfg.select.moment_window_s)
+    groups = list(chunks(sorted(scored), FRAME_PART_CLIPS))
+    return write_parquet_parts(paths.manifests / "frames.parquet", mapper(part, groups), FRAMES_SCHEMA)
 
 
 def _clip_rows(clip_list: ClipList, outcomes: dict[str, ClipOutcome], kept: set[str],
@@ -168,26 +221,30 @@ def label_index_of(clip_list: ClipList) -> dict[str, int]:
 
 
 def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[str, ClipOutcome],
-           timings: dict[str, float], **record) -> RunSummary:
-    """Select clips, write shards and manifests, and run.json; returns the run's summary."""
+           timings: dict[str, float], mapper: Mapper = map, **record) -> RunSummary:
+    """Select clips, write shards and manifests, and run.json; returns the run's summary.
+
+    Selection needs only the clip scores the outcomes carry; shards and frames.parquet parts are written by
+    `mapper` calls that each read their own clips' cache files, so no one process holds the run's media."""
     started = time.perf_counter()
     label_index = label_index_of(clip_list)
-    cached = {cid: read_cached(cache_path(paths.cache, cid)) for cid, o in outcomes.items() if o.scored}
+    scores = {cid: o.clip_score for cid, o in outcomes.items() if o.scored}
     verdicts = _judge(cfg, clip_list, outcomes)
     labels = dict(zip(*clip_list.table.select(["clip_id", "label"]).to_pydict().values(), strict=True))
-    kept = keep_clips({cid: c.outcome.clip_score for cid, c in cached.items() if cid not in verdicts.rejected},
-                      cfg.select, labels)
+    kept = keep_clips({cid: s for cid, s in scores.items() if cid not in verdicts.rejected}, cfg.select, labels)
     kept_rows = [r for r in clip_list.table.to_pylist() if r["clip_id"] in kept]
-    infos = _write_shards(kept_rows, cfg, paths, label_index)
+    infos = _write_shards(plan_shards(kept_rows, cfg, label_index), paths, mapper)
+    shards_written = time.perf_counter()
     shard_of = {cid: info.shard for info in infos for cid in info.clip_ids}
     rows = _clip_rows(clip_list, outcomes, kept, shard_of, label_index, verdicts)
-    write_parquet(paths.manifests / "frames.parquet", _frame_rows(cached, kept, cfg.select.moment_window_s))
+    _write_frames(list(scores), kept, cfg, paths, mapper)
     write_parquet(paths.manifests / "shards.parquet",
                   pa.Table.from_pylist([{k: getattr(i, k) for k in SHARDS_SCHEMA.names} for i in infos],
                                        schema=SHARDS_SCHEMA))
     write_parquet(paths.manifests / "clips.parquet", pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA))
     write_json(paths.shards / "labels.json", list(label_index))
-    timings = {**timings, "select_write_s": time.perf_counter() - started}
+    timings = {**timings, "write_shards_s": shards_written - started,
+               "manifests_s": time.perf_counter() - shards_written}
 
     counts = Counter(r["status"] for r in rows)
     kinds = Counter(r["error_kind"] for r in rows if r["error_kind"] and r["status"] != "rejected")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from curation.config import RunConfig, config_from_dict
 from curation.errors import require_tools
 from curation.fetch_control import ClusterGate, StopCounter, forget_transient_failures
 from curation.outputs import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
+from curation.published import resolve_checkpoint
 from curation.ssl_train import ensure_model
 from manifests.io import write_parquet
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
@@ -98,7 +101,7 @@ def _client(cfg: RunConfig) -> Iterator:
         yield client
 
 
-def _run_tasks(task: Callable, jobs: list[ClipJob], cfg: RunConfig, args: tuple, progress: bool,
+def _run_tasks(client, task: Callable, jobs: list[ClipJob], cfg: RunConfig, args: tuple, progress: bool,
                warm: Callable[[], object], desc: str = "curate",
                stop: StopCounter | None = None) -> tuple[dict[str, ClipOutcome], float]:
     """Map `task(group, cfg, *args)` over groups of clips with a bounded number of tasks in flight, after
@@ -110,40 +113,58 @@ def _run_tasks(task: Callable, jobs: list[ClipJob], cfg: RunConfig, args: tuple,
 
     outcomes: dict[str, ClipOutcome] = {}
     bar = tqdm(total=len(jobs), unit="clip", disable=not progress, desc=desc, smoothing=0.1)
-    with _client(cfg) as client:
-        client.run(warm)
-        ready = time.perf_counter()
-        n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-        pending = _groups(jobs, cfg.dask.clips_per_task)
-        in_flight = {}
-        queue = as_completed()
+    client.run(warm)
+    ready = time.perf_counter()
+    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    pending = _groups(jobs, cfg.dask.clips_per_task)
+    in_flight = {}
+    queue = as_completed()
+    done: Counter[bool] = Counter()
 
-        def submit_next() -> None:
-            group = None if stop is not None and stop.reason else next(pending, None)
-            if group is not None:
-                fut = client.submit(task, group, cfg, *args, retries=cfg.dask.retries, pure=False)
-                in_flight[fut] = group
-                queue.add(fut)
+    def submit_next() -> None:
+        group = None if stop is not None and stop.reason else next(pending, None)
+        if group is not None:
+            fut = client.submit(task, group, cfg, *args, retries=cfg.dask.retries, pure=False)
+            in_flight[fut] = group
+            queue.add(fut)
 
-        for _ in range(n_workers * cfg.dask.tasks_in_flight_per_worker):
-            submit_next()
-        for fut in queue:
-            group = in_flight.pop(fut)
-            try:
-                results = fut.result()
-            except Exception as exc:  # the worker died or the task failed on every retry
-                results = [ClipOutcome(j.clip_id, scored=False, error_kind="worker_lost",
-                                       error=f"{type(exc).__name__}: {exc}") for j in group]
-            for outcome in results:
-                outcomes[outcome.clip_id] = outcome
-            if stop is not None:
-                stop.record(results)
-            bar.update(len(results))
-            bar.set_postfix(ok=sum(o.scored for o in outcomes.values()),
-                            failed=sum(not o.scored for o in outcomes.values()), refresh=False)
-            submit_next()
+    for _ in range(n_workers * cfg.dask.tasks_in_flight_per_worker):
+        submit_next()
+    for fut in queue:
+        group = in_flight.pop(fut)
+        try:
+            results = fut.result()
+        except Exception as exc:  # the worker died or the task failed on every retry
+            results = [ClipOutcome(j.clip_id, scored=False, error_kind="worker_lost",
+                                   error=f"{type(exc).__name__}: {exc}") for j in group]
+        for outcome in results:
+            outcomes[outcome.clip_id] = outcome
+        if stop is not None:
+            stop.record(results)
+        bar.update(len(results))
+        done.update(o.scored for o in results)  # running counts: a sum over all outcomes per task is quadratic
+        bar.set_postfix(ok=done[True], failed=done[False], refresh=False)
+        submit_next()
     bar.close()
     return outcomes, ready
+
+
+def _dask_mapper(client, cfg: RunConfig) -> Callable[[Callable, list], Iterable]:
+    """`map` over the cluster for the write wave: results in item order, a bounded number of tasks in flight
+    (so the client holds a few results at a time, whatever the run's size)."""
+    window = max(1, len(client.scheduler_info(n_workers=-1)["workers"])) * cfg.dask.tasks_in_flight_per_worker
+
+    def mapper(fn: Callable, items: list) -> Iterator:
+        remaining = iter(items)
+        futures = deque(client.submit(fn, item, retries=cfg.dask.retries, pure=False)
+                        for item in itertools.islice(remaining, window))
+        while futures:
+            result = futures.popleft().result()
+            for item in itertools.islice(remaining, 1):
+                futures.append(client.submit(fn, item, retries=cfg.dask.retries, pure=False))
+            yield result
+
+    return mapper
 
 
 def _remove_temp_files(paths: RunPaths) -> None:
@@ -158,6 +179,8 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Curate `cfg`'s clip list into shards and manifests under `cfg.out`."""
     started = time.perf_counter()
     require_tools("ffmpeg", "ffprobe")
+    if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
+        cfg = resolve_checkpoint(cfg)  # a wrong file fails now, before the clip list or the demo world is built
     out = Path(cfg.out).resolve()
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)
@@ -169,18 +192,19 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     gate = ClusterGate(cfg.fetch) if any(j.path is None for j in jobs) else None  # url / YouTube rows
     stop = StopCounter(cfg.fetch.stop_after, gate.request_stop if gate else None)
     loaded = time.perf_counter()
-    outcomes, ready = _run_tasks(process_group, jobs, cfg, (str(paths.raw), str(paths.cache), gate), progress,
-                                 functools.partial(warm_up, cfg), stop=stop)
-    timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
-               "process_s": time.perf_counter() - ready}
-    score_s = sum(o.score_s for o in outcomes.values())
-    scored = [o for o in outcomes.values() if o.scored]
-    frames = sum(o.n_frames for o in scored)
-    summary = finish(cfg, paths, clip_list, outcomes, timings, model_digest=digest,
-                     scorer_frames_per_s_per_worker=round(frames / score_s, 2) if score_s else None,
-                     scorer_page_faults_per_clip=round(sum(o.score_page_faults for o in scored) / len(scored), 1)
-                     if scored else None,
-                     fetch={"stopped": stop.reason, "retried_failed": retried})
+    with _client(cfg) as client:
+        outcomes, ready = _run_tasks(client, process_group, jobs, cfg, (str(paths.raw), str(paths.cache), gate),
+                                     progress, functools.partial(warm_up, cfg), stop=stop)
+        timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
+                   "process_s": time.perf_counter() - ready}
+        score_s = sum(o.score_s for o in outcomes.values())
+        scored = [o for o in outcomes.values() if o.scored]
+        frames = sum(o.n_frames for o in scored)
+        summary = finish(cfg, paths, clip_list, outcomes, timings, _dask_mapper(client, cfg), model_digest=digest,
+                         scorer_frames_per_s_per_worker=round(frames / score_s, 2) if score_s else None,
+                         scorer_page_faults_per_clip=round(sum(o.score_page_faults for o in scored) / len(scored),
+                                                           1) if scored else None,
+                         fetch={"stopped": stop.reason, "retried_failed": retried})
     notes = [f"retry-failed: {retried} clips with a transient failure fetched again"] if cfg.fetch.retry_failed else []
     return replace(summary, notes=tuple(notes + ([stop.reason] if stop.reason else [])))
 
@@ -204,11 +228,15 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
     paths = RunPaths.for_config(cfg, record.get("model_digest"))
     jobs = [j for j in run_jobs(clip_list) if cache_path(old_cache, j.clip_id).exists()]
     loaded = time.perf_counter()
-    if paths.cache == old_cache:
-        outcomes, ready = {j.clip_id: read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs}, loaded
-    else:
-        outcomes, ready = _run_tasks(reselect_group, jobs, cfg, (str(paths.raw), str(old_cache), str(paths.cache)),
-                                     progress, import_decoders, desc="reselect")  # selection needs no model
-    timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded, "process_s": time.perf_counter() - ready}
-    return finish(cfg, paths, clip_list, outcomes, timings, model_digest=record.get("model_digest"),
-                  reselected_from=record["cache_dir"])
+    record = dict(model_digest=record.get("model_digest"), reselected_from=record["cache_dir"])
+    if paths.cache == old_cache:  # only clip selection or shard options changed: no cluster needed
+        outcomes = {j.clip_id: read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs}
+        timings = {"load_s": loaded - started, "cluster_start_s": 0.0, "process_s": time.perf_counter() - loaded}
+        return finish(cfg, paths, clip_list, outcomes, timings, **record)
+    with _client(cfg) as client:  # selection needs no model: warm the decoders only
+        outcomes, ready = _run_tasks(client, reselect_group, jobs, cfg, (str(paths.raw), str(old_cache),
+                                                                         str(paths.cache)),
+                                     progress, import_decoders, desc="reselect")
+        timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded,
+                   "process_s": time.perf_counter() - ready}
+        return finish(cfg, paths, clip_list, outcomes, timings, _dask_mapper(client, cfg), **record)

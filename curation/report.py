@@ -94,7 +94,8 @@ def _moments(clips: pd.DataFrame, cache_dir: Path, best: bool) -> str:
         cached = read_cached(cache_path(cache_dir, row.clip_id))
         first = int(cached.selected[0])
         heat = cached.maps[first] if cached.maps is not None else None
-        _overlay(ax, cached.jpgs[0], heat, cached.model_id.startswith("ssl"),
+        # the self-trained model sees the frame's centre square; published ones (ssl-ezvsl-, ssl-slavc-) all of it
+        _overlay(ax, cached.jpgs[0], heat, cached.model_id.startswith("ssl-native"),
                  f"{row.clip_id}\n{row.label}\nscore {row.clip_score:.3f} t={cached.times[first]:.1f}s")
     return _png(fig)
 

@@ -7,13 +7,16 @@ coarse heat map per frame. Scorers are loaded once per worker process (`load_sco
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
+
+if TYPE_CHECKING:
+    from curation.moments import MomentsScorer
 
 
 @dataclass(frozen=True)
@@ -102,28 +105,26 @@ class SynchronyScorer:
 
 
 class LearnedScorer:
-    """The EZ-VSL-style localisation model: raw score = the best map position's cosine similarity with the
-    frame's own audio. The contrastive score subtracts how well the frame matches other clips' audio on
-    average (a frame that matches any sound is not evidence) and how well the audio matches other clips'
-    frames (silence or a generic sound that matches any picture is not evidence either)."""
+    """The EZ-VSL-style localisation model trained by ssl-train (published checkpoints: `curation.published`):
+    raw score = the best map position's cosine similarity with the frame's own audio. The contrastive score
+    subtracts how well the frame matches other clips' audio on average (a frame that matches any sound is not
+    evidence) and how well the audio matches other clips' frames (silence or a generic sound that matches any
+    picture is not evidence either)."""
 
     def __init__(self, cfg: ScoreConfig):
         import torch
 
-        from curation.ssl_model import AudioFrontEnd, load_ezvsl_checkpoint
+        from curation.ssl_model import AudioFrontEnd
         from curation.ssl_train import file_digest, load_checkpoint
 
         if not cfg.checkpoint:
             raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
         torch.set_num_threads(1)  # one worker process per core
-        if cfg.checkpoint_format == "ezvsl":
-            self.model, self.bank = load_ezvsl_checkpoint(cfg.checkpoint), None
-        else:
-            self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
+        self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
         self.front = AudioFrontEnd(self.model.cfg).eval()
         self.batch_size = cfg.batch_size
         self.contrast = cfg.contrast
-        self.model_id = f"ssl-{cfg.checkpoint_format}-{file_digest(cfg.checkpoint)[:12]}"
+        self.model_id = f"ssl-native-{file_digest(cfg.checkpoint)[:12]}"
 
     def _images(self, frames: np.ndarray):
         """(T, H, W, 3) uint8 frames -> centre squares at the model's size, floats in [0, 1].
@@ -173,12 +174,20 @@ class LearnedScorer:
 
 
 @functools.lru_cache(maxsize=4)
-def load_scorer(cfg: ScoreConfig) -> Scorer:
+def load_scorer(cfg: ScoreConfig) -> Scorer | MomentsScorer:
     """The configured scorer, built once per process (workers reuse it across tasks)."""
     if cfg.scorer == "none":
         return NoScorer()
     if cfg.scorer == "synchrony":
         return SynchronyScorer(cfg.grid)
     if cfg.scorer == "ssl":
-        return LearnedScorer(cfg)
+        from curation.published import PublishedScorer, checkpoint_format
+
+        fmt = checkpoint_format(cfg.checkpoint) if cfg.checkpoint and cfg.checkpoint_format == "auto" \
+            else cfg.checkpoint_format
+        return PublishedScorer(replace(cfg, checkpoint_format=fmt)) if fmt in ("ezvsl", "slavc") else LearnedScorer(cfg)
+    if cfg.scorer == "moments":
+        from curation.moments import MomentsScorer
+
+        return MomentsScorer(cfg)
     raise ValueError(f"unknown scorer {cfg.scorer!r}")

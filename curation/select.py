@@ -34,12 +34,13 @@ def moment_scores(times: np.ndarray, scores: np.ndarray, window_s: float) -> np.
 
 
 def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig,
-                   clip_basis: np.ndarray | None = None) -> Moments:
+                   clip_basis: np.ndarray | None = None, given: bool = False) -> Moments:
     """Greedy top-k by moment score (`moment_scores`) with at least `min_gap_s` between kept moments; ties go
-    to the earlier frame.
+    to the earlier frame. `given`: the scores are a given selection (a moments file, positive where listed), so
+    its first top-k listed frames are kept as they are, with no moment window and no gap.
 
     The clip score is the mean moment score of `clip_basis` (default `scores`) over the kept moments."""
-    ranked = moment_scores(times, scores, cfg.moment_window_s)
+    ranked = scores if given else moment_scores(times, scores, cfg.moment_window_s)
     order = np.lexsort((times, -ranked.astype(np.float64)))
     ranks = np.empty(len(scores), dtype=np.int32)
     ranks[order] = np.arange(1, len(scores) + 1, dtype=np.int32)
@@ -47,7 +48,9 @@ def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig,
     for i in order:
         if len(kept) == cfg.top_k:
             break
-        if all(abs(times[i] - times[j]) >= cfg.min_gap_s - 1e-9 for j in kept):
+        if given and ranked[i] <= 0:
+            break
+        if given or all(abs(times[i] - times[j]) >= cfg.min_gap_s - 1e-9 for j in kept):
             kept.append(int(i))
     selected = np.asarray(kept, dtype=np.int64)
     basis = ranked if clip_basis is None else moment_scores(times, clip_basis, cfg.moment_window_s)

@@ -3,7 +3,7 @@
 Image trunk: ResNet-18 layout -> spatial map -> 1x1 projection. Audio trunk: ResNet-18 layout with a
 1-channel first conv over a log spectrogram -> global max-pool -> linear projection. The localisation map
 is the cosine similarity between the audio vector and every map position. At full width the parameter names
-are torchvision's, so published EZ-VSL checkpoints load (`load_ezvsl_checkpoint`). Nothing is downloaded.
+are torchvision's, so published EZ-VSL / FNAC checkpoints load (`curation.published`). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from curation.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,10 @@ class AVLocalizer(nn.Module):
         pooled = torch.amax(self.audnet(spectrograms), dim=(2, 3))
         return F.normalize(self.aud_proj(pooled), dim=1)
 
+    def localise(self, images: torch.Tensor, spectrograms: torch.Tensor) -> torch.Tensor:
+        """Paired images and spectrograms -> cosine maps (B, h, w)."""
+        return self.localization(self.image_maps(images), self.audio_vectors(spectrograms))
+
     @staticmethod
     def localization(maps: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each audio vector with each map position: (B, h, w) for paired inputs."""
@@ -137,22 +143,25 @@ class AudioFrontEnd(nn.Module):
         return torch.log(spec + 1e-7).unsqueeze(1)
 
 
-class CheckpointKeyError(KeyError):
-    """A checkpoint whose keys do not match the model: lists every missing and unexpected key."""
+def _names(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+class CheckpointKeyError(CheckpointError):
+    """A checkpoint whose keys do not match the model: one line counting and naming the missing, unexpected and
+    mis-shaped keys (the first few of each)."""
 
     def __init__(self, path: str, missing: list[str], unexpected: list[str], mismatched: list[str]):
         parts = [f"checkpoint {path} does not fit the model"]
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {_names(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
         if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {', '.join(mismatched)}")
+            parts.append(f"shape mismatches ({len(mismatched)}): {_names(mismatched)}")
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        super().__init__("\n  ".join(parts))
-
-    def __str__(self) -> str:
-        return self.args[0]
+        super().__init__("; ".join(parts))
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -166,19 +175,3 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     if missing or unexpected or mismatched:
         raise CheckpointKeyError(source, missing, unexpected, mismatched)
     model.load_state_dict(state, strict=False)
-
-
-def load_ezvsl_checkpoint(path: str, cfg: SSLModelConfig | None = None) -> AVLocalizer:
-    """A published EZ-VSL checkpoint (`{'model': state_dict}` with `module.` prefixes) as an AVLocalizer.
-
-    Default config = the published model: full-width ResNet-18s, 224 px images, 512-d, log STFT (n_fft 512,
-    hop 274) of 3-s 16 kHz windows.
-    """
-    cfg = cfg or SSLModelConfig()
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "model" not in blob:
-        raise CheckpointKeyError(path, ["model (the EZ-VSL checkpoint's top-level key)"], [], [])
-    state = {k.removeprefix("module."): v for k, v in blob["model"].items()}
-    model = AVLocalizer(cfg)
-    load_state_strict(model, state, path)
-    return model.eval()

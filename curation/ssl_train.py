@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 from curation.clip_task import ClipJob, fetch_job
 from curation.config import ConfigError, RunConfig, SSLConfig
 from curation.decode import decode_clip
-from curation.errors import ClipError
+from curation.errors import CheckpointError, ClipError
 from curation.fetch import raw_path
 from curation.ssl_model import AudioFrontEnd, AVLocalizer, SSLModelConfig, load_state_strict
 from manifests.io import atomic_write_bytes
@@ -97,11 +97,37 @@ def _decode_for_training(job: ClipJob, cfg: RunConfig, raw_dir: Path, side: int)
     return square_frames(clip.frames), clip.times, clip.audio
 
 
-def load_training_clips(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path, progress: bool) -> TrainingClips:
-    """Decode every usable clip at `ssl.train_fps`; clips that fail to decode are skipped (and counted).
+@dataclass(frozen=True)
+class TrainingSet:
+    """The clips the model learns from, in chunks of at most `ssl.buffer_clips`: only the chunk of the current
+    step is decoded and held in memory (and the next one while it is decoded), so a VGGSound-size list trains
+    with the memory of a small one. Each chunk is trained on for an equal share of the steps, in order."""
 
-    Only local files and clips already fetched into `raw_dir` are used: training never downloads (fetch a
-    remote list first, e.g. with `--scorer none`, then train)."""
+    chunks: tuple[tuple[ClipJob, ...], ...]
+    raw_dir: Path
+
+    def chunk_at(self, step: int, steps: int) -> int:
+        return step * len(self.chunks) // steps
+
+
+def training_set(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path) -> TrainingSet:
+    """Local clips and clips already fetched into `raw_dir` (training never downloads: fetch a remote list
+    first, e.g. with `--scorer none`, then train), at most `ssl.max_clips` of them (the clips whose id hashes
+    lowest: a sample that does not depend on the list's order), dealt round-robin into chunks."""
+    local = [j for j in jobs if j.path is not None or raw_path(raw_dir, j.clip_id).is_file()]
+    if len(local) < len(jobs):
+        log.info("ssl-train: %d clips not fetched yet are left out", len(jobs) - len(local))
+    if cfg.ssl.max_clips is not None and len(local) > cfg.ssl.max_clips:
+        chosen = set(sorted((j.clip_id for j in local), key=lambda cid: hashlib.sha1(cid.encode()).digest())
+                     [:cfg.ssl.max_clips])
+        local = [j for j in local if j.clip_id in chosen]
+    n_chunks = max(1, math.ceil(len(local) / cfg.ssl.buffer_clips))
+    return TrainingSet(tuple(tuple(local[k::n_chunks]) for k in range(n_chunks)), raw_dir)
+
+
+def load_training_clips(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path, progress: bool) -> TrainingClips:
+    """Decode every clip of `jobs` that is local or fetched, at `ssl.train_fps`; clips that fail to decode are
+    skipped (and counted)."""
     side = 2 * round(cfg.ssl.image_size * _CROP_MARGIN / 2)
     raw_dir.mkdir(parents=True, exist_ok=True)
     frames, clip_index, times, audio, ids, failures = [], [], [], [], [], Counter()
@@ -134,6 +160,36 @@ def load_training_clips(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path, prog
                            "(run with --scorer none), then ssl-train"])
     log.info("ssl-train: %d clips, %d frames (failed: %s)", len(ids), sum(map(len, times)), dict(failures))
     return TrainingClips(torch.cat(frames), torch.cat(clip_index), torch.cat(times), audio, ids)
+
+
+class _Chunks:
+    """The decoded chunk a step trains on, with its backgrounds; the next chunk is decoded in a thread meanwhile."""
+
+    def __init__(self, source: TrainingClips | TrainingSet, cfg: RunConfig, progress: bool):
+        self.source, self.cfg, self.progress = source, cfg, progress
+        self.index, self.current = -1, None
+        self.pool = ThreadPoolExecutor(1)
+        self.ahead: dict[int, Future] = {}
+
+    def _load(self, k: int) -> tuple[TrainingClips, tuple[torch.Tensor, torch.Tensor] | None]:
+        data = self.source if isinstance(self.source, TrainingClips) else load_training_clips(
+            list(self.source.chunks[k]), self.cfg, self.source.raw_dir, self.progress and k == 0)
+        return data, clip_backgrounds(data) if self.cfg.ssl.background_swap > 0 else None
+
+    def at(self, step: int) -> tuple[TrainingClips, tuple[torch.Tensor, torch.Tensor] | None]:
+        if isinstance(self.source, TrainingClips):
+            k, n = 0, 1
+        else:
+            k, n = self.source.chunk_at(step, self.cfg.ssl.steps), len(self.source.chunks)
+        if k != self.index:
+            future = self.ahead.pop(k, None)
+            self.current, self.index = future.result() if future else self._load(k), k
+            if k + 1 < n and k + 1 not in self.ahead:
+                self.ahead[k + 1] = self.pool.submit(self._load, k + 1)
+        return self.current
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def audio_windows(audio: torch.Tensor, centres_s: torch.Tensor, window_s: float, rate: int) -> torch.Tensor:
@@ -207,7 +263,7 @@ def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen:
 def mil_infonce(maps: torch.Tensor, vectors: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
     """Symmetric InfoNCE over the batch with max-over-map logits; also the in-batch retrieval accuracy."""
     logits = AVLocalizer.all_pairs_max(maps, vectors) / temperature
-    target = torch.arange(len(logits))
+    target = torch.arange(len(logits), device=logits.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     return loss, float((logits.argmax(dim=1) == target).float().mean())
 
@@ -215,7 +271,8 @@ def mil_infonce(maps: torch.Tensor, vectors: torch.Tensor, temperature: float) -
 def save_checkpoint(path: Path, model: AVLocalizer, optimizer, step: int, bank: dict[str, torch.Tensor] | None,
                     train_cfg: SSLConfig) -> None:
     buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "model_config": model.cfg.to_dict(), "model": model.state_dict(),
+    state = {key: value.cpu() for key, value in model.state_dict().items()}  # loads anywhere, CUDA-trained or not
+    torch.save({"format": CHECKPOINT_FORMAT, "model_config": model.cfg.to_dict(), "model": state,
                 "optimizer": optimizer.state_dict() if optimizer is not None else None, "step": step,
                 "bank": bank, "train_config": json.dumps(train_cfg.__dict__, default=list)}, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -225,8 +282,8 @@ def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tens
     """A checkpoint written by `ssl-train`: the model (eval mode), its reference banks, and the raw blob."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an ssl-train checkpoint (format {CHECKPOINT_FORMAT}); "
-                         "for a published EZ-VSL checkpoint set score.checkpoint_format = 'ezvsl'")
+        raise CheckpointError(f"{path} is not an ssl-train checkpoint (format {CHECKPOINT_FORMAT}): for a published "
+                              "EZ-VSL / FNAC / SLAVC checkpoint set score.checkpoint_format = auto")
     model = AVLocalizer(SSLModelConfig.from_dict(blob["model_config"]))
     load_state_strict(model, blob["model"], str(path))
     return model.eval(), blob["bank"], blob
@@ -256,7 +313,9 @@ def _reference_banks(model: AVLocalizer, front: AudioFrontEnd, data: TrainingCli
     side = model.cfg.image_size
     images = F.interpolate(data.frames[frames].float() / 255.0, size=(side, side), mode="bilinear",
                            antialias=True, align_corners=False)
-    return {"audio": model.audio_vectors(front(torch.cat(waves))), "image": model.image_maps(images)}
+    device = next(model.parameters()).device
+    return {"audio": model.audio_vectors(front(torch.cat(waves).to(device))).cpu(),
+            "image": model.image_maps(images.to(device)).cpu()}
 
 
 def _truncate_log(loss_log: Path, step: int) -> None:
@@ -266,66 +325,86 @@ def _truncate_log(loss_log: Path, step: int) -> None:
         atomic_write_bytes(loss_log, "".join(line + "\n" for line in lines).encode())
 
 
-def train(data: TrainingClips, cfg: RunConfig, checkpoint: Path, progress: bool = True) -> Path:
-    """Train (or resume) the localisation model; writes `checkpoint`, `loss.jsonl` beside it."""
+def _device(ssl: SSLConfig) -> torch.device:
+    if ssl.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(ssl.device)
+
+
+def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path, progress: bool = True) -> Path:
+    """Train (or resume) the localisation model; writes `checkpoint`, `loss.jsonl` beside it.
+
+    `source`: decoded clips, or a `TrainingSet` decoded chunk by chunk. Batches are drawn on the CPU from a
+    generator seeded by the step (a resumed run sees the same batches) and trained on `ssl.device`."""
     torch.set_num_threads(cfg.ssl.threads)
+    device = _device(cfg.ssl)
     mcfg = model_config(cfg.ssl, cfg.decode.sample_rate)
     torch.manual_seed(cfg.ssl.seed)
     model = AVLocalizer(mcfg)
     front = AudioFrontEnd(mcfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.ssl.lr, weight_decay=cfg.ssl.weight_decay)
-    step = 0
-    if checkpoint.exists():
-        _, _, blob = load_checkpoint(checkpoint)
+    blob = load_checkpoint(checkpoint)[2] if checkpoint.exists() else None
+    if blob is not None:
         load_state_strict(model, blob["model"], str(checkpoint))
-        if blob["optimizer"] is not None:
-            optimizer.load_state_dict(blob["optimizer"])
-        step = int(blob["step"])
+    model, front = model.to(device), front.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.ssl.lr, weight_decay=cfg.ssl.weight_decay)
+    if blob is not None and blob["optimizer"] is not None:
+        optimizer.load_state_dict(blob["optimizer"])
+    step = int(blob["step"]) if blob is not None else 0
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     loss_log = checkpoint.with_name("loss.jsonl")
     _truncate_log(loss_log, step)
-    scenes = clip_backgrounds(data) if cfg.ssl.background_swap > 0 else None
+    chunks = _Chunks(source, cfg, progress)
     bar = tqdm(total=cfg.ssl.steps, initial=step, desc="ssl-train", unit="step", disable=not progress)
     started = time.perf_counter()
-    while step < cfg.ssl.steps:
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step)  # a resumed run sees the same batches
-        images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen, scenes)
-        lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, acc = mil_infonce(model.image_maps(images), model.audio_vectors(front(waves)), cfg.ssl.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}", refresh=False)
-        with open(loss_log, "a") as f:
-            f.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "acc": round(acc, 4), "lr": lr,
-                                "seconds": round(time.perf_counter() - started, 2)}) + "\n")
-        done = step == cfg.ssl.steps
-        if done or step % cfg.ssl.checkpoint_every == 0:
-            bank = _reference_banks(model, front, data, cfg.ssl.bank_size, mcfg.window_s,
-                                    torch.Generator().manual_seed(cfg.ssl.seed)) if done else None
-            save_checkpoint(checkpoint, model, optimizer, step, bank, cfg.ssl)
+    try:
+        while step < cfg.ssl.steps:
+            data, scenes = chunks.at(step)
+            model.train()
+            gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step)
+            images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen, scenes)
+            lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, acc = mil_infonce(model.image_maps(images.to(device)), model.audio_vectors(front(waves.to(device))),
+                                    cfg.ssl.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}", refresh=False)
+            with open(loss_log, "a") as f:
+                f.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "acc": round(acc, 4), "lr": lr,
+                                    "seconds": round(time.perf_counter() - started, 2)}) + "\n")
+            done = step == cfg.ssl.steps
+            if done or step % cfg.ssl.checkpoint_every == 0:
+                bank = _reference_banks(model, front, data, cfg.ssl.bank_size, mcfg.window_s,
+                                        torch.Generator().manual_seed(cfg.ssl.seed)) if done else None
+                save_checkpoint(checkpoint, model, optimizer, step, bank, cfg.ssl)
+    finally:
+        chunks.close()
     bar.close()
     return checkpoint
 
 
 def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: Path, progress: bool = True) -> tuple[RunConfig, str | None]:
     """The run's config with `score.checkpoint` set (training one on `jobs` when none is given), and the
-    checkpoint's sha256 (part of the per-clip cache key). Non-learned scorers pass through."""
+    checkpoint's sha256 (part of the per-clip cache key). A moments file is checked and digested the same way;
+    other scorers pass through."""
+    if cfg.score.scorer == "moments":
+        from curation.moments import resolve_moments
+
+        return resolve_moments(cfg)
     if cfg.score.scorer != "ssl":
         return cfg, None
     if cfg.score.checkpoint:
-        if not Path(cfg.score.checkpoint).is_file():
-            raise FileNotFoundError(f"score.checkpoint: no such file {cfg.score.checkpoint}")
-        return cfg, file_digest(cfg.score.checkpoint)
+        from curation.published import resolve_checkpoint
+
+        return resolve_checkpoint(cfg), file_digest(cfg.score.checkpoint)
     settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)
     checkpoint = out / "ssl" / hashlib.sha256(settings.encode()).hexdigest()[:12] / "model.pt"
     finished = checkpoint.exists() and load_checkpoint(checkpoint)[2]["step"] >= cfg.ssl.steps
     if not finished:
-        train(load_training_clips(jobs, cfg, out / "raw", progress), cfg, checkpoint, progress)
-    resolved = replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint)))
+        train(training_set(jobs, cfg, out / "raw"), cfg, checkpoint, progress)
+    resolved = replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native"))
     return resolved, file_digest(checkpoint)

@@ -67,10 +67,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _chunks(samples: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    chunk: list[dict] = []
-    for sample in samples:
-        chunk.append(sample)
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -78,25 +79,34 @@ def _chunks(samples: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield chunk
 
 
+def shard_name(name: str, index: int) -> str:
+    return SHARD_PATTERN.format(name=name, index=index)
+
+
+def write_shard(samples: Iterable[dict], shard_dir: Path, shard: str, split: str | None) -> ShardInfo:
+    """Write one shard (`samples` in their final order) to a temp file, fsync it and rename it into place."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    final = shard_dir / shard
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    keys = []
+    with open(tmp, "wb") as stream:
+        writer = wds.TarWriter(stream, mtime=_TAR_MTIME, user="s2s", group="s2s", mode=0o444)
+        for sample in samples:
+            writer.write(sample)
+            keys.append(sample["__key__"])
+        writer.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, final)
+    return ShardInfo(shard=final.name, split=split, n_samples=len(keys), bytes=final.stat().st_size,
+                     sha256=_sha256(final), clip_ids=tuple(keys))
+
+
 def write_shard_set(samples: Iterable[dict], shard_dir: Path, name: str, split: str | None,
                     samples_per_shard: int) -> list[ShardInfo]:
     """Write `samples` (already in their final order) as `name-000000.tar`, `name-000001.tar`, ..."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    infos = []
-    for index, chunk in enumerate(_chunks(samples, samples_per_shard)):
-        final = shard_dir / SHARD_PATTERN.format(name=name, index=index)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as stream:
-            writer = wds.TarWriter(stream, mtime=_TAR_MTIME, user="s2s", group="s2s", mode=0o444)
-            for sample in chunk:
-                writer.write(sample)
-            writer.close()
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, final)
-        infos.append(ShardInfo(shard=final.name, split=split, n_samples=len(chunk), bytes=final.stat().st_size,
-                               sha256=_sha256(final), clip_ids=tuple(s["__key__"] for s in chunk)))
-    return infos
+    return [write_shard(chunk, shard_dir, shard_name(name, index), split)
+            for index, chunk in enumerate(chunks(samples, samples_per_shard))]
 
 
 def write_wids_index(shard_dir: Path, name: str, infos: list[ShardInfo]) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,30 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, schema: pa.Schema | 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def write_parquet_parts(path: str | os.PathLike, parts: Iterable[pa.Table], schema: pa.Schema) -> int:
+    """Atomically write `parts` as one parquet file, one row group per part, holding one part at a time.
+
+    Returns the number of rows. Same parts in the same order give the same bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    rows = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with pq.ParquetWriter(f, schema, compression="zstd") as writer:
+                for part in parts:
+                    writer.write_table(part.select(schema.names).cast(schema))
+                    rows += part.num_rows
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return rows
 
 
 def read_parquet(path: str | os.PathLike) -> pa.Table:

@@ -8,6 +8,12 @@ Paths name their behaviour, so one clip list can mix good and bad endpoints:
     /flaky/<n>/<name>           HTTP 503 for the first n requests of this path, then the file
     /hang/<name>                accepts the connection and never answers (until the server stops)
     /cut/<name>                 headers for the whole file, then only half of the body and a closed socket
+    /norange/<name>             the file whole with 200 to every request, no `Accept-Ranges` (Python's http.server)
+    /drop/<name>                as /norange/, but the connection closes after half of the body
+    /slow/<ms>/<name>           as /norange/, the body in 64 KiB pieces, ms milliseconds apart
+    /badseek/<name>             206 to `Range: bytes=0-`, yet the whole file with 200 to any other range
+    /redirect/<n>/<path>        302 to /redirect/<n-1>/<path>, and at 0 to /<path>
+    /redirect-file/<name>       302 to file:///etc/passwd
     /html/<name>                an HTML page (200, text/html)
     /garbage/<name>             200 with `Content-Type: video/mp4` and bytes that are no container
 
@@ -57,6 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(int(parts[1]) / 1000)
             with owner.lock:
                 owner.waits.append((path, arrived, time.monotonic()))
+        if kind == "redirect":
+            rest = "/".join(parts[2:])
+            target = f"/redirect/{int(parts[1]) - 1}/{rest}" if int(parts[1]) > 0 else f"/{rest}"
+            return self._plain(302, b"moved\n", {"Location": target}, head)
+        if kind == "redirect-file":
+            return self._plain(302, b"moved\n", {"Location": "file:///etc/passwd"}, head)
         if kind == "status":
             headers = {"Retry-After": str(owner.retry_after)} if parts[1] == "429" else {}
             return self._plain(int(parts[1]), b"error page\n", headers, head)
@@ -72,9 +84,11 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "garbage":
             return self._plain(200, bytes(range(256)) * 64, {"Content-Type": "video/mp4"}, head)
         data = owner.files.get(name)
-        if data is None or kind not in ("ok", "flaky", "cut", "delay"):
+        if data is None or kind not in ("ok", "flaky", "cut", "delay", "norange", "drop", "slow", "badseek"):
             return self._plain(404, b"not found\n", {}, head)
-        self._file(data, head, cut=kind == "cut")
+        if kind in ("norange", "drop", "slow"):
+            return self._whole(data, head, cut=kind == "drop", pause_s=int(parts[1]) / 1000 if kind == "slow" else 0)
+        self._file(data, head, cut=kind == "cut", seeks=kind != "badseek")
 
     def _plain(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
         self.send_response(status)
@@ -86,9 +100,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _file(self, data: bytes, head: bool, cut: bool) -> None:
+    def _file(self, data: bytes, head: bool, cut: bool, seeks: bool = True) -> None:
         start, end = 0, len(data) - 1
         match = _RANGE_RE.match(self.headers.get("Range", ""))
+        if match and not seeks and match.group(1) != "0":
+            match = None  # a broken host: only the range from 0 is honoured
         if match and (match.group(1) or match.group(2)):
             if match.group(1):
                 start = int(match.group(1))
@@ -121,6 +137,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client stopped reading (a seek): normal for media players
+
+    def _whole(self, data: bytes, head: bool, cut: bool, pause_s: float) -> None:
+        """What a server without range support answers: 200 and the whole file, whatever was asked."""
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if head:
+            return
+        body = data[: len(data) // 2] if cut else data
+        self.close_connection = cut
+        try:
+            for offset in range(0, len(body), 1 << 16):
+                self.wfile.write(body[offset:offset + (1 << 16)])
+                if pause_s:
+                    self.wfile.flush()
+                    if self.server.owner.stopping.wait(pause_s):
+                        break
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (a time limit): normal
 
 
 class _Server(ThreadingHTTPServer):

@@ -46,6 +46,9 @@ class RuntimeConfig:
     bf16: bool = False  # bf16 autocast (CUDA only)
     channels_last: bool = False  # channels_last memory format (CUDA only)
     resume: bool = True  # continue from the checkpoints in `out` when present
+    # torchrun process-group timeout (0: torch's default, 30 min): how long a rank may wait in one collective;
+    # no stage waits a stage's length (docs/training_budgets_ddp.md)
+    dist_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class Stage3Config:
     patience: int = 0  # stop after this many validations without improvement (0: never)
     val_clips: int = 512  # validation reads at most this many clips of the slice (shard order)
     log_every: int = 20
+    # a sound2scene.pth: fine-tune the released audio encoder instead of a new one (its own front end and 10 s
+    # input replace [audio]; needs 2048-d stage-1 embeddings, i.e. --swav-weights; docs/official_weights.md)
+    init_official: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     need(d.handler in HANDLERS, f"data.handler: must be one of {', '.join(HANDLERS)}")
     need(r.device in DEVICES, f"runtime.device: must be one of {', '.join(DEVICES)}")
     need(r.threads >= 0, "runtime.threads: must be >= 0")
+    need(r.dist_timeout_s >= 0, "runtime.dist_timeout_s: must be >= 0")
     need(1 <= s1.moments <= 10, "stage1.moments: must be in 1..10")
     need(16 <= s1.image_size <= 512, "stage1.image_size: must be in 16..512")
     for name in ("width", "steps", "batch_size", "proj_dim", "embed_batch_size", "log_every", "checkpoint_every"):

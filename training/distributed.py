@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -46,7 +47,8 @@ def setup(runtime: RuntimeConfig) -> Dist:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = _device(runtime, local_rank)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=runtime.dist_timeout_s) if runtime.dist_timeout_s else None
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return Dist(rank, world_size, local_rank, device)
 
 
@@ -71,6 +73,33 @@ def all_reduce_sum(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(moved)
         return moved.to(tensor.device)
     return tensor
+
+
+def rank0_decides(d: Dist, flag: bool) -> bool:
+    """Rank 0's `flag` on every rank: decisions that end a collective loop (a time cap) must agree."""
+    if not d.enabled:
+        return flag
+    return bool(broadcast_tensor(d, torch.tensor([int(flag)])).item())
+
+
+def all_gather_with_grad(d: Dist, x: torch.Tensor) -> torch.Tensor:
+    """(world_size x B, ...) = every rank's `x` in rank order (equal B on every rank); only this rank's part
+    carries gradients, so a loss over the global batch back-propagates into the local model alone."""
+    if not d.enabled:
+        return x
+    parts = [torch.empty_like(x) for _ in range(d.world_size)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[d.rank] = x
+    return torch.cat(parts)
+
+
+def own_part(d: Dist, urls: list, what: str) -> list:
+    """This rank's share of training shards `urls` (every world_size-th, from its rank), refusing an empty one."""
+    mine = urls[d.rank::d.world_size]
+    if not mine:
+        raise FileNotFoundError(f"{what}: {len(urls)} training shard(s) for {d.world_size} ranks; every rank "
+                                "needs at least one (write smaller shards or run fewer processes)")
+    return mine
 
 
 def cleanup_process_group() -> None:

@@ -8,7 +8,8 @@ FD = Fréchet distance between Gaussians fitted to the audio embeddings and the 
 split; `fd_reference` is the same distance between the training and evaluation image embeddings (the floor
 set by two samples of real images). `image_1nn_label_acc` checks the image space itself: how often an
 evaluation frame's nearest training frame has the same label. On the demo world, `r_at_1_truth_ceiling`
-estimates the best R@1 reachable from what the audio carries (training/demo_truth.py).
+estimates the best R@1 reachable from what the audio carries (training/demo_truth.py). eval.json carries the
+protocol beside the numbers (`r_at_k_protocol`) and the stages' step budgets (`budget`, `under_trained`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from manifests.io import write_json
-from training import cli, distributed
+from training import budget, cli, distributed
 from training.config import TrainConfig
 from training.data import resolve_shards
 from training.demo_truth import find_truth, retrieval_ceiling
@@ -61,16 +62,30 @@ def retrieval(audio: np.ndarray, image: np.ndarray, labels: np.ndarray,
     return out
 
 
+def protocol(n_queries: int, n_candidates: int, seed: int, query: str, candidates: str) -> dict[str, Any]:
+    """How an R@k was measured, stored next to it: without the candidate count, the way negatives are drawn and
+    the features, an R@k cannot be compared with anyone's."""
+    return {"queries": f"{n_queries} clips of the evaluation split, each once", "query_features": query,
+            "candidates": n_candidates, "candidate_features": candidates,
+            "negatives": f"{n_candidates - 1} other evaluation clips per query, drawn without replacement "
+                         f"(numpy default_rng({seed})), the same sets for every model",
+            "distance": "L2 between L2-normalised features", "chance_r_at_k": "k / candidates"}
+
+
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """||mu_x - mu_y||^2 + tr(Sx) + tr(Sy) - 2 tr((Sx^1/2 Sy Sx^1/2)^1/2), by symmetric eigendecompositions
-    (stable when the covariances are singular, as with fewer samples than dimensions)."""
+    """||mu_x - mu_y||^2 + tr(Sx) + tr(Sy) - 2 tr((Sx^1/2 Sy Sx^1/2)^1/2). With Sx = A'A, Sy = B'B (A, B the
+    centred samples / sqrt(n - 1)) the last trace is the nuclear norm of A B': with fewer samples than dimensions
+    (every FID of a few hundred images in 2048-d) a small SVD, exact, instead of d x d decompositions."""
     x, y = x.astype(np.float64), y.astype(np.float64)
     mx, my = x.mean(0), y.mean(0)
-    sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    w, v = np.linalg.eigh(sx)
-    root_x = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.linalg.eigvalsh(root_x @ sy @ root_x)
-    return float(np.sum((mx - my) ** 2) + np.trace(sx) + np.trace(sy) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None))))
+    a, b = (x - mx) / np.sqrt(max(len(x) - 1, 1)), (y - my) / np.sqrt(max(len(y) - 1, 1))
+    if min(len(x), len(y)) < x.shape[1]:
+        cross = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    else:  # symmetric eigendecompositions, stable when the covariances are singular
+        w, v = np.linalg.eigh(a.T @ a)
+        root_x = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_x @ (b.T @ b) @ root_x), 0, None)).sum()
+    return float(np.sum((mx - my) ** 2) + np.sum(a**2) + np.sum(b**2) - 2 * cross)
 
 
 @torch.no_grad()
@@ -110,7 +125,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
               "fd": frechet_distance(a, v), "fd_reference": frechet_distance(train_v, v),
               "image_1nn_label_acc": float(np.mean(table.labels[nearest] == table.labels[rows])),
               "eval_split": cfg.data.eval_split, "checkpoint": str(ckpt), "checkpoint_step": int(meta["step"]),
-              "image_encoder": encoder.cfg.kind, "embed_dim": int(v.shape[1]), "seconds": time.time() - t0}
+              "image_encoder": encoder.cfg.kind, "embed_dim": int(v.shape[1]), "seconds": time.time() - t0,
+              "r_at_k_protocol": protocol(len(rows), len(candidates[0]), cfg.evaluate.seed,
+                                          "stage-3 audio embedding (best.pt)",
+                                          f"stage-1 {encoder.cfg.kind} embedding of each clip's best frame (jpg)"),
+              **budget.collect(out)}
     truth = find_truth(cfg.data)
     if truth is not None:
         result["r_at_1_truth_ceiling"] = retrieval_ceiling(truth, keys, frame_t, candidates)
@@ -121,9 +140,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def describe(r: dict[str, Any]) -> str:
-    return (f"evaluate: R@1 {r['r_at_1']:.3f} R@5 {r['r_at_5']:.3f} R@10 {r['r_at_10']:.3f} among "
-            f"N={r['n_candidates']} candidates (chance R@1 {r['chance_r_at_1']:.3f}), {r['n_queries']} queries; "
-            f"FD {r['fd']:.4f} (real-vs-real reference {r['fd_reference']:.4f})")
+    """The result in one line, then a warning line per stage a time cap stopped early."""
+    lines = [f"evaluate: R@1 {r['r_at_1']:.3f} R@5 {r['r_at_5']:.3f} R@10 {r['r_at_10']:.3f} among "
+             f"N={r['n_candidates']} candidates (chance R@1 {r['chance_r_at_1']:.3f}), {r['n_queries']} queries; "
+             f"FD {r['fd']:.4f} (real-vs-real reference {r['fd_reference']:.4f})"]
+    lines += [budget.warning(stage, r["budget"][stage]) for stage in r.get("under_trained", [])]
+    return "\n".join(lines)
 
 
 def _run_and_show(cfg: TrainConfig) -> None:

@@ -1,9 +1,11 @@
 """`python -m training gen-eval`: judge images generated from held-out (evaluation-split) audio.
 
-Always: `fd_generated` = Fréchet distance between stage-1 embeddings of the generated images (gen_eval.n_z per
+Always: `gen_r_at_k` (the paper's R@k variant: generated image -> real frames, see generated_retrieval) and
+`fd_generated` = Fréchet distance between stage-1 embeddings of the generated images (gen_eval.n_z per
 evaluation clip) and of the real evaluation frames (`fd_generated_reference`: training vs evaluation real
 frames, the floor), and `samples.png` (a row per evaluation clip, one per label: its real frame, then samples).
-With Inception-v3 weights (gen_eval.inception_weights, a torchvision state dict; never downloaded): `fid`, `is`.
+With Inception-v3 weights (gen_eval.inception_weights: torchvision's or pytorch-fid's file, training/inception.py;
+never downloaded): `fid`, `is`.
 On the demo world (truth beside the shards; training/probe.py judges the images):
   class_acc             generated images whose most probable category is the clip's sound category, over the
                         clips where exactly one category sounds (chance 1/K)
@@ -39,7 +41,7 @@ from training.config import TrainConfig
 from training.config_gan import GenEvalConfig, ProbeConfig, parse_gains
 from training.data import resolve_shards
 from training.demo_truth import find_truth
-from training.evaluate import frechet_distance
+from training.evaluate import candidate_sets, frechet_distance, protocol, retrieval
 from training.generate import SoundToImage, labelled_grid, load_models, save_png
 from training.probe import audible, frame_truth, judge, load_or_train, spearman
 from training.recipes.stage2_gan import load_frames, to_uint8
@@ -129,6 +131,24 @@ def mix_rates(m: SoundToImage, probe, size: int, waves: torch.Tensor, cats: list
     return {"mix_both_rate": float(both.mean()), "mix_top2_rate": float(in_top2.mean()), "mix_pairs": len(pairs)}
 
 
+def generated_retrieval(e_gen: np.ndarray, e_real: np.ndarray, labels: np.ndarray, n_z: int, cfg: TrainConfig,
+                        kind: str) -> dict[str, Any]:
+    """The paper's R@k variant: the image generated from a clip's audio is the query, the real best frames the
+    candidates (the same candidate sets as `evaluate`), each of the n_z samples a query, R@k averaged over them.
+    The paper embeds both with CLIP ViT-B/32, which cannot be loaded offline; here the frozen stage-1 encoder,
+    which stage 2's embedding-consistency loss trains G against (so it is not an independent judge)."""
+    candidates = candidate_sets(len(e_real), cfg.evaluate.n_candidates, cfg.evaluate.seed)
+    per_z = [retrieval(e_gen.reshape(len(e_real), n_z, -1)[:, k], e_real, labels, candidates) for k in range(n_z)]
+    out = {f"gen_{name}": float(np.mean([r[name] for r in per_z]))
+           for name in ("r_at_1", "r_at_5", "r_at_10", "median_rank", "top1_same_label")}
+    out["gen_r_at_k_protocol"] = protocol(len(e_real), len(candidates[0]), cfg.evaluate.seed,
+                                          f"stage-1 {kind} embedding of an image generated from the clip's audio "
+                                          f"(each of {n_z} noise vectors a query; R@k averaged over them)",
+                                          f"stage-1 {kind} embedding of each clip's real best frame (jpg); the "
+                                          "paper's features are CLIP ViT-B/32 (not available offline)")
+    return out
+
+
 def samples_grid(m: SoundToImage, waves: torch.Tensor, labels: list[int], real: torch.Tensor, names: list[str],
                  z: torch.Tensor):
     """One evaluation clip per label: its real frame, then generated samples."""
@@ -167,7 +187,8 @@ def run(cfg: TrainConfig, pcfg: ProbeConfig, gcfg: GenEvalConfig) -> dict[str, A
     e_gen, e_real, e_train = (m.embed_images(x).cpu().numpy() for x in (generated, real_eval, real_train))
     result: dict[str, Any] = {"fd_generated": frechet_distance(e_gen, e_real),
                               "fd_generated_reference": frechet_distance(e_train, e_real),
-                              "generator_step": m.generator_step, "gen_eval_clips": len(keys), "gen_n_z": gcfg.n_z}
+                              "generator_step": m.generator_step, "gen_eval_clips": len(keys), "gen_n_z": gcfg.n_z,
+                              **generated_retrieval(e_gen, e_real, np.array(labels), gcfg.n_z, cfg, m.image.cfg.kind)}
     names = category_names(cfg.data.shards)
     save_png(samples_grid(m, waves, labels, real_eval, names, z), out / "samples.png")
     if gcfg.inception_weights:
@@ -199,7 +220,7 @@ def run(cfg: TrainConfig, pcfg: ProbeConfig, gcfg: GenEvalConfig) -> dict[str, A
 
 
 def describe(r: dict[str, Any]) -> str:
-    keys = ("class_acc", "class_acc_image_cond", "volume_size_spearman", "mix_both_rate", "fd_generated",
+    keys = ("gen_r_at_1", "class_acc", "class_acc_image_cond", "volume_size_spearman", "mix_both_rate", "fd_generated",
             "fd_generated_reference", "probe_real_acc", "fid", "is")
     return "gen-eval: " + ", ".join(f"{k} {r[k]:.3f}" for k in keys if isinstance(r.get(k), float))
 

@@ -1,7 +1,8 @@
 """`python -m training generate`: sound -> image, and the paper's controllability, as labelled grids.
 
 Inference is audio -> stage-3 audio encoder -> EMA generator(z, embedding), several z per input (the same z in
-every column of a sweep, so only the manipulated input changes along a row). Inputs are audio files (any rate
+every column of a sweep, so only the manipulated input changes along a row). With --official DIR: the released
+Sound2Scene model instead (training/official.py; docs/official_weights.md). Inputs are audio files (any rate
 soundfile reads; resampled to the front end's) or `shard:<clip key>` (the clip's flac from the shards).
 Modes (one per call):
   default          rows = inputs, columns = z
@@ -33,8 +34,11 @@ from training.config import ConfigError, TrainConfig, load_config
 from training.data import imagenet_input, meta, open_image, resolve_shards
 from training.embedding_cache import FrozenEncoder, load_encoder
 from training.models.audio_encoder import AudioEncoder
+from training.models.biggan import BigGANGenerator
 from training.models.gan import Generator
 from training.models.image_encoder import embed
+from training.models.official_audio import Sound2SceneAudioEncoder
+from training.official import load_official_audio_encoder, load_official_generator, load_official_swav, release_paths
 from training.recipes.stage2_gan import load_generator, to_uint8
 from training.recipes.stage3_audio import load_audio_encoder
 
@@ -43,9 +47,9 @@ from training.recipes.stage3_audio import load_audio_encoder
 class SoundToImage:
     """The three trained parts of inference, on one device."""
 
-    audio: AudioEncoder
-    generator: Generator
-    image: FrozenEncoder
+    audio: AudioEncoder | Sound2SceneAudioEncoder
+    generator: Generator | BigGANGenerator
+    image: FrozenEncoder | None  # None: the release without swav.pth.tar (no image embeddings)
     device: torch.device
     generator_step: int = 0
 
@@ -58,6 +62,9 @@ class SoundToImage:
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [-1, 1] -> (B, D) L2-normalised stage-1 embeddings."""
+        if self.image is None:
+            raise FileNotFoundError("image embeddings (--interpolate, --edit) need the SwAV weights "
+                                    "swav.pth.tar in the --official folder")
         x = imagenet_input(images.to(self.device), self.image.cfg.image_size)
         return torch.cat([embed(self.image.model, c) for c in x.split(64)])
 
@@ -68,7 +75,7 @@ class SoundToImage:
         e = F.normalize(emb.to(self.device).float(), dim=-1).repeat_interleave(n, dim=0)
         zz = z.to(self.device).repeat(b, 1)
         out = torch.cat([self.generator(zc, ec) for zc, ec in zip(zz.split(64), e.split(64), strict=True)])
-        return out.view(b, n, *out.shape[1:])
+        return out.clamp(-1, 1).view(b, n, *out.shape[1:])
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         return torch.randn(n, self.generator.cfg.z_dim, generator=torch.Generator().manual_seed(seed))
@@ -83,6 +90,15 @@ def load_models(out: str | Path, device: torch.device) -> SoundToImage:
     audio, _ = load_audio_encoder(ckpt, device)
     generator, meta = load_generator(out / "stage2" / "generator.pt", device)
     return SoundToImage(audio, generator, load_encoder(out, device), device, int(meta["step"]))
+
+
+def load_official_models(folder: str | Path, device: torch.device) -> SoundToImage:
+    """The released audio encoder and IC-GAN generator (+ SwAV ResNet-50 when its file is there)."""
+    paths = release_paths(folder)
+    audio = load_official_audio_encoder(paths["audio"]).to(device)
+    generator = load_official_generator(paths["generator"]).requires_grad_(False).to(device)
+    image = load_official_swav(paths["swav"], device) if paths["swav"].is_file() else None
+    return SoundToImage(audio, generator, image, device)
 
 
 # ---------------------------------------------------------------- inputs
@@ -204,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the PNG grid to write")
     parser.add_argument("--train-dir", default=None,
                         help="the training output folder with the checkpoints (default: work/demo/train)")
+    parser.add_argument("--official", metavar="DIR",
+                        help="generate with the released Sound2Scene model in DIR instead of a training folder "
+                             "(sound2scene.pth, icgan_biggan_imagenet_res128/, optional swav.pth.tar)")
     parser.add_argument("--config", help="TOML config file (its `out` is the training folder)")
     parser.add_argument("--shards", help="shard folder or pattern, for shard:<key> inputs (default: work/demo/shards)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
@@ -224,7 +243,7 @@ def run(cfg: TrainConfig, args: argparse.Namespace) -> Path:
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     device = torch.device("cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu")
-    m = load_models(cfg.out, device)
+    m = load_official_models(args.official, device) if args.official else load_models(cfg.out, device)
     acfg = m.audio.cfg.audio
     waves = torch.stack([load_audio(a, cfg, acfg) for a in args.audio])
     names = [Path(a).stem if not a.startswith("shard:") else a[6:] for a in args.audio]

@@ -18,11 +18,11 @@ from curation.pipeline import run
 FAST = {"score.scorer": "none", "select.keep_quantile": None, "dask.workers": 2, "dask.clips_per_task": 2,
         "fetch.socket_timeout_s": 1.0, "fetch.retries": 1, "fetch.backoff_s": 0.05,
         "filters.reject_duplicates": False}  # one file is served under several urls on purpose
-GOOD = ["ok/good.mp4", "ok/moov_last.mp4", "flaky/1/good.mp4"]
+GOOD = ["ok/good.mp4", "ok/moov_last.mp4", "flaky/1/good.mp4", "norange/moov_last.mp4"]
 BAD = {"status/404/a.mp4": "unavailable", "status/403/a.mp4": "forbidden", "status/429/a.mp4": "rate_limited",
        "status/500/a.mp4": "server_error", "hang/a.mp4": "timeout", "cut/good.mp4": "network",
-       "html/a.mp4": "not_media", "garbage/a.mp4": "not_media"}
-TRANSIENT = {"status/429/a.mp4", "status/500/a.mp4", "hang/a.mp4", "cut/good.mp4"}
+       "drop/good.mp4": "network", "html/a.mp4": "not_media", "garbage/a.mp4": "not_media"}
+TRANSIENT = {"status/429/a.mp4", "status/500/a.mp4", "hang/a.mp4", "cut/good.mp4", "drop/good.mp4"}
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +74,17 @@ def test_every_endpoint_ends_as_its_kind_and_the_good_clips_land_in_shards(mixed
     samples = list(wds.WebDataset(sorted(str(p) for p in (mixed_run["out"] / "shards").glob("*.tar")),
                                   shardshuffle=False))
     assert sorted(s["__key__"] for s in samples) == sorted(clips.loc[GOOD, "clip_id"])
-    assert mixed_run["first"].counts == {"ok": 3, "failed": len(BAD) + 6}
+    assert mixed_run["first"].counts == {"ok": len(GOOD), "failed": len(BAD) + 6}
 
 
 def test_transient_failures_were_retried_the_configured_number_of_times(server, mixed_run):
     hits = mixed_run["hits"]
     for path in BAD:
-        per_attempt = 2 if path in ("cut/good.mp4", "garbage/a.mp4") else 1  # yt-dlp's request, then ffmpeg's
         attempts = 2 if path in TRANSIENT else 1  # fetch.retries = 1
-        assert hits[f"/{path}"] == per_attempt * attempts, path
+        if path == "cut/good.mp4":  # ranged reads by ffprobe and ffmpeg, then the whole file once more
+            assert hits[f"/{path}"] >= 3 * attempts, path
+        else:  # one request per attempt; a page then goes to yt-dlp, which makes its own
+            assert hits[f"/{path}"] == (2 if path == "html/a.mp4" else 1) * attempts, path
 
 
 def test_hostile_rows_are_invalid_ids_and_nothing_is_written_outside_out(mixed_run):
@@ -97,7 +99,7 @@ def test_retry_failed_refetches_only_the_transient_failures(mixed_run):
     refetched = {path.lstrip("/") for path in mixed_run["refetched"]}
     assert refetched == TRANSIENT
     assert mixed_run["second"].counts == mixed_run["first"].counts
-    assert any("4 clips with a transient failure" in note for note in mixed_run["second"].notes)
+    assert any(f"{len(TRANSIENT)} clips with a transient failure" in note for note in mixed_run["second"].notes)
 
 
 def test_consecutive_rate_limits_stop_the_run_and_leave_the_rest_pending(server, tmp_path):
@@ -123,7 +125,7 @@ def test_the_per_host_cap_and_rate_limit_hold_across_workers(server, tmp_path, p
     cfg = _config(tmp_path / "clips.csv", tmp_path / "out", **{
         "dask.clips_per_task": 1, "fetch.per_host": per_host, "fetch.rate_limit": rate})
     assert run(cfg, progress=False).counts == {"ok": 4}
-    assert len(server.waits) == 8  # yt-dlp's request and ffmpeg's, per clip
+    assert len(server.waits) == 12  # per clip: ours (the host seeks), ffprobe's, then ffmpeg's stream copy
     if per_host == 1:  # two workers, yet never two requests at once
         windows = sorted((arrived, answered) for _, arrived, answered in server.waits)
         assert all(later[0] >= earlier[1] for earlier, later in zip(windows, windows[1:], strict=False))

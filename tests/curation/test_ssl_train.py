@@ -18,12 +18,14 @@ from curation.demo import generate_world
 from curation.score import LearnedScorer
 from curation.ssl_train import (
     TrainingClips,
+    _Chunks,
     _swap_backgrounds,
     clip_backgrounds,
     ensure_model,
     load_checkpoint,
     load_training_clips,
     train,
+    training_set,
 )
 from manifests.readers import read_clip_table
 
@@ -72,6 +74,40 @@ def test_a_killed_training_resumes_to_the_same_weights(world, tmp_path):
     assert steps == list(range(1, 31))
     a, b = load_checkpoint(whole)[0].state_dict(), load_checkpoint(partial)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_chunk_trains_exactly_as_the_clips_decoded_in_memory(world, tmp_path):
+    _, cfg, data, jobs = world
+    cfg = replace(cfg, ssl=replace(cfg.ssl, steps=5))
+    in_memory = train(data, cfg, tmp_path / "memory" / "model.pt", progress=False)
+    chunked = train(training_set(jobs, cfg, tmp_path / "raw"), cfg, tmp_path / "chunked" / "model.pt", progress=False)
+    a, b = load_checkpoint(in_memory)[0].state_dict(), load_checkpoint(chunked)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_long_list_is_trained_chunk_by_chunk_with_at_most_buffer_clips_decoded(world, tmp_path):
+    _, cfg, _, jobs = world
+    cfg = replace(cfg, ssl=replace(cfg.ssl, steps=6, buffer_clips=4, checkpoint_every=100))
+    clips = training_set(jobs, cfg, tmp_path / "raw")
+    assert [len(c) for c in clips.chunks] == [4, 4]
+    assert sorted(j.clip_id for c in clips.chunks for j in c) == sorted(j.clip_id for j in jobs)
+    chunks = _Chunks(clips, cfg, progress=False)
+    try:
+        seen = [chunks.at(step)[0].clip_ids for step in range(6)]
+    finally:
+        chunks.close()
+    assert all(len(ids) == 4 for ids in seen)
+    assert seen[0] == seen[2] != seen[3] == seen[5]  # each chunk trains for its share of the steps, in order
+    assert train(clips, cfg, tmp_path / "model.pt", progress=False).is_file()
+
+
+def test_max_clips_takes_the_same_sample_whatever_the_list_order(world, tmp_path):
+    _, cfg, _, jobs = world
+    cfg = replace(cfg, ssl=replace(cfg.ssl, max_clips=5))
+    forward = training_set(jobs, cfg, tmp_path)
+    backward = training_set(jobs[::-1], cfg, tmp_path)
+    assert sorted(j.clip_id for j in forward.chunks[0]) == sorted(j.clip_id for j in backward.chunks[0])
+    assert len(forward.chunks) == 1 and len(forward.chunks[0]) == 5
 
 
 def test_checkpoint_round_trip_gives_identical_scores(world, tmp_path):

@@ -63,3 +63,19 @@ def test_wids_index_and_stale_shard_removal(tmp_path):
     index = write_wids_index(tmp_path, "x", infos[:1])
     dataset = wids.ShardListDataset(str(index), cache_dir=str(tmp_path / "cache"))
     assert len(dataset) == 1 and dataset[0]["__key__"] == "clip000" and ".jpg" in dataset[0]
+
+
+def test_the_shard_plan_depends_only_on_the_kept_clips_not_their_order():
+    from curation.config import load_config
+    from curation.outputs import plan_shards
+
+    cfg = load_config(None, {"write.samples_per_shard": 2, "write.name": "csv"})
+    rows = [{"clip_id": f"c{i}", "dataset": "csv", "ytid": None, "start_s": 0.0, "end_s": 1.0,
+             "label": "ab"[i % 2], "split": "train" if i < 5 else "test"} for i in range(7)]
+    plans = plan_shards(rows, cfg, {"a": 0, "b": 1})
+    assert plans == plan_shards(rows[::-1], cfg, {"a": 0, "b": 1})
+    assert list(plans) == ["csv-test", "csv-train"]
+    assert [p.shard for p in plans["csv-train"]] == ["csv-train-000000.tar", "csv-train-000001.tar",
+                                                      "csv-train-000002.tar"]
+    assert [[s[0] for s in p.samples] for p in plans["csv-train"]] == [["c0", "c1"], ["c2", "c3"], ["c4"]]
+    assert plans["csv-test"][0].samples[1] == ("c6", 0, rows[6])

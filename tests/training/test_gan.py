@@ -91,3 +91,17 @@ def test_tiny_gan_run_is_finite_has_ema_and_resumes(stage1_out, tiny_shards):
     resumed = stage2_gan.train(cfg, Stage2Config(steps=4, **TINY_GAN))
     assert resumed.step == 4
     assert load_checkpoint(stage_dir / "last.pt")["step"] == 4
+
+
+def test_the_time_cap_is_a_guard_that_warns_and_resume_reaches_the_planned_steps(stage1_out, tiny_shards, capsys):
+    cfg = tiny_config(tiny_shards, stage1_out)
+    capped = stage2_gan.train(cfg, Stage2Config(steps=1000, **{**TINY_GAN, "max_minutes": 1e-4}))  # 6 ms
+    assert capped.time_capped and 1 <= capped.step < 1000 and capped.planned == 1000
+    assert "STOPPED BY THE TIME CAP" in capped.summary()
+    assert f"WARNING: stage2 stopped by its time cap (0.0001 min) at step {capped.step} of 1000" in \
+        capsys.readouterr().err
+    rec = json.loads((stage1_out / "stage2" / "budget.json").read_text())
+    assert rec["stopped_by"] == "time_cap" and rec["steps_reached"] == capped.step
+    done = stage2_gan.train(cfg, Stage2Config(steps=capped.step + 2, **TINY_GAN))  # no cap: the planned steps
+    assert not done.time_capped and done.step == capped.step + 2
+    assert json.loads((stage1_out / "stage2" / "budget.json").read_text())["stopped_by"] == "steps"

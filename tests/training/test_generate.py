@@ -1,4 +1,5 @@
-"""Generation and the four manipulations: each command writes a labelled grid of the expected size."""
+"""Generation and the four manipulations: each command writes a labelled grid of the expected size, and each
+manipulation has its effect on the embeddings and on the images the grid shows."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 from training_fixtures import tiny_config
 
@@ -75,16 +77,93 @@ def test_interpolate_and_edit(_trained, tiny_shards, tmp_path, wavs):
     assert grid.size == _grid_size(2, 5, ["z0", "z1"])
 
 
-def test_interpolation_ends_are_the_pure_embeddings(_trained):
-    import torch
+# The effect of each manipulation, on the trained tiny models. Floating-point tolerances: two code paths that
+# compute the same image (another batch composition, a re-normalised unit vector) differ by float32 rounding,
+# ~1e-6 here and more on CPUs with other kernels; IMAGE_ATOL is a tenth of one uint8 level of a [-1, 1] image,
+# far above that and far below any visible change. Grid cells are uint8, rounded once: they may differ by 1.
+IMAGE_ATOL = 2 / 255 / 10
 
-    m = generate.load_models(_trained, torch.device("cpu"))
-    wave = torch.randn(1, 16000) * 0.1
+
+@pytest.fixture(scope="module")
+def models(_trained):
+    return generate.load_models(_trained, torch.device("cpu"))
+
+
+@pytest.fixture
+def tones():
+    t = torch.arange(16000) / 16000  # quiet tones: +12 dB stays inside [-1, 1], so the gain is not clipped
+    return torch.stack([0.05 * torch.sin(2 * torch.pi * f * t) for f in (220.0, 440.0, 880.0, 1760.0)])
+
+
+def _cells(grid: Image.Image, row_labels: list[str], rows: int, cols: int) -> np.ndarray:
+    """(rows, cols, R, R, 3) uint8 cells of a labelled grid (layout of generate.labelled_grid)."""
+    left, top = max(60, 6 * max(len(s) for s in row_labels) + 8), 16
+    a = np.asarray(grid)
+    return np.stack([np.stack([a[top + i * (RES + 2):top + i * (RES + 2) + RES, left + j * (RES + 2):
+                                 left + j * (RES + 2) + RES] for j in range(cols)]) for i in range(rows)])
+
+
+def _assert_grid_shows(grid: Image.Image, row_labels: list[str], images: torch.Tensor) -> None:
+    """The grid's cells are `images` (rows, cols, 3, R, R), up to the one rounding to uint8."""
+    expected = stage2_gan.to_uint8(images.flatten(0, 1)).reshape(*images.shape[:2], RES, RES, 3)
+    shown = _cells(grid, row_labels, *images.shape[:2])
+    assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_gain_moves_the_embedding_monotonically_along_the_volume_direction(models, tones):
+    gains = [-12.0, -6.0, 0.0, 6.0, 12.0]
+    direction = generate.volume_direction(models, tones, 6.0)
+    along = torch.stack([models.embed_audio(tones, g) @ direction for g in gains], dim=1)  # (inputs, gains)
+    # the direction is a mean over inputs, and so is the claim: louder -> further along it, step by step; every
+    # input's loudest version lies further along than its quietest (a 6-step encoder is not monotonic per input)
+    assert (along.mean(0).diff() > 1e-4).all() and (along[:, -1] > along[:, 0] + 1e-4).all()
+    z = models.noise(2, 0)
+    grid = generate.grid_gain(models, tones[:1], ["t"], gains, 2, 0)
+    _assert_grid_shows(grid, ["t z0", "t z1"],
+                       torch.stack([models.generate(models.embed_audio(tones[:1], g), z)[0] for g in gains], dim=1))
+
+
+def test_a_50_50_mix_lies_between_its_parts(models, tones):
+    """Along the axis from a's embedding to b's, the embedding of (a + b) / 2 falls strictly inside the segment
+    (margin 1e-3; the segment is ~0.035 long on this encoder), for 6 pairs of tones."""
+    a, b = tones[[0, 1, 2, 0, 0, 1]], tones[[3, 2, 0, 1, 2, 3]]
+    ea, eb, mix = models.embed_audio(a), models.embed_audio(b), models.embed_audio((a + b) / 2)
+    axis = eb - ea
+    assert ((ea * axis).sum(1) + 1e-3 < (mix * axis).sum(1)).all()
+    assert ((mix * axis).sum(1) < (eb * axis).sum(1) - 1e-3).all()
+    grid = generate.grid_mix(models, tones[[0, 3]], ["a", "b"], 2, 0)  # the mix row: the summed waveforms
+    summed = torch.cat([tones[[0, 3]], (tones[0] + tones[3])[None]])
+    _assert_grid_shows(grid, ["a", "b", "mix"], models.generate(models.embed_audio(summed), models.noise(2, 0)))
+
+
+def test_interpolation_ends_are_the_pure_embeddings(models, tones):
+    torch.manual_seed(0)
     image = torch.rand(3, RES, RES) * 2 - 1
-    z = m.noise(1, 0)
-    a, v = m.embed_audio(wave), m.embed_images(image[None])
-    assert torch.allclose(m.generate(a, z), m.generate(torch.nn.functional.normalize(1.0 * a + 0.0 * v), z))
-    assert not torch.allclose(m.embed_audio(wave, 12.0), a)  # a gain moves the audio embedding
+    a, v = models.embed_audio(tones[:2]), models.embed_images(image[None])
+    z = models.noise(1, 0)
+    ends = [torch.nn.functional.normalize((1 - al) * a + al * v, dim=-1) for al in (0.0, 1.0)]
+    assert torch.allclose(ends[0], a, atol=1e-6) and torch.allclose(ends[1], v.expand_as(a), atol=1e-6)
+    grid = generate.grid_interpolate(models, tones[:2], ["a", "b"], image, [0.0, 0.5, 1.0], 0)
+    pure = [models.generate(a, z)[:, 0], models.generate(v.expand_as(a), z)[:, 0]]
+    mid = torch.nn.functional.normalize(a + v, dim=-1)
+    _assert_grid_shows(grid, ["a", "b"], torch.stack([pure[0], models.generate(mid, z)[:, 0], pure[1]], dim=1))
+    assert torch.allclose(models.generate(ends[0], z), models.generate(a, z), rtol=0, atol=IMAGE_ATOL)
+    cos_av = (a * v).sum(1)
+    assert ((mid * a).sum(1) > cos_av + 1e-4).all() and ((mid * v).sum(1) > cos_av + 1e-4).all()
+    for end in pure:  # the midpoint's image is neither end's
+        assert ((models.generate(mid, z)[:, 0] - end).abs().amax(dim=(1, 2, 3)) > 10 * IMAGE_ATOL).all()
+
+
+def test_edit_moves_an_image_embedding_along_the_volume_direction(models, tones):
+    torch.manual_seed(1)
+    image = torch.rand(3, RES, RES) * 2 - 1
+    v, direction = models.embed_images(image[None])[0], generate.volume_direction(models, tones, 6.0)
+    strengths = [-2.0, -1.0, 0.0, 1.0, 2.0]
+    edited = torch.nn.functional.normalize(torch.stack([v + s * direction for s in strengths]), dim=-1)
+    assert ((edited @ direction).diff() > 0).all() and torch.allclose(edited[2], v, atol=1e-6)
+    z = models.noise(2, 0)
+    grid = generate.grid_edit(models, tones, image, strengths, 6.0, 2, 0)
+    _assert_grid_shows(grid, ["z0", "z1"], models.generate(edited, z).transpose(0, 1))
 
 
 def test_missing_input_is_a_clear_error(_trained, tiny_shards, tmp_path, capsys):
@@ -137,6 +216,8 @@ def test_gen_eval_writes_metrics_and_samples(_trained, tiny_shards, tmp_path):
                 "mix_image_cond_frames", "volume_size_spearman", "mix_both_rate", "probe_real_acc"):
         assert key in saved and key in r
     assert 0 <= r["class_acc"] <= 1 and 0 <= r["mix_both_rate"] <= 1 and r["fd_generated"] >= 0
+    assert 0 <= r["gen_r_at_1"] <= r["gen_r_at_5"] <= r["gen_r_at_10"] == 1.0  # N = 10 candidates
+    assert r["gen_r_at_k_protocol"]["candidates"] == 10 and "generated" in r["gen_r_at_k_protocol"]["query_features"]
     assert r["class_acc_clips"] == 16 and r["mix_pairs"] == 3 and r["generator_step"] == 2
     grid = Image.open(out / "samples.png")
     assert grid.size[1] == 16 + 4 * (RES + 2)  # one row per label (4), real + 2 samples

@@ -141,30 +141,3 @@ def test_inception_score_known_values():
     confident = np.full((10, 10), -50.0)
     confident[np.arange(10), np.arange(10)] = 50.0
     assert inception_score(confident) == pytest.approx(10.0, rel=1e-3)  # 10 distinct sure classes: IS 10
-
-
-class _TinyInception(nn.Module):
-    """The attributes the FID code uses (an `avgpool` whose output is the feature), at a tiny cost."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 9, stride=8)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(self.avgpool(self.conv(x)).flatten(1))
-
-
-def test_fid_and_is_from_given_weights(tmp_path, monkeypatch):
-    from training import inception
-
-    torch.manual_seed(0)
-    monkeypatch.setattr(inception, "load_inception", lambda path, device: _TinyInception().eval())
-    images = torch.rand(6, 3, 32, 32) * 2 - 1
-    same = inception.fid_and_is("w.pt", images, images, torch.device("cpu"))
-    other = inception.fid_and_is("w.pt", images, -images, torch.device("cpu"))
-    assert abs(same["fid"]) < 1e-6 and other["fid"] > same["fid"] and same["is"] >= 1.0 - 1e-9
-    monkeypatch.undo()
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
-        inception.load_inception(tmp_path / "missing.pt", torch.device("cpu"))

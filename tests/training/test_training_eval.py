@@ -43,6 +43,11 @@ def test_all_writes_eval_json_and_the_resolved_config(tiny_shards, tmp_path, cap
     result = json.loads((out / "eval.json").read_text())
     assert result["n_candidates"] == 10 and result["n_queries"] == 16 and result["chance_r_at_1"] == 0.1
     assert {"r_at_1", "r_at_5", "r_at_10", "fd", "fd_reference", "image_1nn_label_acc"} <= set(result)
+    protocol = result["r_at_k_protocol"]
+    assert protocol["candidates"] == 10 and "9 other evaluation clips per query" in protocol["negatives"]
+    assert "stage-3" in protocol["query_features"] and "best frame" in protocol["candidate_features"]
+    assert set(result["budget"]) == {"stage1", "stage2", "stage3"} and result["under_trained"] == []
+    assert result["budget"]["stage1"]["steps_reached"] == result["budget"]["stage1"]["steps_planned"] == 6
     assert 'shards = "' + str(tiny_shards) in (out / "config.toml").read_text()
 
 

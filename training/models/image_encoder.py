@@ -15,13 +15,10 @@ import torchvision
 from torch import nn
 
 from training.models.blocks import ResNetTrunk
+from training.models.weights import WeightsError as WeightsError  # re-exported: the error of every loader
 
 SWAV_HEADS = ("projection_head.", "prototypes.")  # SwAV's training heads: not part of the trunk
 SWAV_IMAGE_SIZE = 224
-
-
-class WeightsError(ValueError):
-    """A weights file that does not hold what the encoder needs."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training import cli, distributed
+from training import budget, cli, distributed
 from training.checkpoint import (
     append_jsonl,
     check_resumable,
@@ -233,6 +233,8 @@ def train_small_encoder(cfg: TrainConfig, d: distributed.Dist, urls: list[str], 
         if d.is_main and (step % s1.checkpoint_every == 0 or step == s1.steps):
             save_checkpoint(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                          "options": encoder_options(cfg)})
+    if d.is_main:
+        budget.record(stage_dir, s1.steps, step, "steps", time.time() - t0)
     encoder_cfg = ImageEncoderConfig("small", s1.image_size, s1.width)
     return {"encoder": encoder_cfg.to_dict(), "model": model.encoder.state_dict(), "step": step,
             "config": cfg.to_dict(), "options": encoder_options(cfg)}

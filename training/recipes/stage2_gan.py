@@ -4,18 +4,21 @@ stage-1 embeddings.
 Every training-split frame (jpg, top2.jpg, ... up to stage2.moments) is decoded once into memory at the GAN's
 resolution (the demo's 570 frames at 64 px are 28 MB), each paired with its own L2-normalised embedding from the
 stage-1 cache. Hinge loss, one D step per G step, Adam (0, 0.999), optional DiffAugment on both of D's inputs,
-EMA generator with warm-up for sampling. Training stops at stage2.steps or after stage2.max_minutes.
-Single-process: under torchrun, rank 0 trains and the other ranks wait at a barrier (mind the process group's
-timeout for long runs; DDP for stage 2 is not implemented).
+EMA generator with warm-up for sampling. The budget is stage2.steps; stage2.max_minutes is a guard that stops
+earlier with a warning (log, loss.jsonl, budget.json -> eval.json), since a time-capped model is under-trained.
+Under torchrun every rank trains on its own part of the training shards (batch_size per rank), G and D in
+DistributedDataParallel; rank 0 keeps the EMA and writes every file, so no rank waits a stage's length.
 Outputs in OUT/stage2/: last.pt (resume: G, D, EMA, optimisers), generator.pt (EMA weights + config: what
 generation loads), samples_<step>.png (first column: the real frame whose embedding conditions the row),
-loss.jsonl.
+loss.jsonl, budget.json, shards_rank<r>.json (the shards and steps of each rank).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -26,15 +29,19 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
 
-from manifests.io import atomic_write_bytes
-from training import cli, distributed
+from manifests.io import atomic_write_bytes, write_json
+from training import budget, cli, distributed
 from training.checkpoint import append_jsonl, check_resumable, load_checkpoint, save_checkpoint, truncate_log
 from training.config import TrainConfig
 from training.config_gan import Stage2Config
 from training.data import imagenet_input, mapped, meta, moment_names, open_image, pipeline, resolve_shards
 from training.embedding_cache import FrozenEncoder, ensure_cache, load_encoder, load_table
+from training.models.biggan import FEATURE_DIM, BigGANConfig, BigGANGenerator
 from training.models.gan import Discriminator, GANConfig, Generator, count_parameters, update_ema
+from training.models.weights import WeightsError
+from training.official import load_official_generator
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,13 @@ class Stage2Result:
     step: int
     seconds: float
     steps_per_s: float
+    planned: int = 0
+    time_capped: bool = False
 
     def summary(self) -> str:
-        return (f"stage 2: {self.seconds:.1f} s, step {self.step} ({self.steps_per_s:.2f} steps/s); "
-                f"EMA generator {self.generator}")
+        text = (f"stage 2: {self.seconds:.1f} s, step {self.step} of {self.planned} planned "
+                f"({self.steps_per_s:.2f} steps/s); EMA generator {self.generator}")
+        return text + (" -- STOPPED BY THE TIME CAP: under-trained" if self.time_capped else "")
 
 
 # ---------------------------------------------------------------- data
@@ -81,13 +91,16 @@ def load_frames(cfg: TrainConfig, urls: list[str], moments: int, size: int, part
 
 def training_set(cfg: TrainConfig, s2: Stage2Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
                                                                                        object]:
-    """(frames in [-1, 1] (N, 3, R, R), their embeddings (N, D), the frozen encoder): every present moment."""
+    """(frames in [-1, 1] (N, 3, R, R), their embeddings (N, D), the frozen encoder): every present moment of
+    this rank's part of the training shards (all of them in a single process)."""
     train_urls, _ = resolve_shards(cfg.data)
     encoder = load_encoder(cfg.out, device)
     moments = min(s2.moments, cfg.stage1.moments)
     d = distributed.setup(cfg.runtime)
-    table = load_table(ensure_cache(cfg.out, encoder, train_urls, cfg.data, cfg.stage1.moments,
-                                    cfg.stage1.embed_batch_size, d), train_urls)
+    paths = ensure_cache(cfg.out, encoder, train_urls, cfg.data, cfg.stage1.moments, cfg.stage1.embed_batch_size, d)
+    mine = distributed.own_part(d, list(zip(train_urls, paths, strict=True)), "stage 2")
+    train_urls = [u for u, _ in mine]
+    table = load_table([p for _, p in mine], train_urls)
     images, keys, urls = load_frames(cfg, train_urls, moments, s2.resolution)
     rows = table.rows(urls, keys)
     present = table.present[rows, :moments]
@@ -179,7 +192,8 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[Generator, d
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `python -m training stage2` first")
     state = load_checkpoint(path)
-    g = Generator(GANConfig.from_dict(state["gan_config"]))
+    g = (BigGANGenerator(BigGANConfig(**state["biggan_config"])) if "biggan_config" in state
+         else Generator(GANConfig.from_dict(state["gan_config"])))
     g.load_state_dict(state["generator"])
     return g.eval().requires_grad_(False).to(device), {k: v for k, v in state.items() if k != "generator"}
 
@@ -189,109 +203,201 @@ def _gan_config(s2: Stage2Config, embed_dim: int) -> GANConfig:
     return GANConfig(s2.resolution, embed_dim, s2.z_dim, s2.shared_dim, s2.g_width, s2.d_width)
 
 
-def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
-    """Train (or resume) the GAN; writes last.pt, generator.pt, samples and the loss log under OUT/stage2."""
-    d = distributed.setup(cfg.runtime)
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    device, stage_dir = d.device, Path(cfg.out) / "stage2"
-    frames, emb, encoder = training_set(cfg, s2, device)
-    if not d.is_main:  # single-process stage: rank 0 trains, the other ranks wait for its generator
-        distributed.barrier(d)
-        return Stage2Result(stage_dir / "generator.pt", 0, 0.0, 0.0)
-    frames, emb = frames.to(device), emb.to(device)
-    gcfg = _gan_config(s2, emb.shape[1])
-    torch.manual_seed(cfg.runtime.seed)
-    g, disc = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
-    g_ema = copy.deepcopy(g).eval().requires_grad_(False)
+def initial_generator(s2: Stage2Config, gcfg: GANConfig) -> tuple[Generator | BigGANGenerator, GANConfig, dict]:
+    """A new generator, or the released IC-GAN one (stage2.init_official); the config z and D follow; what
+    checkpoints need to rebuild it."""
+    if not s2.init_official:
+        return Generator(gcfg), gcfg, {}
+    g = load_official_generator(s2.init_official).train()
+    if gcfg.embed_dim != FEATURE_DIM or gcfg.resolution != g.cfg.resolution:
+        raise WeightsError(f"stage2.init_official: the released generator makes {g.cfg.resolution} px images from "
+                           f"{FEATURE_DIM}-d embeddings; here stage2.resolution={gcfg.resolution} and stage 1 "
+                           f"embeddings are {gcfg.embed_dim}-d (set stage2.resolution, use --swav-weights)")
+    return g, dataclasses.replace(gcfg, z_dim=g.cfg.z_dim), {"biggan_config": g.cfg.to_dict()}
+
+
+@dataclass
+class Nets:
+    """Both networks, the EMA generator, the optimisers, and what the train step calls (the DDP wrappers
+    under torchrun, else the networks themselves); `gcfg` sizes D and the checkpoints, `g_meta` is what a
+    checkpoint needs to rebuild a released generator."""
+
+    g: Generator | BigGANGenerator
+    disc: Discriminator
+    g_ema: Generator | BigGANGenerator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    g_train: torch.nn.Module
+    d_train: torch.nn.Module
+    gcfg: GANConfig
+    g_meta: dict
+
+
+def build_nets(gcfg: GANConfig, s2: Stage2Config, seed: int, device: torch.device, channels_last: bool) -> Nets:
+    torch.manual_seed(seed)
+    g, gcfg, g_meta = initial_generator(s2, gcfg)
+    g, disc = g.to(device), Discriminator(gcfg).to(device)
+    if channels_last:
+        g, disc = g.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), s2.g_lr, betas=(s2.beta1, s2.beta2))
     opt_d = torch.optim.Adam(disc.parameters(), s2.d_lr, betas=(s2.beta1, s2.beta2))
-    last, gen_path = stage_dir / "last.pt", stage_dir / "generator.pt"
-    step, spent = 0, 0.0
-    if cfg.runtime.resume and last.exists():
-        state = load_checkpoint(last)
-        check_resumable(last, {**state["gan_config"], "image_encoder": state["image_encoder_sha256"]},
-                        {**gcfg.to_dict(), "image_encoder": encoder.sha256})
-        for module, name in ((g, "g"), (disc, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-            module.load_state_dict(state[name])
-        step, spent = int(state["step"]), float(state["seconds"])
-    truncate_log(stage_dir / "loss.jsonl", step)
-    # fixed rows of the sample grids: 8 training frames (spread over the set), 7 noise vectors each
-    fixed_idx = torch.linspace(0, frames.shape[0] - 1, 8).long()
-    fixed_z = torch.randn(7, gcfg.z_dim, generator=torch.Generator().manual_seed(cfg.runtime.seed)).to(device)
-    rng = torch.Generator(device=device).manual_seed(cfg.runtime.seed + step)
-    use_bf16 = cfg.runtime.bf16 and device.type == "cuda"
-    budget = s2.max_minutes * 60 if s2.max_minutes else float("inf")
-    t_start, t_log, steps_at_log, logs = time.time(), time.time(), step, []
-    start_step = step
+    return Nets(g, disc, copy.deepcopy(g).eval().requires_grad_(False), opt_g, opt_d, g, disc, gcfg, g_meta)
 
-    def checkpoint() -> None:
-        state = {"g": g.state_dict(), "d": disc.state_dict(), "g_ema": g_ema.state_dict(),
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
-                 "seconds": spent + time.time() - t_start, "gan_config": gcfg.to_dict(),
-                 "image_encoder_sha256": encoder.sha256, "config": cfg.to_dict()}
-        save_checkpoint(last, state)
-        sampler = copy.deepcopy(g_ema)
-        standing_stats(sampler, emb, s2.standing_stats_batches, s2.batch_size, cfg.runtime.seed)
-        save_checkpoint(gen_path, {"generator": sampler.state_dict(), "gan_config": gcfg.to_dict(), "step": step,
-                                   "image_encoder_sha256": encoder.sha256, "config": cfg.to_dict()})
+
+def wrap_ddp(nets: Nets, d: distributed.Dist) -> Nets:
+    """Under torchrun: G and D in DistributedDataParallel (gradients averaged over ranks every step; rank 0's
+    buffers, i.e. batch-norm statistics and spectral-norm vectors, broadcast at every forward)."""
+    if d.enabled:
+        nets.g_train, nets.d_train = DistributedDataParallel(nets.g), DistributedDataParallel(nets.disc)
+    return nets
+
+
+def gan_step(n: Nets, frames: torch.Tensor, emb: torch.Tensor, encoder: FrozenEncoder, s2: Stage2Config,
+             rng: torch.Generator, use_bf16: bool) -> tuple[float, ...]:
+    """One D step (real and fake in one D call, so DDP reduces once) and one G step (D frozen, called without
+    its DDP wrapper, so only G's gradients are reduced). Returns loss_d, loss_adv, d_real, d_fake, loss_embed."""
+    b, device = s2.batch_size, frames.device
+    idx = torch.randint(0, frames.shape[0], (b,), generator=rng, device=device)
+    real, cond = frames[idx], emb[idx]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        z = torch.randn(b, n.g.cfg.z_dim, generator=rng, device=device)
         with torch.no_grad():
-            rows = []
-            for i in fixed_idx.tolist():
-                fake = sampler(fixed_z, emb[i].expand(fixed_z.shape[0], -1))
-                rows.append(np.concatenate([to_uint8(frames[i:i + 1]), to_uint8(fake)]))
-        save_image_grid(stage_dir / f"samples_{step:06d}.png", rows)
+            fake = n.g(z, cond)
+        scores = n.d_train(diff_augment(torch.cat([real, fake.to(real.dtype)]), s2.diffaug),
+                           torch.cat([cond, cond])).float()
+        d_real, d_fake = scores[:b], scores[b:]
+        loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    n.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    n.opt_d.step()
+    idx = torch.randint(0, frames.shape[0], (b,), generator=rng, device=device)  # IC-GAN: data's instances
+    n.disc.requires_grad_(False)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        z = torch.randn(b, n.g.cfg.z_dim, generator=rng, device=device)
+        fake = n.g_train(z, emb[idx])
+        loss_adv = -n.disc(diff_augment(fake, s2.diffaug), emb[idx]).float().mean()
+        loss_embed = embedding_consistency(encoder, fake, emb[idx]) if s2.embed_consistency else torch.zeros(())
+        loss_g = loss_adv + s2.embed_consistency * loss_embed
+    n.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    n.opt_g.step()
+    n.disc.requires_grad_(True)
+    return loss_d.item(), loss_adv.item(), d_real.mean().item(), d_fake.mean().item(), loss_embed.item()
 
-    g.train()
-    disc.train()
-    while step < s2.steps and spent + time.time() - t_start < budget:
-        n, b = frames.shape[0], s2.batch_size
-        idx = torch.randint(0, n, (b,), generator=rng, device=device)
-        real, cond = frames[idx], emb[idx]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            z = torch.randn(b, gcfg.z_dim, generator=rng, device=device)
-            with torch.no_grad():
-                fake = g(z, cond)
-            d_real = disc(diff_augment(real, s2.diffaug), cond).float()
-            d_fake = disc(diff_augment(fake, s2.diffaug), cond).float()
-            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        # G step: IC-GAN samples the conditioning instances from the data
-        idx = torch.randint(0, n, (b,), generator=rng, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            z = torch.randn(b, gcfg.z_dim, generator=rng, device=device)
-            fake = g(z, emb[idx])
-            loss_adv = -disc(diff_augment(fake, s2.diffaug), emb[idx]).float().mean()
-            loss_embed = embedding_consistency(encoder, fake, emb[idx]) if s2.embed_consistency else torch.zeros(())
-            loss_g = loss_adv + s2.embed_consistency * loss_embed
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        decay = update_ema(g_ema, g, step, s2.ema_decay)
+
+def _resume(n: Nets, last: Path, gcfg: GANConfig, encoder: FrozenEncoder) -> tuple[int, float]:
+    """(step, seconds spent) from last.pt, loaded into `n` on every rank; (0, 0) for a fresh start."""
+    state = load_checkpoint(last)
+    check_resumable(last, {**state["gan_config"], "image_encoder": state["image_encoder_sha256"]},
+                    {**gcfg.to_dict(), "image_encoder": encoder.sha256})
+    for module, name in ((n.g, "g"), (n.disc, "d"), (n.g_ema, "g_ema"), (n.opt_g, "opt_g"), (n.opt_d, "opt_d")):
+        module.load_state_dict(state[name])
+    return int(state["step"]), float(state["seconds"])
+
+
+def save_state(stage_dir: Path, n: Nets, cfg: TrainConfig, frames: torch.Tensor, emb: torch.Tensor,
+               encoder: FrozenEncoder, step: int, seconds: float) -> None:
+    """last.pt (resume), generator.pt (EMA with standing statistics) and samples_<step>.png: rank 0 only.
+    Grid rows: 8 training frames spread over the set, each with 7 fixed noise vectors."""
+    s2, gcfg = cfg.stage2, n.gcfg
+    common = {"gan_config": gcfg.to_dict(), "step": step, "image_encoder_sha256": encoder.sha256,
+              "config": cfg.to_dict(), **n.g_meta}
+    save_checkpoint(stage_dir / "last.pt", {"g": n.g.state_dict(), "d": n.disc.state_dict(),
+                                            "g_ema": n.g_ema.state_dict(), "opt_g": n.opt_g.state_dict(),
+                                            "opt_d": n.opt_d.state_dict(), "seconds": seconds, **common})
+    sampler = copy.deepcopy(n.g_ema)
+    standing_stats(sampler, emb, s2.standing_stats_batches, s2.batch_size, cfg.runtime.seed)
+    save_checkpoint(stage_dir / "generator.pt", {"generator": sampler.state_dict(), **common})
+    fixed_idx = torch.linspace(0, frames.shape[0] - 1, 8).long()
+    fixed_z = torch.randn(7, gcfg.z_dim, generator=torch.Generator().manual_seed(cfg.runtime.seed)).to(emb.device)
+    with torch.no_grad():
+        rows = [np.concatenate([to_uint8(frames[i:i + 1]), to_uint8(sampler(fixed_z, emb[i].expand(7, -1)))])
+                for i in fixed_idx.tolist()]
+    save_image_grid(stage_dir / f"samples_{step:06d}.png", rows)
+
+
+class LossLog:
+    """Mean losses and throughput (all ranks' images) every log_every steps, appended to loss.jsonl."""
+
+    NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "loss_embed")
+
+    def __init__(self, path: Path, every: int, images_per_step: int, step: int, spent: float):
+        self.path, self.every, self.images_per_step, self.spent = path, every, images_per_step, spent
+        self.t0 = self.t = time.time()
+        self.step, self.rows = step, []
+
+    def add(self, step: int, values: tuple[float, ...], decay: float) -> None:
+        self.rows.append(values)
+        if step % self.every:
+            return
+        now = time.time()
+        rate = (step - self.step) / (now - self.t)
+        append_jsonl(self.path, {"step": step, **dict(zip(self.NAMES, np.mean(self.rows, axis=0), strict=True)),
+                                 "ema_decay": decay, "steps_per_s": rate, "images_per_s": rate * self.images_per_step,
+                                 "seconds": self.spent + now - self.t0})
+        self.step, self.t, self.rows = step, now, []
+
+
+def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
+    """Train (or resume) the GAN on every rank; rank 0 keeps the EMA and writes last.pt, generator.pt, samples,
+    the loss log and budget.json under OUT/stage2. Stops at s2.steps, or earlier at the s2.max_minutes guard
+    (rank 0's clock decides for all ranks), with a warning."""
+    cfg = dataclasses.replace(cfg, stage2=s2)
+    d = distributed.setup(cfg.runtime)
+    device, stage_dir = d.device, Path(cfg.out) / "stage2"
+    channels_last = cfg.runtime.channels_last and device.type == "cuda"
+    frames, emb, encoder = training_set(cfg, s2, device)
+    frames, emb = frames.to(device), emb.to(device)
+    own_urls = [str(u) for u in distributed.own_part(d, resolve_shards(cfg.data)[0], "stage 2")]
+    if channels_last:
+        frames = frames.contiguous(memory_format=torch.channels_last)
+    gcfg = _gan_config(s2, emb.shape[1])
+    nets = build_nets(gcfg, s2, cfg.runtime.seed, device, channels_last)
+    last = stage_dir / "last.pt"
+    step, spent = _resume(nets, last, nets.gcfg, encoder) if cfg.runtime.resume and last.exists() else (0, 0.0)
+    nets = wrap_ddp(nets, d)
+    start_step, t_start, capped = step, time.time(), False
+    if d.is_main:
+        truncate_log(stage_dir / "loss.jsonl", step)
+    log = LossLog(stage_dir / "loss.jsonl", s2.log_every, s2.batch_size * d.world_size, step, spent)
+    rng = torch.Generator(device=device).manual_seed(cfg.runtime.seed + step + 7919 * d.rank)
+    use_bf16 = cfg.runtime.bf16 and device.type == "cuda"
+    cap = s2.max_minutes * 60 if s2.max_minutes else float("inf")
+    nets.g.train()
+    nets.disc.train()
+    while step < s2.steps:
+        if distributed.rank0_decides(d, spent + time.time() - t_start >= cap):
+            capped = True
+            break
+        values = gan_step(nets, frames, emb, encoder, s2, rng, use_bf16)
         step += 1
-        logs.append((loss_d.item(), loss_adv.item(), d_real.mean().item(), d_fake.mean().item(), loss_embed.item()))
-        if step % s2.log_every == 0:
-            m = np.mean(logs, axis=0)
-            append_jsonl(stage_dir / "loss.jsonl", {
-                "step": step, "loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3], "loss_embed": m[4],
-                "ema_decay": decay,
-                "steps_per_s": (step - steps_at_log) / (time.time() - t_log),
-                "images_per_s": (step - steps_at_log) * b / (time.time() - t_log),
-                "seconds": spent + time.time() - t_start})
-            logs, t_log, steps_at_log = [], time.time(), step
-        if step % s2.checkpoint_every == 0 or step % s2.sample_every == 0:
-            checkpoint()
-    if step > start_step or not gen_path.exists():
-        checkpoint()
+        if d.is_main:
+            log.add(step, values, update_ema(nets.g_ema, nets.g, step - 1, s2.ema_decay))
+            if step % s2.checkpoint_every == 0 or step % s2.sample_every == 0:
+                save_state(stage_dir, nets, cfg, frames, emb, encoder, step, spent + time.time() - t_start)
     seconds = time.time() - t_start
-    rate = (step - start_step) / seconds if seconds > 0 else 0.0
-    append_jsonl(stage_dir / "loss.jsonl", {"step": step, "done": True, "g_params": count_parameters(g),
-                                            "d_params": count_parameters(disc), "frames": int(frames.shape[0]),
-                                            "seconds": spent + seconds})
+    write_json(stage_dir / f"shards_rank{d.rank}.json", {"rank": d.rank, "world_size": d.world_size, "step": step,
+                                                          "frames": int(frames.shape[0]), "urls": own_urls})
+    if d.is_main:
+        _finish(stage_dir, nets, cfg, frames, emb, encoder, step, start_step, spent + seconds, capped)
     distributed.barrier(d)
-    return Stage2Result(gen_path, step, spent + seconds, rate)
+    rate = (step - start_step) / seconds if seconds > 0 else 0.0
+    return Stage2Result(stage_dir / "generator.pt", step, spent + seconds, rate, s2.steps, capped)
+
+
+def _finish(stage_dir: Path, n: Nets, cfg: TrainConfig, frames: torch.Tensor, emb: torch.Tensor,
+            encoder: FrozenEncoder, step: int, start_step: int, seconds: float, capped: bool) -> None:
+    """The last checkpoint, budget.json, the log's closing record and the time-cap warning (rank 0)."""
+    s2 = cfg.stage2
+    if step > start_step or not (stage_dir / "generator.pt").exists():
+        save_state(stage_dir, n, cfg, frames, emb, encoder, step, seconds)
+    rec = budget.record(stage_dir, s2.steps, step, "time_cap" if capped else "steps", seconds, s2.max_minutes)
+    message = budget.warning("stage2", rec)
+    append_jsonl(stage_dir / "loss.jsonl", {"step": step, "done": True, "g_params": count_parameters(n.g),
+                                            "d_params": count_parameters(n.disc), "frames": int(frames.shape[0]),
+                                            **rec, **({"warning": message} if message else {})})
+    if message:
+        print(message, file=sys.stderr, flush=True)
 
 
 def run(cfg: TrainConfig) -> Stage2Result:

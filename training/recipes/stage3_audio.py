@@ -4,12 +4,14 @@ Loss: the official code's InfoNCE with L2 logits (logits = -||a - v|| / temperat
 and image embeddings, symmetric cross-entropy over the batch), plus an optional L2 regression term. Targets come
 from the stage-1 cache. The global audio statistics are computed once on the training clips (rank 0) and
 stored with the model. The validation slice (data.val_fraction of the training clips, by key hash) is never
-trained on; it picks best.pt and drives early stopping.
+trained on; it picks best.pt and drives early stopping. Under torchrun the contrastive batch is the global
+batch: every rank's pairs are gathered, so each audio clip has world_size x batch_size - 1 negatives.
 Outputs in OUT/stage3/: last.pt (resume), best.pt, loss.jsonl, shards_rank<r>.json (the shards each rank read).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from manifests.io import write_json
-from training import cli, distributed
+from training import budget, cli, distributed
 from training.audio import StatsAccumulator
 from training.checkpoint import (
     append_jsonl,
@@ -35,6 +37,9 @@ from training.config import TrainConfig
 from training.data import decode_audio, forever, loader, mapped, pipeline, resolve_shards, selector
 from training.embedding_cache import EmbeddingTable, ensure_cache, load_encoder, load_table
 from training.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from training.models.official_audio import EMBED_DIM, OFFICIAL_AUDIO, Sound2SceneAudioEncoder
+from training.models.weights import WeightsError
+from training.official import load_official_audio_encoder
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,17 @@ def info_nce_l2(audio: torch.Tensor, image: torch.Tensor, temperature: float, l2
     if l2_weight:
         loss = loss + l2_weight * (a - v).square().sum(dim=-1).mean()
     return loss
+
+
+def global_batch_loss(d: distributed.Dist, audio: torch.Tensor, target: torch.Tensor, s3) -> tuple[torch.Tensor,
+                                                                                                    torch.Tensor]:
+    """(loss to back-propagate, loss to log): InfoNCE over every rank's pairs (negatives gathered across ranks,
+    gradients through the local part). DDP averages the ranks' gradients, so the loss is scaled by world_size
+    to give the gradient of the global-batch loss itself."""
+    a = distributed.all_gather_with_grad(d, audio.float())
+    v = distributed.all_gather_with_grad(d, target.float())
+    loss = info_nce_l2(a, v, s3.temperature, s3.l2_weight)
+    return loss * d.world_size, loss.detach()
 
 
 def pick_targets(table: EmbeddingTable, rows: np.ndarray, k: int, rng: np.random.Generator,
@@ -130,8 +146,13 @@ def validate(model: AudioEncoder, table: EmbeddingTable, cfg: TrainConfig, urls:
     return {"val_loss": float(np.average(losses, weights=weights)), "val_r_at_1": r1, "val_clips": a.shape[0]}
 
 
-def _model(cfg: TrainConfig, embed_dim: int, device: torch.device) -> AudioEncoder:
+def _model(cfg: TrainConfig, embed_dim: int, device: torch.device) -> AudioEncoder | Sound2SceneAudioEncoder:
     torch.manual_seed(cfg.runtime.seed)
+    if cfg.stage3.init_official:  # the released encoder, fine-tuned
+        if embed_dim != EMBED_DIM:
+            raise WeightsError(f"stage3.init_official: the released encoder outputs {EMBED_DIM}-d embeddings, stage 1 "
+                              f"made {embed_dim}-d ones (use the SwAV ResNet-50: --swav-weights)")
+        return load_official_audio_encoder(cfg.stage3.init_official).to(device)
     return AudioEncoder(AudioEncoderConfig(cfg.audio, cfg.stage3.width, embed_dim)).to(device)
 
 
@@ -139,6 +160,8 @@ def run(cfg: TrainConfig) -> Stage3Result:
     """Train (or resume) the audio encoder; keep last.pt and the best validation checkpoint best.pt."""
     d = distributed.setup(cfg.runtime)
     t0 = time.time()
+    if cfg.stage3.init_official:  # the released encoder hears what it was trained on: 16 kHz, 10 s, per clip
+        cfg = dataclasses.replace(cfg, audio=OFFICIAL_AUDIO)
     s3, stage_dir = cfg.stage3, Path(cfg.out) / "stage3"
     train_urls, _ = resolve_shards(cfg.data)
     encoder = load_encoder(cfg.out, d.device)
@@ -179,12 +202,12 @@ def run(cfg: TrainConfig) -> Stage3Result:
                               batch["moment"].numpy() if by_moment else None).to(d.device)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             audio = net(batch["wave"].to(d.device, non_blocking=True))
-        loss = info_nce_l2(audio, target, s3.temperature, s3.l2_weight)
+        loss, logged = global_batch_loss(d, audio, target, s3)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        losses.append(loss.item())
+        losses.append(logged.item())
         if d.is_main and (step % s3.log_every == 0 or step == s3.steps):
             append_jsonl(stage_dir / "loss.jsonl", {"step": step, "loss": float(np.mean(losses)),
                                                     "clips_per_s": len(losses) * s3.batch_size * d.world_size
@@ -207,13 +230,17 @@ def run(cfg: TrainConfig) -> Stage3Result:
             distributed.barrier(d)
     write_json(stage_dir / f"shards_rank{d.rank}.json", {"rank": d.rank, "world_size": d.world_size,
                                                           "urls": sorted(seen_urls)})
+    if d.is_main:
+        budget.record(stage_dir, s3.steps, step, "steps" if step >= s3.steps else "early_stopping", time.time() - t0)
     return Stage3Result(best, last, step, best_val, time.time() - t0)
 
 
-def load_audio_encoder(path: str | Path, device: torch.device) -> tuple[AudioEncoder, dict]:
+def load_audio_encoder(path: str | Path, device: torch.device
+                       ) -> tuple[AudioEncoder | Sound2SceneAudioEncoder, dict]:
     """A stage-3 checkpoint's model (eval mode) and the checkpoint's metadata."""
     state = load_checkpoint(path)
-    model = AudioEncoder(AudioEncoderConfig.from_dict(state["model_config"]))
+    model = (Sound2SceneAudioEncoder() if state["model_config"].get("kind") == "sound2scene"
+             else AudioEncoder(AudioEncoderConfig.from_dict(state["model_config"])))
     model.load_state_dict(state["model"])
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
     return model.eval().to(device), meta
