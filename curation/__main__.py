@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--min-gap", type=float, help="seconds between kept moments")
     select.add_argument("--min-score", type=float, help="absolute clip-score threshold")
     select.add_argument("--keep-quantile", help="fraction of scored clips to keep, or none")
-    select.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="other select.*/write.*")
+    select.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="other select.*/write.*/filters.* options, e.g. select.per_label=true")
     select.add_argument("--quiet", action="store_true")
     select.set_defaults(func=_select)
 

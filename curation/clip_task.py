@@ -22,6 +22,7 @@ from curation.decode import DecodedClip, decode_clip, read_frames
 from curation.errors import ClipError
 from curation.fetch import DEFAULT_FETCH, FetchGate, fetch_local, fetch_remote
 from curation.moments import MomentsScorer
+from curation.quality import measure, signals_dict
 from curation.score import load_scorer
 from curation.select import select_moments
 from curation.write import encode_flac, encode_jpeg
@@ -56,6 +57,7 @@ class ClipOutcome:
     score_s: float = 0.0  # time inside the scorer (throughput of the model within the pipeline)
     score_page_faults: int = 0  # minor page faults while scoring: memory handed back to the OS and faulted in again
     from_cache: bool = False  # read back from an earlier run's cache file, not processed now
+    quality: dict | None = None  # the data-quality filters' signals (curation.quality.Signals, ~0.8 KB)
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,10 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
             buf = io.BytesIO()
             np.save(buf, arrays["maps"])
             atomic_write_bytes(raw_dir.parent / "maps" / f"{job.clip_id}.npy", buf.getvalue())
+    quality = signals_dict(measure(clip.frames, clip.audio, clip.sample_rate))
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
-                          seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults)
+                          seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults,
+                          quality=quality)
     return outcome, arrays, scorer.model_id
 
 
@@ -215,6 +219,7 @@ def warm_up(cfg: RunConfig) -> str:
                         sample_rate=d.sample_rate, window_s=d.window_s)
     if not isinstance(scorer, MomentsScorer):  # reads a file, no model to warm
         scorer.score(blank)
+    measure(blank.frames, blank.audio, blank.sample_rate)  # the filters' first call pays numpy's set-up, not a clip
     return scorer.model_id
 
 

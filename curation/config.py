@@ -100,6 +100,29 @@ class SelectConfig:
     clip_score: str = "score"  # what ranks clips: `score` or `score_contrastive` (falls back to `score`)
     min_clip_score: float | None = None  # drop clips whose score is below this
     keep_quantile: float | None = 0.65  # keep this top fraction of scored clips (None keeps all)
+    # rank and cut within each label (keep_quantile of each label's clips), so no label is emptied by one
+    # global threshold; min_per_label keeps at least that many of a label's best clips whatever the quantile
+    per_label: bool = False
+    min_per_label: int = 0
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Data-quality filters (docs/quality_filters.md): always recorded in clips.parquet, `reject_*` also drop.
+
+    They are decided from per-clip signals at selection time, so `curation select` can change them."""
+
+    still_motion: float = 1.0  # still: the moving part of the thumbnail changes less than this (grey levels)
+    silent_db: float = -50.0  # silent: 90 % of the clip's 100-ms blocks are below this level (dBFS)
+    dup_hamming: int = 10  # two frames match when their 64-bit hashes differ in at most this many bits
+    dup_frames: float = 0.8  # duplicates: this fraction of the overlapping frames match at the best alignment
+    dup_audio_corr: float = 0.9  # ... and their loudness envelopes correlate at least this much there
+    dup_min_overlap_s: float = 3.0  # ... over at least this long a stretch
+    dup_spectrum_db: float = 10.0  # two steady sounds: no band of their spectra differs by more than this (dB)
+    reject_still: bool = True
+    reject_silent: bool = False
+    reject_duplicates: bool = True  # one representative (the smallest clip_id) of each group is kept
+    reject_overlaps: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +183,7 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     dask: DaskConfig = field(default_factory=DaskConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
@@ -224,6 +248,8 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.select.clip_score in CLIP_SCORES, f"select.clip_score: must be one of {', '.join(CLIP_SCORES)}")
     q = cfg.select.keep_quantile
     need(q is None or 0 < q <= 1, "select.keep_quantile: must be in (0, 1] or empty")
+    need(cfg.select.min_per_label >= 0, "select.min_per_label: must be >= 0")
+    _check_filters(cfg.filters, need)
     need(cfg.write.samples_per_shard >= 1, "write.samples_per_shard: must be >= 1")
     need(1 <= cfg.write.jpeg_quality <= 100, "write.jpeg_quality: must be in 1..100")
     need(cfg.dask.workers is None or cfg.dask.workers >= 1, "dask.workers: must be >= 1")
@@ -231,6 +257,16 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.dask.tasks_in_flight_per_worker >= 1, "dask.tasks_in_flight_per_worker: must be >= 1")
     need(cfg.dask.retries >= 0, "dask.retries: must be >= 0")
     _check_fetch(cfg.fetch, need)
+
+
+def _check_filters(f: FilterConfig, need) -> None:
+    need(f.still_motion >= 0, "filters.still_motion: must be >= 0")
+    need(-120 <= f.silent_db <= 0, "filters.silent_db: must be in -120..0 (dBFS)")
+    need(0 <= f.dup_hamming <= 32, "filters.dup_hamming: must be in 0..32")
+    need(0 < f.dup_frames <= 1, "filters.dup_frames: must be in (0, 1]")
+    need(-1 <= f.dup_audio_corr <= 1, "filters.dup_audio_corr: must be in -1..1")
+    need(f.dup_min_overlap_s > 0, "filters.dup_min_overlap_s: must be > 0")
+    need(f.dup_spectrum_db > 0, "filters.dup_spectrum_db: must be > 0")
 
 
 def _check_fetch(f: FetchConfig, need) -> None:

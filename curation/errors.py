@@ -26,6 +26,11 @@ ERROR_KINDS = {
     "archive_damaged": "the SOURCE archive that holds (or may hold) the clip is cut short or corrupt before it",
     "worker_lost": "the task running the clip died on every retry",
     "internal_error": "an unexpected exception (a bug): reported with its type, retried on rerun",
+    # Data-quality filters: status `rejected`, by [filters] (docs/quality_filters.md).
+    "duplicate": "a near-duplicate of the clip named in `dup_group`, which is kept",
+    "still": "the video barely changes (a static image with sound)",
+    "silent": "the audio stays below the level floor for most of the clip",
+    "overlap": "the window overlaps an earlier window of the same ytid (`overlap_of`)",
     "not_in_moments": "SCORER=moments: the moments file does not list the clip (not fetched)",
     "moments_out_of_range": "SCORER=moments: the file's frame numbers for the clip all fall after its last frame",
     # Fetching (yt-dlp + ffmpeg). The `error` column keeps yt-dlp's / ffmpeg's own message.

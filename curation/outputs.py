@@ -11,7 +11,7 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow as pa
 from curation import provenance
 from curation.clip_task import ClipOutcome, cache_path, read_cached, read_scores
 from curation.config import RunConfig
+from curation.quality import Verdicts, judge
 from curation.select import keep_clips, moment_scores
 from curation.write import (
     ShardInfo,
@@ -63,6 +64,7 @@ class RunSummary:
     duplicates_dropped: int
     paths: RunPaths
     notes: tuple[str, ...] = ()  # what the run wants the user to know (a global fetch stop, retried clips)
+    filtered: dict[str, int] = field(default_factory=dict)  # clips rejected by a data-quality filter, per kind
 
 
 # frames.parquet is assembled from parts of this many clips (one row group each): a part is one task's work and
@@ -145,6 +147,13 @@ def frames_part(clip_ids: list[str], kept: frozenset[str], cache_dir: str, momen
     return pa.table(columns, schema=FRAMES_SCHEMA)
 
 
+def _filter_columns(clip_id: str, v: Verdicts | None) -> dict:
+    if v is None:
+        return {}
+    return {"still": v.still.get(clip_id), "silent": v.silent.get(clip_id), "dup_group": v.dup_group.get(clip_id),
+            "overlap_of": v.overlap_of.get(clip_id)}
+
+
 def _write_frames(scored: list[str], kept: set[str], cfg: RunConfig, paths: RunPaths, mapper: Mapper) -> int:
     part = functools.partial(frames_part, kept=frozenset(kept), cache_dir=str(paths.cache),
                              moment_window_s=cfg.select.moment_window_s)
@@ -153,21 +162,52 @@ def _write_frames(scored: list[str], kept: set[str], cfg: RunConfig, paths: RunP
 
 
 def _clip_rows(clip_list: ClipList, outcomes: dict[str, ClipOutcome], kept: set[str],
-               shard_of: dict[str, str], label_index: dict[str, int]) -> list[dict]:
+               shard_of: dict[str, str], label_index: dict[str, int], verdicts: Verdicts | None = None) -> list[dict]:
     rows = []
+    filtered = verdicts.rejected if verdicts else {}
     for row in clip_list.table.to_pylist():
         o = outcomes.get(row["clip_id"])
         status = "pending" if o is None else "failed" if not o.scored else "ok" if row["clip_id"] in kept \
             else "rejected"
-        rows.append(dict(row, status=status, error_kind=o.error_kind if o else None,
-                         error=o.error if o else None, clip_score=o.clip_score if o else None,
+        kind, error = filtered.get(row["clip_id"], (o.error_kind, o.error) if o else (None, None))
+        rows.append(dict(row, status=status, error_kind=kind, error=error, clip_score=o.clip_score if o else None,
                          shard=shard_of.get(row["clip_id"]), n_frames=o.n_frames if o else 0,
-                         label_index=label_index.get(row["label"])))
+                         label_index=label_index.get(row["label"]), **_filter_columns(row["clip_id"], verdicts)))
     failed = zip(clip_list.failed_table().to_pylist(), clip_list.error_kinds, clip_list.reasons, strict=True)
     for row, kind, reason in failed:
         rows.append(dict(row, status="failed", error_kind=kind, error=reason, clip_score=None, shard=None,
                          n_frames=0, label_index=None))
     return rows
+
+
+def _judge(cfg: RunConfig, clip_list: ClipList, outcomes: dict[str, ClipOutcome]) -> Verdicts:
+    """The data-quality filters over the run's measured clips (clips cached before the filters existed have no
+    signals: they are neither judged nor rejected)."""
+    windows = clip_list.table.select(["clip_id", "ytid", "start_s", "end_s"]).to_pydict()
+    signals = {cid: o.quality for cid, o in outcomes.items() if o.scored and o.quality}
+    return judge(list(zip(*windows.values(), strict=True)), signals, cfg.filters, cfg.decode.fps)
+
+
+def keep_rates(rows: list[dict]) -> dict[str, dict]:
+    """Per label: clips, scored (ok + rejected), kept, and keep_rate = kept / scored."""
+    rates: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: r["label"] or ""):
+        r = rates.setdefault(row["label"], {"clips": 0, "scored": 0, "kept": 0})
+        r["clips"] += 1
+        r["scored"] += row["status"] in ("ok", "rejected")
+        r["kept"] += row["status"] == "ok"
+    for r in rates.values():
+        r["keep_rate"] = round(r["kept"] / r["scored"], 4) if r["scored"] else None
+    return rates
+
+
+def _filter_counts(rows: list[dict]) -> dict[str, int]:
+    """How many clips each filter flagged, and how many it rejected."""
+    flagged = {"still": sum(bool(r.get("still")) for r in rows), "silent": sum(bool(r.get("silent")) for r in rows),
+               "in_dup_group": sum(r.get("dup_group") is not None for r in rows),
+               "overlapping": sum(r.get("overlap_of") is not None for r in rows)}
+    rejected = Counter(r["error_kind"] for r in rows if r["status"] == "rejected" and r["error_kind"])
+    return {**flagged, **{f"rejected_{kind}": n for kind, n in sorted(rejected.items())}}
 
 
 def pending_clips_table(clip_list: ClipList, label_index: dict[str, int]) -> pa.Table:
@@ -189,12 +229,14 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[
     started = time.perf_counter()
     label_index = label_index_of(clip_list)
     scores = {cid: o.clip_score for cid, o in outcomes.items() if o.scored}
-    kept = keep_clips(scores, cfg.select)
+    verdicts = _judge(cfg, clip_list, outcomes)
+    labels = dict(zip(*clip_list.table.select(["clip_id", "label"]).to_pydict().values(), strict=True))
+    kept = keep_clips({cid: s for cid, s in scores.items() if cid not in verdicts.rejected}, cfg.select, labels)
     kept_rows = [r for r in clip_list.table.to_pylist() if r["clip_id"] in kept]
     infos = _write_shards(plan_shards(kept_rows, cfg, label_index), paths, mapper)
     shards_written = time.perf_counter()
     shard_of = {cid: info.shard for info in infos for cid in info.clip_ids}
-    rows = _clip_rows(clip_list, outcomes, kept, shard_of, label_index)
+    rows = _clip_rows(clip_list, outcomes, kept, shard_of, label_index, verdicts)
     _write_frames(list(scores), kept, cfg, paths, mapper)
     write_parquet(paths.manifests / "shards.parquet",
                   pa.Table.from_pylist([{k: getattr(i, k) for k in SHARDS_SCHEMA.names} for i in infos],
@@ -205,15 +247,17 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[
                "manifests_s": time.perf_counter() - shards_written}
 
     counts = Counter(r["status"] for r in rows)
-    kinds = Counter(r["error_kind"] for r in rows if r["error_kind"])
+    kinds = Counter(r["error_kind"] for r in rows if r["error_kind"] and r["status"] != "rejected")
     summary = RunSummary(counts=dict(counts), error_kinds=dict(kinds), n_clips=len(rows), n_shards=len(infos),
                          n_samples=sum(i.n_samples for i in infos), seconds=sum(timings.values()),
                          clips_per_s=len(outcomes) / max(timings.get("process_s", 0.0), 1e-9),
-                         duplicates_dropped=clip_list.duplicates_dropped, paths=paths)
+                         duplicates_dropped=clip_list.duplicates_dropped, paths=paths,
+                         filtered=dict(Counter(r["error_kind"] for r in rows if r["status"] == "rejected"
+                                               and r["error_kind"])))
     write_json(paths.manifests / "run.json", provenance.run_record(
         cfg, summary, timings=timings, labels=list(label_index), cache_dir=paths.cache.name,
         bad_rows=[{"row": b.row, "error_kind": b.error_kind, "reason": b.reason} for b in clip_list.bad_rows],
-        **record))
+        keep_rate_per_label=keep_rates(rows), filters=_filter_counts(rows), **record))
     return summary
 
 
@@ -227,6 +271,8 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  duplicate rows dropped: {summary.duplicates_dropped}")
     for kind, n in sorted(summary.error_kinds.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  failed {kind}: {n}")
+    for kind, n in sorted(summary.filtered.items()):
+        lines.append(f"  rejected {kind}: {n}")
     lines += [f"  note: {note}" for note in summary.notes]
     lines.append(f"shards:    {summary.paths.shards} ({summary.n_shards} shards, {summary.n_samples} samples)")
     lines.append(f"manifests: {summary.paths.manifests}/{{clips,frames,shards}}.parquet, run.json")

@@ -256,7 +256,7 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
 
 
 def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> RunSummary:
-    """Re-run selection on a finished run with new `select.*`/`write.*` options, without re-scoring.
+    """Re-run selection on a finished run with new `select.*`/`write.*`/`filters.*` options, without re-scoring.
 
     Clip scores come from the run's per-clip results; only newly chosen frames are decoded from `raw/`."""
     started = time.perf_counter()
@@ -265,9 +265,9 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
     data = dict(record["config"], out=str(out))
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
-        if section not in ("select", "write"):
-            raise ValueError(f"{dotted}: re-selection only changes select.* and write.* options")
-        data[section][key] = value
+        if section not in ("select", "write", "filters"):
+            raise ValueError(f"{dotted}: re-selection only changes select.*, write.* and filters.* options")
+        data.setdefault(section, {})[key] = value
     cfg = config_from_dict(data)
     clip_list = load_clip_list(cfg, out)
     old_cache = out / "cache" / record["cache_dir"]

@@ -1,6 +1,7 @@
 """One self-contained HTML page about a curation run: what was kept, why, and where the sound is.
 
-Score histograms (kept vs dropped), the best and worst moments with their heat maps, keep rates per label,
+Score histograms (kept vs dropped), the best and worst moments with their heat maps' peak regions outlined,
+what the data-quality filters flagged, keep rates per label,
 failures per error kind, and truth-based metrics when the run is on the demo world. Plots are PNGs inside
 the page, so it can be mailed or archived as one file. `make report OUT=...`.
 """
@@ -20,12 +21,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
+from scipy.ndimage import zoom  # noqa: E402
 
 from curation.clip_task import cache_path, read_cached  # noqa: E402
 from curation.evaluate import truth_metrics  # noqa: E402
 from manifests.io import atomic_write_bytes  # noqa: E402
 
 _N_MOMENTS = 8
+PEAK_LEVEL = 0.8  # the peak region: where the heat map is above 80 % of its range
 
 
 def _png(fig) -> str:
@@ -51,6 +54,21 @@ def _histograms(clips: pd.DataFrame, frames: pd.DataFrame) -> str:
     return _png(fig)
 
 
+def _peak_region(ax, heat: np.ndarray, extent: tuple[float, float, float, float]) -> None:
+    """Outline where the map is within PEAK_LEVEL of its peak and mark the peak, over the untouched frame: a
+    full-frame colour overlay hid both the frame and where the peak was."""
+    lo, hi = float(heat.min()), float(heat.max())
+    if hi - lo < 1e-6:
+        return  # a flat map points nowhere
+    smooth = zoom((heat - lo) / (hi - lo), 8, order=1)
+    left, right, bottom, top = extent
+    xs, ys = np.linspace(left, right, smooth.shape[1]), np.linspace(top, bottom, smooth.shape[0])
+    for colour, width in (("black", 3.0), ("yellow", 1.5)):  # a dark rim keeps the line visible on any frame
+        ax.contour(xs, ys, smooth, levels=[PEAK_LEVEL], colors=colour, linewidths=width)
+    row, col = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    ax.plot(xs[col], ys[row], marker="+", color="yellow", markersize=9, markeredgewidth=2)
+
+
 def _overlay(ax, jpg: bytes, heat: np.ndarray | None, square: bool, title: str) -> None:
     image = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))
     ax.imshow(image)
@@ -58,8 +76,8 @@ def _overlay(ax, jpg: bytes, heat: np.ndarray | None, square: bool, title: str) 
         h, w = image.shape[:2]
         side = min(h, w)
         left, top = ((w - side) / 2, (h - side) / 2) if square else (0, 0)
-        extent = (left, left + (side if square else w), top + (side if square else h), top)
-        ax.imshow(heat.astype(np.float32), cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear")
+        _peak_region(ax, heat.astype(np.float32), (left, left + (side if square else w), top + (side if square else h),
+                                                    top))
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
     ax.set_title(title, fontsize=7)
@@ -87,10 +105,27 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _keep_rates(clips: pd.DataFrame) -> pd.DataFrame:
-    rates = clips.groupby("label").agg(clips=("clip_id", "size"), kept=("status", lambda s: int((s == "ok").sum())),
-                                       failed=("status", lambda s: int((s == "failed").sum())))
-    rates["keep_rate"] = rates["kept"] / rates["clips"]
-    return rates.reset_index().sort_values("keep_rate")
+    """Per label: clips, scored, kept, keep rate among the scored, and clips a data-quality filter rejected."""
+    filtered = clips["error_kind"].notna() & (clips["status"] == "rejected")
+    rates = clips.assign(scored=clips["status"].isin(["ok", "rejected"]), kept=clips["status"] == "ok",
+                         failed=clips["status"] == "failed", filtered=filtered).groupby("label").agg(
+        clips=("clip_id", "size"), scored=("scored", "sum"), kept=("kept", "sum"), failed=("failed", "sum"),
+        filtered=("filtered", "sum"))
+    rates["keep_rate"] = rates["kept"] / rates["scored"].where(rates["scored"] > 0)
+    return rates.reset_index().sort_values(["keep_rate", "label"])
+
+
+def _filters(clips: pd.DataFrame) -> str:
+    """What each data-quality filter flagged and rejected (columns absent in runs made before the filters)."""
+    if "still" not in clips.columns:
+        return "<p>not recorded in this run</p>"
+    rejected = clips[clips["status"] == "rejected"]["error_kind"].value_counts()
+    rows = [{"filter": name, "flagged": int(flagged.sum()), "rejected": int(rejected.get(kind, 0))}
+            for name, kind, flagged in (("still", "still", clips["still"].fillna(False).astype(bool)),
+                                        ("silent", "silent", clips["silent"].fillna(False).astype(bool)),
+                                        ("near-duplicate (in a group)", "duplicate", clips["dup_group"].notna()),
+                                        ("overlapping window", "overlap", clips["overlap_of"].notna()))]
+    return _table(pd.DataFrame(rows))
 
 
 def build_report(out: str | Path) -> str:
@@ -118,6 +153,7 @@ def build_report(out: str | Path) -> str:
                      _table(pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()]))]
     sections += ["<h2>Best moments (highest clip scores)</h2>", _moments(clips, cache_dir, best=True),
                  "<h2>Worst moments (lowest clip scores)</h2>", _moments(clips, cache_dir, best=False),
+                 "<h2>Data-quality filters</h2>", _filters(clips),
                  "<h2>Keep rate per label</h2>", _table(_keep_rates(clips))]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table.t{border-collapse:collapse}"
              "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}")

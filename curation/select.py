@@ -57,14 +57,25 @@ def select_moments(times: np.ndarray, scores: np.ndarray, cfg: SelectConfig,
     return Moments(ranks=ranks, selected=selected, clip_score=float(np.mean(basis[selected])))
 
 
-def keep_clips(clip_scores: dict[str, float], cfg: SelectConfig) -> set[str]:
-    """Clip ids that pass the absolute threshold and fall in the top `keep_quantile` fraction.
-
-    The quantile keeps exactly ceil(q * n) clips (ties broken by clip id), so the count is predictable.
-    """
+def _keep_ranked(clip_scores: dict[str, float], cfg: SelectConfig, floor: int = 0) -> list[str]:
     ranked = sorted(clip_scores.items(), key=lambda item: (-item[1], item[0]))
     if cfg.min_clip_score is not None:
         ranked = [(cid, s) for cid, s in ranked if s >= cfg.min_clip_score]
     if cfg.keep_quantile is not None:
-        ranked = ranked[: math.ceil(cfg.keep_quantile * len(clip_scores))]
-    return {cid for cid, _ in ranked}
+        ranked = ranked[: max(floor, math.ceil(cfg.keep_quantile * len(clip_scores)))]
+    return [cid for cid, _ in ranked]
+
+
+def keep_clips(clip_scores: dict[str, float], cfg: SelectConfig, labels: dict[str, str] | None = None) -> set[str]:
+    """Clip ids that pass the absolute threshold and fall in the top `keep_quantile` fraction.
+
+    The quantile keeps exactly ceil(q * n) clips (ties broken by clip id), so the count is predictable. With
+    `per_label` (and `labels`: clip_id -> label) it is taken within each label, and at least `min_per_label`
+    of a label's clips that pass the threshold are kept.
+    """
+    if not cfg.per_label or labels is None:
+        return set(_keep_ranked(clip_scores, cfg))
+    by_label: dict[str, dict[str, float]] = {}
+    for cid, score in clip_scores.items():
+        by_label.setdefault(labels[cid], {})[cid] = score
+    return {cid for scores in by_label.values() for cid in _keep_ranked(scores, cfg, cfg.min_per_label)}

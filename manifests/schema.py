@@ -33,6 +33,11 @@ CLIPS_SCHEMA = pa.schema(
         pa.field("shard", pa.string()),
         pa.field("n_frames", pa.int32()),
         pa.field("label_index", pa.int32()),
+        # data-quality filters (docs/quality_filters.md); null where the clip was not decoded
+        pa.field("still", pa.bool_()),  # the video barely changes (a static image with sound)
+        pa.field("silent", pa.bool_()),  # the audio stays below the level floor for most of the clip
+        pa.field("dup_group", pa.string()),  # representative clip_id of its near-duplicate group (itself included)
+        pa.field("overlap_of", pa.string()),  # an earlier window of the same ytid that overlaps this one
     ]
 )
 

@@ -16,7 +16,8 @@ from curation.config import load_config
 from curation.pipeline import run
 
 FAST = {"score.scorer": "none", "select.keep_quantile": None, "dask.workers": 2, "dask.clips_per_task": 2,
-        "fetch.socket_timeout_s": 1.0, "fetch.retries": 1, "fetch.backoff_s": 0.05}
+        "fetch.socket_timeout_s": 1.0, "fetch.retries": 1, "fetch.backoff_s": 0.05,
+        "filters.reject_duplicates": False}  # one file is served under several urls on purpose
 GOOD = ["ok/good.mp4", "ok/moov_last.mp4", "flaky/1/good.mp4", "norange/moov_last.mp4"]
 BAD = {"status/404/a.mp4": "unavailable", "status/403/a.mp4": "forbidden", "status/429/a.mp4": "rate_limited",
        "status/500/a.mp4": "server_error", "hang/a.mp4": "timeout", "cut/good.mp4": "network",

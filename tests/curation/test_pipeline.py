@@ -17,7 +17,8 @@ from conftest import make_av
 from curation.config import SelectConfig, load_config
 from curation.pipeline import _client, run
 
-KEPT_OF_16 = math.ceil(SelectConfig().keep_quantile * 16)
+# one of the 16 demo clips is sound-only (a still background with sound): the still filter rejects it first
+KEPT_OF_16 = math.ceil(SelectConfig().keep_quantile * 15)
 
 DEMO = {"demo.clips": 16, "demo.duration_s": 4.0, "dask.workers": 2, "dask.clips_per_task": 2,
         "write.samples_per_shard": 5,
@@ -48,7 +49,8 @@ def test_demo_run_writes_manifests_and_readable_shards(clean_run):
     frames = pd.read_parquet(out / "manifests" / "frames.parquet")
     assert len(clips) == 16 and clips["clip_id"].is_unique
     assert set(clips["status"]) <= {"ok", "rejected"}
-    assert (clips["status"] == "ok").sum() == KEPT_OF_16  # exactly ceil(keep_quantile x 16 scored clips)
+    assert (clips["status"] == "ok").sum() == KEPT_OF_16  # exactly ceil(keep_quantile x 15 unfiltered clips)
+    assert clips["error_kind"].dropna().tolist() == ["still"] and clips["still"].sum() == 1
     assert len(frames) == clips["n_frames"].sum() == 16 * 40
     assert (frames.groupby("clip_id")["rank"].min() == 1).all()
     kept = frames[frames["selected"]]
