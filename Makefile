@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(VPY) -m bench.mirror --out work/bench
 	$(VPY) -m bench.ssl --out work/bench
 	$(VPY) -m bench.fetch --out work/bench
+	$(VPY) -m bench.quality --out work/bench
 
 # 1k / 5k / 20k tiny clips: client and worker peak RSS, clips/s, and the write wave on 1 vs 2 workers (~30 min)
 bench-scale: $(STAMP)

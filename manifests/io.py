@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,14 +21,16 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file beside `path` that becomes `path` (fsync, then rename) when the block ends without error;
+    on any error it is removed and an existing `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
@@ -35,6 +38,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -55,23 +64,11 @@ def write_parquet_parts(path: str | os.PathLike, parts: Iterable[pa.Table], sche
     """Atomically write `parts` as one parquet file, one row group per part, holding one part at a time.
 
     Returns the number of rows. Same parts in the same order give the same bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     rows = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with pq.ParquetWriter(f, schema, compression="zstd") as writer:
-                for part in parts:
-                    writer.write_table(part.select(schema.names).cast(schema))
-                    rows += part.num_rows
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
+        for part in parts:
+            writer.write_table(part.select(schema.names).cast(schema))
+            rows += part.num_rows
     return rows
 
 

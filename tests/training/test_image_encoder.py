@@ -38,7 +38,7 @@ def test_a_swav_layout_state_dict_loads(tmp_path):
 
 def test_a_broken_swav_file_fails_naming_the_missing_trunk_keys(tmp_path):
     _swav_file(tmp_path / "broken.pth.tar", drop="layer4.")
-    with pytest.raises(WeightsError, match=r"trunk keys missing \(e.g. layer4\.0\.bn1\.bias"):
+    with pytest.raises(WeightsError, match=r"missing keys: layer4\.0\.bn1\.bias"):
         load_swav_weights(swav_resnet50(), tmp_path / "broken.pth.tar")
     (tmp_path / "junk.pth.tar").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read SwAV weights"):

@@ -5,7 +5,6 @@ embeddings are their L2-normalised values."""
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from training.models.blocks import ResNetTrunk
 from training.models.weights import WeightsError as WeightsError  # re-exported: the error of every loader
+from training.models.weights import load_strict, read_weights
 
 SWAV_HEADS = ("projection_head.", "prototypes.")  # SwAV's training heads: not part of the trunk
 SWAV_IMAGE_SIZE = 224
@@ -62,30 +62,12 @@ def load_swav_weights(model: nn.Module, path: str | Path) -> None:
     """Load a swav.pth.tar-style file into a `swav_resnet50`: the state dict (or its "state_dict" entry),
     `module.` prefixes stripped, projection/prototype heads ignored; missing or misshapen trunk keys are an
     error naming them."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise WeightsError(f"cannot read SwAV weights {path}: {exc}") from exc
+    loaded = read_weights(path, "SwAV weights")
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(loaded).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(SWAV_HEADS)}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state)
-                   if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} trunk keys missing (e.g. {', '.join(missing[:5])})")
-    if wrong:
-        problems.append(f"{len(wrong)} keys with the wrong shape (e.g. {', '.join(wrong[:5])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
-    if problems:
-        raise WeightsError(f"{path} is not a SwAV ResNet-50 state dict: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    load_strict(model, {k: v for k, v in state.items() if not k.startswith(SWAV_HEADS)}, path, "SwAV ResNet-50")
 
 
 def build_image_encoder(cfg: ImageEncoderConfig) -> nn.Module:
