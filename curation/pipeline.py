@@ -117,9 +117,9 @@ def _refuse_on_store(cfg: RunConfig) -> None:
     if cfg.source.path:
         raise UsageError(f"SOURCE= with OUT={cfg.out}: read archives into a local OUT, or upload the clips and "
                          "list them as url/path rows")
-    if cfg.score.scorer == "ssl":
-        raise UsageError(f"SCORER=ssl with OUT={cfg.out} is not supported yet: curate with a local OUT, or use "
-                         "SCORER=synchrony")
+    if (cfg.score.scorer == "ssl" and cfg.score.checkpoint) or cfg.score.scorer == "moments":
+        raise UsageError(f"score.checkpoint / score.moments with OUT={cfg.out}: the workers cannot see a client's "
+                         "file; leave the checkpoint empty (the run trains one into OUT/ssl/) or use a local OUT")
 
 
 def run_jobs(clip_list: ClipList) -> list[ClipJob]:
@@ -287,7 +287,7 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
         jobs = upload_local_rows(jobs, out)
     elif cfg.source.path:
         jobs, unreached, source_note, client = _from_source(cfg, jobs, Path(out) / "raw", progress, stack)
-    cfg, digest = ensure_model(cfg, jobs, Path(out), progress)  # trains the localisation model when none is given
+    cfg, digest = ensure_model(cfg, jobs, out, progress)  # trains the localisation model when none is given
     paths = RunPaths.for_config(cfg, digest)
     _remove_temp_files(paths)
     storage.write_bytes(storage.join(paths.manifests, "clips.parquet"),

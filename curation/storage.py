@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
+import hashlib
 import os
 import shutil
 import tempfile
@@ -199,3 +200,15 @@ def remove(location: str) -> None:
     fs, path = _fs(location)
     if fs.exists(path):
         fs.rm_file(path)
+
+
+def local_copy(location: str) -> str:
+    """A local path holding `location`: the path itself, or for a URL a copy downloaded once per machine (under
+    the temp folder, keyed by the URL and the object's identity) for libraries that need a file."""
+    if not is_url(location):
+        return _local(location)
+    key = hashlib.sha256(f"{location}\n{identity(location)}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "s2s-copies" / key / location.rsplit("/", 1)[-1]
+    if not path.is_file():
+        get_file(location, path)
+    return str(path)
