@@ -256,6 +256,7 @@ def process_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: 
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="s2s-clip-") as scratch:
+        (Path(scratch) / "raw").mkdir()
         for job in jobs:
             if gate is not None and gate.stopped():
                 break

@@ -283,11 +283,11 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)
     unreached, source_note, client = {}, None, None
-    if storage.is_url(out):
-        jobs = upload_local_rows(jobs, out)
-    elif cfg.source.path:
+    if cfg.source.path:
         jobs, unreached, source_note, client = _from_source(cfg, jobs, Path(out) / "raw", progress, stack)
     cfg, digest = ensure_model(cfg, jobs, out, progress)  # trains the localisation model when none is given
+    if storage.is_url(out):  # after training, which reads the client's own files where it has them
+        jobs = upload_local_rows(jobs, out)
     paths = RunPaths.for_config(cfg, digest)
     _remove_temp_files(paths)
     storage.write_bytes(storage.join(paths.manifests, "clips.parquet"),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import webdataset as wds
+from conftest import make_av
 
 from curation.config import load_config
 from curation.errors import UsageError
@@ -150,6 +151,20 @@ def test_a_run_killed_whole_resumes_from_the_bucket_to_the_same_shards(s3, local
     summary = run(_config(out), progress=False)
     assert summary.counts.get("pending", 0) == 0
     assert _hashes(s3, "run-killed") == local_hashes
+
+
+def test_local_path_rows_are_uploaded_and_read_by_the_workers_from_the_bucket(s3, tmp_path):
+    out = _bucket(s3, "run-paths")
+    clips = [make_av(tmp_path / f"tone{i}.mp4", 3, freq=300 + 200 * i) for i in range(2)]
+    rows = [{"path": str(p), "start_s": 0.0, "end_s": 3.0, "label": "tone", "split": "train"} for p in clips]
+    pd.DataFrame(rows).to_csv(tmp_path / "clips.csv", index=False)
+    cfg = load_config(None, {"dataset": "csv", "meta": str(tmp_path / "clips.csv"), "out": out, "dask.workers": 1,
+                             "score.scorer": "synchrony", "select.keep_quantile": None})
+    summary = run(cfg, progress=False)
+    assert summary.counts == {"ok": 2}
+    assert len([k for k in _keys(s3, "run-paths", "run/inputs/") if k.endswith(".mp4")]) == 2
+    assert len([k for k in _keys(s3, "run-paths", "run/raw/") if k.endswith(".mp4")]) == 2
+    assert list(_hashes(s3, "run-paths")) == ["csv-train-000000.tar"]
 
 
 def test_what_a_run_on_a_bucket_does_not_do_yet_is_a_one_line_error(s3, tmp_path):
