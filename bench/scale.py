@@ -100,7 +100,7 @@ def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
         started = time.perf_counter()
         finish(cfg, paths, clip_list_table, outcomes, {}, _dask_mapper(client, cfg))
         wall = time.perf_counter() - started
-    timings = json.loads((paths.manifests / "run.json").read_text())["timings_s"]
+    timings = json.loads((Path(paths.manifests) / "run.json").read_text())["timings_s"]
     return {"workers": workers, "finish_s": round(wall, 2), "write_shards_s": timings["write_shards_s"],
             "manifests_s": timings["manifests_s"]}
 

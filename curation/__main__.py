@@ -37,15 +37,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ssl_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from curation import storage
     from curation.pipeline import load_clip_list, run_jobs
     from curation.ssl_train import ensure_model
 
     cfg = _config(args)
     if cfg.score.checkpoint:
         raise ConfigError(["score.checkpoint: ssl-train trains a new model; leave it empty"])
-    out = Path(cfg.out).resolve()
+    out = storage.resolve(cfg.out)  # a local folder or a bucket (the model goes to OUT/ssl/ in either)
     resolved, digest = ensure_model(replace(cfg, score=replace(cfg.score, scorer="ssl")),
                                     run_jobs(load_clip_list(cfg, out)), out, progress=not args.quiet)
     print(f"model: {resolved.score.checkpoint} (sha256 {digest[:12]}); loss log beside it (loss.jsonl)")

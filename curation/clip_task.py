@@ -11,12 +11,14 @@ import io
 import json
 import logging
 import resource
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from curation import storage
 from curation.config import FetchConfig, RunConfig
 from curation.decode import DecodedClip, decode_clip, read_frames
 from curation.errors import ClipError
@@ -25,6 +27,7 @@ from curation.moments import MomentsScorer
 from curation.quality import measure, signals_dict
 from curation.score import load_scorer
 from curation.select import select_moments
+from curation.staging import stage_in, stage_out
 from curation.write import encode_flac, encode_jpeg
 from manifests.io import atomic_write_bytes
 
@@ -76,20 +79,27 @@ class CachedClip:
     model_id: str
 
 
-def cache_path(cache_dir: Path, clip_id: str) -> Path:
-    return cache_dir / f"{clip_id}.npz"
+def cache_path(cache_dir: str | Path, clip_id: str) -> str:
+    """Where a clip's cache file is: a local path or a URL under OUT."""
+    return storage.join(str(cache_dir), f"{clip_id}.npz")
 
 
-def _save(path: Path, outcome: ClipOutcome, arrays: dict[str, np.ndarray], model_id: str | None) -> None:
+def _save(path: str, outcome: ClipOutcome, arrays: dict[str, np.ndarray], model_id: str | None) -> None:
     meta = json.dumps({"outcome": asdict(outcome), "model_id": model_id}).encode()
     buf = io.BytesIO()
     np.savez(buf, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())  # whole or not at all: temp file + rename, or one PUT
 
 
-def read_cached(path: Path) -> CachedClip:
+def _npz(path: str):
+    """An npz reader (never pickles); an object store's file is read whole in one request."""
+    source = io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path
+    return np.load(source, allow_pickle=False)
+
+
+def read_cached(path: str) -> CachedClip:
     """Load one cache file (never pickles: plain arrays and a JSON header)."""
-    with np.load(path, allow_pickle=False) as data:
+    with _npz(path) as data:
         meta = json.loads(data["meta"].tobytes())
         outcome = ClipOutcome(**meta["outcome"])
         if not outcome.scored:
@@ -114,17 +124,17 @@ class ClipScores:
     selected: np.ndarray
 
 
-def read_scores(path: Path) -> ClipScores:
-    """The per-frame arrays of a scored clip's cache file; its JPEGs and FLAC are never read (an npz member is
-    only read when asked for)."""
-    with np.load(path, allow_pickle=False) as data:
+def read_scores(path: str) -> ClipScores:
+    """The per-frame arrays of a scored clip's cache file; its JPEGs and FLAC are never decompressed (an npz
+    member is only read when asked for; a local file's are not even read from disk)."""
+    with _npz(path) as data:
         return ClipScores(times=data["t"], scores=data["score"],
                           contrastive=data["contrastive"] if "contrastive" in data.files else None,
                           ranks=data["rank"], selected=data["selected"])
 
 
-def read_outcome(path: Path) -> ClipOutcome:
-    with np.load(path, allow_pickle=False) as data:
+def read_outcome(path: str) -> ClipOutcome:
+    with _npz(path) as data:
         return ClipOutcome(**json.loads(data["meta"].tobytes())["outcome"])
 
 
@@ -179,11 +189,11 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
     return outcome, arrays, scorer.model_id
 
 
-def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: Path,
+def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
                  gate: FetchGate | None = None) -> ClipOutcome:
     """Process one clip unless its cache file exists; every failure becomes a recorded outcome."""
     path = cache_path(cache_dir, job.clip_id)
-    if path.exists():
+    if storage.exists(path):
         return replace(read_outcome(path), from_cache=True)
     started = time.perf_counter()
     try:
@@ -223,25 +233,42 @@ def warm_up(cfg: RunConfig) -> str:
     return scorer.model_id
 
 
+def _process_staged(job: ClipJob, cfg: RunConfig, out: str, scratch: Path, cache_dir: str,
+                    gate: FetchGate | None) -> ClipOutcome:
+    """`process_clip` with OUT on an object store: the clip's raw files pass through the task's scratch folder."""
+    if storage.exists(cache_path(cache_dir, job.clip_id)):
+        return replace(read_outcome(cache_path(cache_dir, job.clip_id)), from_cache=True)
+    path, present = stage_in(job.clip_id, job.path, out, scratch)
+    try:
+        return process_clip(replace(job, path=path), cfg, scratch / "raw", cache_dir, gate)
+    finally:
+        stage_out(job.clip_id, out, scratch, present)
+
+
 def process_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: str,
                   gate: FetchGate | None = None) -> list[ClipOutcome]:
     """One Dask task: a group of clips, processed in order on one worker. Once `gate` says the run is
-    stopping, the rest of the group is left out (those clips stay pending)."""
-    raw, cache = Path(raw_dir), Path(cache_dir)
-    raw.mkdir(parents=True, exist_ok=True)
-    cache.mkdir(parents=True, exist_ok=True)
+    stopping, the rest of the group is left out (those clips stay pending). `raw_dir` and `cache_dir` are
+    local folders or URLs (then each clip's files pass through a scratch folder of this task's own)."""
+    remote = storage.is_url(raw_dir)
+    if not remote:
+        Path(raw_dir).mkdir(parents=True, exist_ok=True)
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
     outcomes = []
-    for job in jobs:
-        if gate is not None and gate.stopped():
-            break
-        outcomes.append(process_clip(job, cfg, raw, cache, gate))
+    with tempfile.TemporaryDirectory(prefix="s2s-clip-") as scratch:
+        (Path(scratch) / "raw").mkdir()
+        for job in jobs:
+            if gate is not None and gate.stopped():
+                break
+            outcomes.append(_process_staged(job, cfg, storage.parent(raw_dir), Path(scratch), cache_dir, gate)
+                            if remote else process_clip(job, cfg, Path(raw_dir), cache_dir, gate))
     return outcomes
 
 
-def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: Path, new_cache: Path) -> ClipOutcome:
+def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, new_cache: str) -> ClipOutcome:
     """Re-rank a scored clip under new selection options without re-scoring: decode only the chosen frames."""
     target = cache_path(new_cache, job.clip_id)
-    if target.exists():
+    if storage.exists(target):
         return read_outcome(target)
     old = read_cached(cache_path(old_cache, job.clip_id))
     if not old.outcome.scored:
@@ -268,4 +295,4 @@ def reselect_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, old_cache:
                    new_cache: str) -> list[ClipOutcome]:
     """One Dask task of `curation select`."""
     Path(new_cache).mkdir(parents=True, exist_ok=True)
-    return [reselect_clip(job, cfg, Path(raw_dir), Path(old_cache), Path(new_cache)) for job in jobs]
+    return [reselect_clip(job, cfg, Path(raw_dir), old_cache, new_cache) for job in jobs]

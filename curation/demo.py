@@ -416,7 +416,8 @@ def _counts(kinds: list[str], truth: pa.Table) -> dict:
     }
 
 
-def _params(n_clips: int, seed: int, duration_s: float) -> dict:
+def world_params(n_clips: int, seed: int, duration_s: float) -> dict:
+    """What makes a demo world: two worlds with the same params are the same bytes."""
     return json.loads(json.dumps({
         "n_clips": n_clips, "seed": seed, "duration_s": float(duration_s), "width": WIDTH, "height": HEIGHT,
         "fps": FPS, "sample_rate": SAMPLE_RATE, "sprite_max": SPRITE_MAX, "kind_fractions": KIND_FRACTIONS,
@@ -440,7 +441,7 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
     kinds, cats = _world_plan(seed, n_clips)
     world = DemoWorld(raw, raw / "demo_clips.parquet", raw / "truth.parquet", raw / "demo_world.json",
                       n_clips, n_frames, {k: kinds.count(k) for k in KIND_FRACTIONS})
-    params = _params(n_clips, seed, duration_s)
+    params = world_params(n_clips, seed, duration_s)
     if world.world_json.exists():
         old = json.loads(world.world_json.read_text()).get("params")
         if old != params:

@@ -15,8 +15,8 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
+from curation import storage
 from curation.clip_task import ClipOutcome, cache_path, read_outcome
 from curation.config import FetchConfig
 from curation.errors import TRANSIENT_KINDS, ClipError
@@ -91,14 +91,14 @@ class StopCounter:
                     self.on_stop()  # tasks already running leave their remaining clips alone
 
 
-def forget_transient_failures(cache_dir: Path, clip_ids: Iterable[str]) -> int:
+def forget_transient_failures(cache_dir: str, clip_ids: Iterable[str]) -> int:
     """Delete the cache files of clips whose recorded failure is transient, so this run fetches them again.
 
     Clips that failed for good (404, private, ...) and clips that succeeded keep their files."""
     forgotten = 0
     for clip_id in clip_ids:
         path = cache_path(cache_dir, clip_id)
-        if path.exists() and read_outcome(path).error_kind in TRANSIENT_KINDS:
-            path.unlink()
+        if storage.exists(path) and read_outcome(path).error_kind in TRANSIENT_KINDS:
+            storage.remove(path)
             forgotten += 1
     return forgotten

@@ -12,11 +12,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 
-from curation import provenance
+from curation import provenance, storage
 from curation.clip_task import ClipOutcome, cache_path, read_cached, read_scores
 from curation.config import RunConfig
 from curation.quality import Verdicts, judge
@@ -30,7 +29,7 @@ from curation.write import (
     write_shard,
     write_wids_index,
 )
-from manifests.io import write_json, write_parquet, write_parquet_parts
+from manifests.io import json_bytes, parquet_bytes, stream_parquet_parts
 from manifests.readers import ClipList
 from manifests.schema import CLIPS_SCHEMA, FRAMES_SCHEMA, SHARDS_SCHEMA
 
@@ -39,17 +38,20 @@ SAMPLE_FIELDS = ("clip_id", "dataset", "ytid", "start_s", "end_s", "label", "spl
 
 @dataclass(frozen=True)
 class RunPaths:
-    out: Path
-    raw: Path
-    cache: Path
-    manifests: Path
-    shards: Path
+    """Where a run's outputs are: absolute local paths, or URLs when OUT is on an object store."""
+
+    out: str
+    raw: str
+    cache: str
+    manifests: str
+    shards: str
 
     @classmethod
     def for_config(cls, cfg: RunConfig, model_digest: str | None = None) -> RunPaths:
-        out = Path(cfg.out).resolve()
-        return cls(out=out, raw=out / "raw", cache=out / "cache" / cfg.clip_stage_fingerprint(model_digest),
-                   manifests=out / "manifests", shards=out / "shards")
+        out = storage.resolve(cfg.out)
+        return cls(out=out, raw=storage.join(out, "raw"),
+                   cache=storage.join(out, "cache", cfg.clip_stage_fingerprint(model_digest)),
+                   manifests=storage.join(out, "manifests"), shards=storage.join(out, "shards"))
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def plan_shards(kept_rows: list[dict], cfg: RunConfig, label_index: dict[str, in
     return plans
 
 
-def _sample(cache_dir: Path, clip_id: str, label: int, fields: dict) -> dict:
+def _sample(cache_dir: str, clip_id: str, label: int, fields: dict) -> dict:
     cached = read_cached(cache_path(cache_dir, clip_id))
     best = int(cached.selected[0])
     meta = dict(fields, frame_t=float(cached.times[best]), score=float(cached.scores[best]), rank=1,
@@ -114,18 +116,17 @@ def _sample(cache_dir: Path, clip_id: str, label: int, fields: dict) -> dict:
 
 def write_planned_shard(plan: PlannedShard, cache_dir: str, shard_dir: str) -> ShardInfo:
     """One task of the write wave: read the shard's clips from their cache files and write the shard."""
-    samples = (_sample(Path(cache_dir), *spec) for spec in plan.samples)
-    return write_shard(samples, Path(shard_dir), plan.shard, plan.split)
+    samples = (_sample(cache_dir, *spec) for spec in plan.samples)
+    return write_shard(samples, shard_dir, plan.shard, plan.split)
 
 
 def _write_shards(plans: dict[str, list[PlannedShard]], paths: RunPaths, mapper: Mapper) -> list[ShardInfo]:
-    paths.shards.mkdir(parents=True, exist_ok=True)
     write = functools.partial(write_planned_shard, cache_dir=str(paths.cache), shard_dir=str(paths.shards))
     infos = list(mapper(write, [plan for name in plans for plan in plans[name]]))
     written = {info.shard for info in infos}
     for name in plans:
         index = write_wids_index(paths.shards, name, [i for i in infos if i.shard.startswith(f"{name}-")])
-        written.add(index.name)
+        written.add(index.rsplit("/", 1)[-1])
     remove_stale_shards(paths.shards, written)
     return infos
 
@@ -134,7 +135,7 @@ def frames_part(clip_ids: list[str], kept: frozenset[str], cache_dir: str, momen
     """frames.parquet rows of some scored clips, read from their cache files without their media."""
     columns: dict[str, list] = {name: [] for name in FRAMES_SCHEMA.names}
     for clip_id in clip_ids:
-        clip = read_scores(cache_path(Path(cache_dir), clip_id))
+        clip = read_scores(cache_path(cache_dir, clip_id))
         chosen = set(clip.selected.tolist()) if clip_id in kept else set()
         columns["clip_id"].extend([clip_id] * len(clip.times))
         columns["t"].extend(clip.times.tolist())
@@ -158,7 +159,8 @@ def _write_frames(scored: list[str], kept: set[str], cfg: RunConfig, paths: RunP
     part = functools.partial(frames_part, kept=frozenset(kept), cache_dir=str(paths.cache),
                              moment_window_s=cfg.select.moment_window_s)
     groups = list(chunks(sorted(scored), FRAME_PART_CLIPS))
-    return write_parquet_parts(paths.manifests / "frames.parquet", mapper(part, groups), FRAMES_SCHEMA)
+    with storage.atomic_output(storage.join(paths.manifests, "frames.parquet")) as f:
+        return stream_parquet_parts(f, mapper(part, groups), FRAMES_SCHEMA)
 
 
 def _clip_rows(clip_list: ClipList, outcomes: dict[str, ClipOutcome], kept: set[str],
@@ -238,11 +240,11 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[
     shard_of = {cid: info.shard for info in infos for cid in info.clip_ids}
     rows = _clip_rows(clip_list, outcomes, kept, shard_of, label_index, verdicts)
     _write_frames(list(scores), kept, cfg, paths, mapper)
-    write_parquet(paths.manifests / "shards.parquet",
-                  pa.Table.from_pylist([{k: getattr(i, k) for k in SHARDS_SCHEMA.names} for i in infos],
-                                       schema=SHARDS_SCHEMA))
-    write_parquet(paths.manifests / "clips.parquet", pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA))
-    write_json(paths.shards / "labels.json", list(label_index))
+    storage.write_bytes(storage.join(paths.manifests, "shards.parquet"), parquet_bytes(
+        pa.Table.from_pylist([{k: getattr(i, k) for k in SHARDS_SCHEMA.names} for i in infos], schema=SHARDS_SCHEMA)))
+    storage.write_bytes(storage.join(paths.manifests, "clips.parquet"),
+                        parquet_bytes(pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)))
+    storage.write_bytes(storage.join(paths.shards, "labels.json"), json_bytes(list(label_index)))
     timings = {**timings, "write_shards_s": shards_written - started,
                "manifests_s": time.perf_counter() - shards_written}
 
@@ -254,10 +256,10 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[
                          duplicates_dropped=clip_list.duplicates_dropped, paths=paths,
                          filtered=dict(Counter(r["error_kind"] for r in rows if r["status"] == "rejected"
                                                and r["error_kind"])))
-    write_json(paths.manifests / "run.json", provenance.run_record(
-        cfg, summary, timings=timings, labels=list(label_index), cache_dir=paths.cache.name,
+    storage.write_bytes(storage.join(paths.manifests, "run.json"), json_bytes(provenance.run_record(
+        cfg, summary, timings=timings, labels=list(label_index), cache_dir=paths.cache.rsplit("/", 1)[-1],
         bad_rows=[{"row": b.row, "error_kind": b.error_kind, "reason": b.reason} for b in clip_list.bad_rows],
-        keep_rate_per_label=keep_rates(rows), filters=_filter_counts(rows), **record))
+        keep_rate_per_label=keep_rates(rows), filters=_filter_counts(rows), **record)))
     return summary
 
 

@@ -13,14 +13,17 @@ import itertools
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 from tqdm import tqdm
 
+from curation import storage
 from curation.clip_task import (
     ClipJob,
     ClipOutcome,
@@ -32,13 +35,13 @@ from curation.clip_task import (
     warm_up,
 )
 from curation.config import RunConfig, config_from_dict
-from curation.errors import require_tools
+from curation.errors import UsageError, require_tools
 from curation.fetch_control import ClusterGate, StopCounter, forget_transient_failures
 from curation.mirror import extract_archive, plan_source, resolve_source, source_jobs
 from curation.outputs import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
 from curation.published import resolve_checkpoint
 from curation.ssl_train import ensure_model
-from manifests.io import write_parquet
+from manifests.io import parquet_bytes
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
 from manifests.vegas import read_vegas
 
@@ -56,18 +59,67 @@ WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 <
                      "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 
-def load_clip_list(cfg: RunConfig, out: Path) -> ClipList:
+def load_clip_list(cfg: RunConfig, out: str | Path) -> ClipList:
     """The run's clip list; for the demo world, generate it first (a no-op when it already exists)."""
+    if cfg.dataset == "demo" and storage.is_url(str(out)):
+        return ClipList(table=_demo_world_on_store(cfg, str(out)), bad_rows=[], duplicates_dropped=0)
     if cfg.dataset == "demo":
         from curation.demo import generate_world
 
         generate_world(out, n_clips=cfg.demo.clips, seed=cfg.demo.seed, duration_s=cfg.demo.duration_s)
-        return ClipList(table=read_clip_table(out / "raw" / "demo_clips.parquet"), bad_rows=[], duplicates_dropped=0)
+        return ClipList(table=read_clip_table(Path(out) / "raw" / "demo_clips.parquet"), bad_rows=[],
+                        duplicates_dropped=0)
     if cfg.dataset == "vggsound":
         return read_vggsound(cfg.meta)
     if cfg.dataset == "vegas":
         return read_vegas(cfg.meta, cfg.label_map)
     return read_clip_list(cfg.meta)
+
+
+def _demo_world_on_store(cfg: RunConfig, out: str):
+    """The demo world for an OUT on an object store: generated in a scratch folder and uploaded to `OUT/raw`
+    once (its clip list last, so a listed world is complete); rows read the uploaded clips."""
+    from curation.demo import generate_world, world_params
+
+    listing, world_json = storage.join(out, "raw", "demo_clips.parquet"), storage.join(out, "raw", "demo_world.json")
+    if storage.exists(listing) and json.loads(storage.read_bytes(world_json))["params"] != world_params(
+            cfg.demo.clips, cfg.demo.seed, cfg.demo.duration_s):
+        raise UsageError(f"{out} holds a demo world with other parameters; choose another OUT")
+    with tempfile.TemporaryDirectory(prefix="s2s-demo-") as scratch:
+        if not storage.exists(listing):
+            world = generate_world(scratch, n_clips=cfg.demo.clips, seed=cfg.demo.seed, duration_s=cfg.demo.duration_s)
+            for path in sorted(world.raw_dir.iterdir()):
+                if path != world.clips_path:
+                    storage.put_file(path, storage.join(out, "raw", path.name))
+            storage.put_file(world.clips_path, listing)
+        storage.get_file(listing, Path(scratch) / "demo_clips.parquet")
+        table = read_clip_table(Path(scratch) / "demo_clips.parquet")
+    paths = [storage.join(out, "raw", Path(p).name) for p in table.column("path").to_pylist()]
+    return table.set_column(table.column_names.index("path"), "path", pa.array(paths, pa.string()))
+
+
+def upload_local_rows(jobs: list[ClipJob], out: str) -> list[ClipJob]:
+    """Jobs whose local `path` (a file only the client sees) is uploaded to `OUT/inputs/<clip_id><suffix>`
+    (once: an object already there is reused) and read from there by the workers."""
+    staged = []
+    for job in jobs:
+        if job.path is not None and not storage.is_url(job.path) and os.path.isfile(job.path):
+            target = storage.join(out, "inputs", f"{job.clip_id}{Path(job.path).suffix}")
+            if not storage.exists(target):
+                storage.put_file(job.path, target)
+            job = replace(job, path=target)
+        staged.append(job)
+    return staged
+
+
+def _refuse_on_store(cfg: RunConfig) -> None:
+    """What a run with OUT on an object store does not do yet (docs/scale.md), said before any work."""
+    if cfg.source.path:
+        raise UsageError(f"SOURCE= with OUT={cfg.out}: read archives into a local OUT, or upload the clips and "
+                         "list them as url/path rows")
+    if (cfg.score.scorer == "ssl" and cfg.score.checkpoint) or cfg.score.scorer == "moments":
+        raise UsageError(f"score.checkpoint / score.moments with OUT={cfg.out}: the workers cannot see a client's "
+                         "file; leave the checkpoint empty (the run trains one into OUT/ssl/) or use a local OUT")
 
 
 def run_jobs(clip_list: ClipList) -> list[ClipJob]:
@@ -206,7 +258,9 @@ def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: Path, progress: bool,
 
 def _remove_temp_files(paths: RunPaths) -> None:
     """Temp files a killed run left behind (finished files are only ever renamed into place)."""
-    for folder in (paths.raw, paths.cache, paths.manifests, paths.shards):
+    if storage.is_url(paths.out):
+        return  # an object store holds no temp objects: a write is one upload, seen only once complete
+    for folder in map(Path, (paths.raw, paths.cache, paths.manifests, paths.shards)):
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp*"):
                 tmp.unlink(missing_ok=True)
@@ -223,22 +277,27 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     require_tools("ffmpeg", "ffprobe")
     if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
         cfg = resolve_checkpoint(cfg)  # a wrong file fails now, before the clip list or the demo world is built
-    out = Path(cfg.out).resolve()
+    out = storage.resolve(cfg.out)
+    if storage.is_url(out):
+        _refuse_on_store(cfg)
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)
     unreached, source_note, client = {}, None, None
     if cfg.source.path:
-        jobs, unreached, source_note, client = _from_source(cfg, jobs, out / "raw", progress, stack)
+        jobs, unreached, source_note, client = _from_source(cfg, jobs, Path(out) / "raw", progress, stack)
     cfg, digest = ensure_model(cfg, jobs, out, progress)  # trains the localisation model when none is given
+    if storage.is_url(out):  # after training, which reads the client's own files where it has them
+        jobs = upload_local_rows(jobs, out)
     paths = RunPaths.for_config(cfg, digest)
     _remove_temp_files(paths)
-    write_parquet(paths.manifests / "clips.parquet", pending_clips_table(clip_list, label_index_of(clip_list)))
+    storage.write_bytes(storage.join(paths.manifests, "clips.parquet"),
+                        parquet_bytes(pending_clips_table(clip_list, label_index_of(clip_list))))
     retried = forget_transient_failures(paths.cache, [j.clip_id for j in jobs]) if cfg.fetch.retry_failed else 0
     gate = ClusterGate(cfg.fetch) if any(j.path is None for j in jobs) else None  # url / YouTube rows
     stop = StopCounter(cfg.fetch.stop_after, gate.request_stop if gate else None)
     loaded = time.perf_counter()
     with _client(cfg, client) as client:
-        outcomes, ready = _run_tasks(client, process_group, jobs, cfg, (str(paths.raw), str(paths.cache), gate),
+        outcomes, ready = _run_tasks(client, process_group, jobs, cfg, (paths.raw, paths.cache, gate),
                                      progress, functools.partial(warm_up, cfg), stop=stop)
         timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}
@@ -260,6 +319,8 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
 
     Clip scores come from the run's per-clip results; only newly chosen frames are decoded from `raw/`."""
     started = time.perf_counter()
+    if storage.is_url(str(out)):
+        raise UsageError(f"curation select: {out} is on an object store; re-select a run with a local OUT")
     out = Path(out).resolve()
     record = json.loads((out / "manifests" / "run.json").read_text())
     data = dict(record["config"], out=str(out))
@@ -272,16 +333,15 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
     clip_list = load_clip_list(cfg, out)
     old_cache = out / "cache" / record["cache_dir"]
     paths = RunPaths.for_config(cfg, record.get("model_digest"))
-    jobs = [j for j in run_jobs(clip_list) if cache_path(old_cache, j.clip_id).exists()]
+    jobs = [j for j in run_jobs(clip_list) if os.path.exists(cache_path(old_cache, j.clip_id))]
     loaded = time.perf_counter()
     record = dict(model_digest=record.get("model_digest"), reselected_from=record["cache_dir"])
-    if paths.cache == old_cache:  # only clip selection or shard options changed: no cluster needed
+    if paths.cache == str(old_cache):  # only clip selection or shard options changed: no cluster needed
         outcomes = {j.clip_id: read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs}
         timings = {"load_s": loaded - started, "cluster_start_s": 0.0, "process_s": time.perf_counter() - loaded}
         return finish(cfg, paths, clip_list, outcomes, timings, **record)
     with _client(cfg) as client:  # selection needs no model: warm the decoders only
-        outcomes, ready = _run_tasks(client, reselect_group, jobs, cfg, (str(paths.raw), str(old_cache),
-                                                                         str(paths.cache)),
+        outcomes, ready = _run_tasks(client, reselect_group, jobs, cfg, (paths.raw, str(old_cache), paths.cache),
                                      progress, import_decoders, desc="reselect")
         timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}

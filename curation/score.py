@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from curation import storage
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
 
@@ -183,6 +184,8 @@ def load_scorer(cfg: ScoreConfig) -> Scorer | MomentsScorer:
     if cfg.scorer == "ssl":
         from curation.published import PublishedScorer, checkpoint_format
 
+        if cfg.checkpoint and storage.is_url(cfg.checkpoint):  # a model in OUT on an object store
+            cfg = replace(cfg, checkpoint=storage.local_copy(cfg.checkpoint))
         fmt = checkpoint_format(cfg.checkpoint) if cfg.checkpoint and cfg.checkpoint_format == "auto" \
             else cfg.checkpoint_format
         return PublishedScorer(replace(cfg, checkpoint_format=fmt)) if fmt in ("ezvsl", "slavc") else LearnedScorer(cfg)

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from curation import storage
 from curation.clip_task import ClipJob, fetch_job
 from curation.config import ConfigError, RunConfig, SSLConfig
 from curation.decode import decode_clip
 from curation.errors import CheckpointError, ClipError
 from curation.fetch import raw_path
 from curation.ssl_model import AudioFrontEnd, AVLocalizer, SSLModelConfig, load_state_strict
+from curation.staging import stage_in
 from manifests.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -110,17 +113,23 @@ class TrainingSet:
         return step * len(self.chunks) // steps
 
 
+def _sample(jobs: list[ClipJob], max_clips: int | None) -> list[ClipJob]:
+    """At most `max_clips` of `jobs`: the clips whose id hashes lowest (a sample that does not depend on the
+    list's order), in list order."""
+    if max_clips is None or len(jobs) <= max_clips:
+        return jobs
+    chosen = set(sorted((j.clip_id for j in jobs), key=lambda cid: hashlib.sha1(cid.encode()).digest())[:max_clips])
+    return [j for j in jobs if j.clip_id in chosen]
+
+
 def training_set(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path) -> TrainingSet:
     """Local clips and clips already fetched into `raw_dir` (training never downloads: fetch a remote list
-    first, e.g. with `--scorer none`, then train), at most `ssl.max_clips` of them (the clips whose id hashes
-    lowest: a sample that does not depend on the list's order), dealt round-robin into chunks."""
+    first, e.g. with `--scorer none`, then train), at most `ssl.max_clips` of them (`_sample`), dealt
+    round-robin into chunks."""
     local = [j for j in jobs if j.path is not None or raw_path(raw_dir, j.clip_id).is_file()]
     if len(local) < len(jobs):
         log.info("ssl-train: %d clips not fetched yet are left out", len(jobs) - len(local))
-    if cfg.ssl.max_clips is not None and len(local) > cfg.ssl.max_clips:
-        chosen = set(sorted((j.clip_id for j in local), key=lambda cid: hashlib.sha1(cid.encode()).digest())
-                     [:cfg.ssl.max_clips])
-        local = [j for j in local if j.clip_id in chosen]
+    local = _sample(local, cfg.ssl.max_clips)
     n_chunks = max(1, math.ceil(len(local) / cfg.ssl.buffer_clips))
     return TrainingSet(tuple(tuple(local[k::n_chunks]) for k in range(n_chunks)), raw_dir)
 
@@ -387,7 +396,26 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
     return checkpoint
 
 
-def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: Path, progress: bool = True) -> tuple[RunConfig, str | None]:
+def _model_on_store(cfg: RunConfig, jobs: list[ClipJob], out: str, name: str, progress: bool) -> tuple[str, str]:
+    """ensure_model's training with OUT on an object store: the client downloads the training clips (at most
+    `ssl.max_clips`) into a scratch folder, trains there, and uploads the finished checkpoint and its loss log
+    to `OUT/ssl/<settings>/` (the checkpoint last: its presence means finished). Returns its URL and sha256."""
+    url = storage.join(out, "ssl", name, "model.pt")
+    with tempfile.TemporaryDirectory(prefix="s2s-ssl-") as scratch:
+        local = Path(scratch) / "ssl" / name / "model.pt"
+        if storage.exists(url):
+            storage.get_file(url, local)
+        if not local.exists() or load_checkpoint(local)[2]["step"] < cfg.ssl.steps:
+            staged = [replace(j, path=stage_in(j.clip_id, j.path, out, Path(scratch))[0])
+                      for j in _sample(jobs, cfg.ssl.max_clips)]
+            train(training_set(staged, cfg, Path(scratch) / "raw"), cfg, local, progress)
+            storage.put_file(local.with_name("loss.jsonl"), storage.join(out, "ssl", name, "loss.jsonl"))
+            storage.put_file(local, url)
+        return url, file_digest(local)
+
+
+def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
+                 progress: bool = True) -> tuple[RunConfig, str | None]:
     """The run's config with `score.checkpoint` set (training one on `jobs` when none is given), and the
     checkpoint's sha256 (part of the per-clip cache key). A moments file is checked and digested the same way;
     other scorers pass through."""
@@ -402,9 +430,12 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: Path, progress: bool 
 
         return resolve_checkpoint(cfg), file_digest(cfg.score.checkpoint)
     settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)
-    checkpoint = out / "ssl" / hashlib.sha256(settings.encode()).hexdigest()[:12] / "model.pt"
-    finished = checkpoint.exists() and load_checkpoint(checkpoint)[2]["step"] >= cfg.ssl.steps
-    if not finished:
-        train(training_set(jobs, cfg, out / "raw"), cfg, checkpoint, progress)
-    resolved = replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native"))
-    return resolved, file_digest(checkpoint)
+    name = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    if storage.is_url(str(out)):
+        checkpoint, digest = _model_on_store(cfg, jobs, str(out), name, progress)
+    else:
+        checkpoint = Path(out) / "ssl" / name / "model.pt"
+        if not (checkpoint.exists() and load_checkpoint(checkpoint)[2]["step"] >= cfg.ssl.steps):
+            train(training_set(jobs, cfg, Path(out) / "raw"), cfg, checkpoint, progress)
+        digest = file_digest(checkpoint)
+    return replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native")), digest

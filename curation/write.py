@@ -2,7 +2,7 @@
 
 Shards are byte-identical for the same inputs and config: samples go in clip-id order, tar headers carry a
 fixed mtime/owner, and each shard is written to a temp file and renamed, so a killed run never leaves a
-half-written shard under its final name.
+half-written shard under its final name (`curation.storage.atomic_output`, on a local disk or an object store).
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
 import webdataset as wds
 from PIL import Image
 
-from manifests.io import write_json
+from curation import storage
+from manifests.io import json_bytes
 
 SHARD_PATTERN = "{name}-{index:06d}.tar"
 _TAR_MTIME = 0  # fixed header time: byte-identical shards across runs
@@ -59,12 +59,20 @@ def build_sample(clip_id: str, jpgs: list[bytes], flac: bytes, label_index: int,
     return sample
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class _Counting:
+    """A write-only stream that hashes and counts what passes through it (the shard's sha256 and size without
+    reading the file back)."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.digest, self.size = stream, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.stream.write(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
 def chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -83,46 +91,41 @@ def shard_name(name: str, index: int) -> str:
     return SHARD_PATTERN.format(name=name, index=index)
 
 
-def write_shard(samples: Iterable[dict], shard_dir: Path, shard: str, split: str | None) -> ShardInfo:
-    """Write one shard (`samples` in their final order) to a temp file, fsync it and rename it into place."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    final = shard_dir / shard
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+def write_shard(samples: Iterable[dict], shard_dir: str, shard: str, split: str | None) -> ShardInfo:
+    """Write one shard (`samples` in their final order) and commit it under its name only once complete
+    (`storage.atomic_output`: temp file + rename locally, one upload on an object store)."""
     keys = []
-    with open(tmp, "wb") as stream:
-        writer = wds.TarWriter(stream, mtime=_TAR_MTIME, user="s2s", group="s2s", mode=0o444)
+    with storage.atomic_output(storage.join(str(shard_dir), shard)) as stream:
+        counted = _Counting(stream)
+        writer = wds.TarWriter(counted, mtime=_TAR_MTIME, user="s2s", group="s2s", mode=0o444)
         for sample in samples:
             writer.write(sample)
             keys.append(sample["__key__"])
         writer.close()
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, final)
-    return ShardInfo(shard=final.name, split=split, n_samples=len(keys), bytes=final.stat().st_size,
-                     sha256=_sha256(final), clip_ids=tuple(keys))
+    return ShardInfo(shard=shard, split=split, n_samples=len(keys), bytes=counted.size,
+                     sha256=counted.digest.hexdigest(), clip_ids=tuple(keys))
 
 
-def write_shard_set(samples: Iterable[dict], shard_dir: Path, name: str, split: str | None,
+def write_shard_set(samples: Iterable[dict], shard_dir: str, name: str, split: str | None,
                     samples_per_shard: int) -> list[ShardInfo]:
     """Write `samples` (already in their final order) as `name-000000.tar`, `name-000001.tar`, ..."""
     return [write_shard(chunk, shard_dir, shard_name(name, index), split)
             for index, chunk in enumerate(chunks(samples, samples_per_shard))]
 
 
-def write_wids_index(shard_dir: Path, name: str, infos: list[ShardInfo]) -> Path:
-    """`name.wids.json`: the shard list with sample counts, for random access with `wids`."""
-    path = shard_dir / f"{name}.wids.json"
-    write_json(path, {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
-                      "shardlist": [{"url": i.shard, "nsamples": i.n_samples, "filesize": i.bytes,
-                                     "sha256": i.sha256} for i in infos]})
-    return path
+def write_wids_index(shard_dir: str, name: str, infos: list[ShardInfo]) -> str:
+    """`name.wids.json`: the shard list with sample counts, for random access with `wids`; returns where."""
+    index = storage.join(str(shard_dir), f"{name}.wids.json")
+    storage.write_bytes(index, json_bytes(
+        {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
+         "shardlist": [{"url": i.shard, "nsamples": i.n_samples, "filesize": i.bytes, "sha256": i.sha256}
+                       for i in infos]}))
+    return index
 
 
-def remove_stale_shards(shard_dir: Path, keep: set[str]) -> list[str]:
+def remove_stale_shards(shard_dir: str, keep: set[str]) -> list[str]:
     """Delete shard tars and indexes a previous run left that this run did not write."""
-    removed = []
-    for path in sorted(shard_dir.glob("*.tar")) + sorted(shard_dir.glob("*.wids.json")):
-        if path.name not in keep:
-            path.unlink()
-            removed.append(path.name)
-    return removed
+    stale = [n for n in storage.listdir(str(shard_dir)) if n.endswith((".tar", ".wids.json")) and n not in keep]
+    for name in stale:
+        storage.remove(storage.join(str(shard_dir), name))
+    return sorted(stale, key=lambda n: (not n.endswith(".tar"), n))

@@ -46,30 +46,45 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write `obj` as indented, key-sorted JSON (stable bytes for stable input)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as indented, key-sorted JSON (stable bytes for stable input)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
-def write_parquet(path: str | os.PathLike, table: pa.Table, schema: pa.Schema | None = None) -> None:
-    """Atomically write `table` (cast to `schema` when given) as one parquet file."""
+def parquet_bytes(table: pa.Table, schema: pa.Schema | None = None) -> bytes:
+    """`table` (cast to `schema` when given) as one zstd parquet file."""
     if schema is not None:
         table = table.select(schema.names).cast(schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
 
 
-def write_parquet_parts(path: str | os.PathLike, parts: Iterable[pa.Table], schema: pa.Schema) -> int:
-    """Atomically write `parts` as one parquet file, one row group per part, holding one part at a time.
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write `obj` as JSON (`json_bytes`)."""
+    atomic_write_bytes(path, json_bytes(obj))
 
-    Returns the number of rows. Same parts in the same order give the same bytes."""
+
+def write_parquet(path: str | os.PathLike, table: pa.Table, schema: pa.Schema | None = None) -> None:
+    """Atomically write `table` (cast to `schema` when given) as one parquet file."""
+    atomic_write_bytes(path, parquet_bytes(table, schema))
+
+
+def stream_parquet_parts(f: BinaryIO, parts: Iterable[pa.Table], schema: pa.Schema) -> int:
+    """Write `parts` to the open file `f` as one parquet file, one row group per part, holding one part at a
+    time. Returns the number of rows. Same parts in the same order give the same bytes."""
     rows = 0
-    with atomic_file(path) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(f, schema, compression="zstd") as writer:
         for part in parts:
             writer.write_table(part.select(schema.names).cast(schema))
             rows += part.num_rows
     return rows
+
+
+def write_parquet_parts(path: str | os.PathLike, parts: Iterable[pa.Table], schema: pa.Schema) -> int:
+    """Atomically write `parts` as one parquet file (`stream_parquet_parts`); returns the number of rows."""
+    with atomic_file(path) as f:
+        return stream_parquet_parts(f, parts, schema)
 
 
 def read_parquet(path: str | os.PathLike) -> pa.Table:

@@ -43,11 +43,27 @@ def imagenet_input(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- shard lists
+def _bucket_listing(spec: str) -> bool:
+    """An `s3://` folder or glob of shards (one listing request), not a shard's own URL."""
+    return spec.startswith("s3://") and "::" not in spec and not spec.endswith(".tar")
+
+
+def _listed(spec: str) -> list[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(spec)
+    pattern = path if any(c in path for c in "*?[") else f"{path.rstrip('/')}/*.tar"
+    return sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern))
+
+
 def _expand(spec: str) -> list[str]:
-    """A folder, glob, brace pattern or URL (several joined by `::`) -> shard urls, in a stable order."""
+    """A folder, glob, brace pattern or URL (several joined by `::`; an `s3://` folder or glob is listed) ->
+    shard urls, in a stable order."""
     urls: list[str] = []
     for part in wds.shardlists.expand_urls(spec):
-        if "://" in part:
+        if _bucket_listing(part):
+            urls += _listed(part)
+        elif "://" in part:
             urls.append(part)
         elif Path(part).is_dir():
             urls += sorted(str(p) for p in Path(part).glob("*.tar"))
@@ -63,7 +79,7 @@ def resolve_shards(cfg: DataConfig) -> tuple[list[str], list[str]]:
     evaluation); patterns are used as given (evaluation defaults to the same shards, filtered by split)."""
     marker = f"-{cfg.eval_split}-"
     train = _expand(cfg.shards)
-    folder = "::" not in cfg.shards and Path(cfg.shards).is_dir()
+    folder = "::" not in cfg.shards and (Path(cfg.shards).is_dir() or _bucket_listing(cfg.shards))
     if folder:
         evaluation = [u for u in train if marker in Path(u).name]
         train = [u for u in train if marker not in Path(u).name]
@@ -169,6 +185,28 @@ def collate(samples: list[dict]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- pipelines
+def _open_shards(data: Iterable[dict], handler: Callable) -> Iterator[dict]:
+    """webdataset's `url_opener`, except that `s3://` shards are read through fsspec (s3fs: credentials and
+    endpoint from the AWS environment and config files, `AWS_ENDPOINT_URL` included)."""
+    for source in data:
+        if not source["url"].startswith("s3://"):
+            yield from wds.tariterators.url_opener([source], handler=handler)
+            continue
+        try:
+            import fsspec
+
+            yield dict(source, stream=fsspec.open(source["url"], "rb").open())
+        except Exception as exn:  # noqa: BLE001 - the configured handler decides, as for any other shard
+            if not handler(exn):
+                break
+
+
+def _tar_samples(data: Iterable[dict], handler: Callable) -> Iterator[dict]:
+    """Shard urls -> samples (webdataset's `tarfile_to_samples`, opening shards with `_open_shards`)."""
+    files = wds.tariterators.tar_file_expander(_open_shards(data, handler), handler=handler)
+    return wds.tariterators.group_by_keys(files, handler=handler)
+
+
 def pipeline(urls: list[str], cfg: DataConfig, *, select: Callable[[dict], bool],
              steps: Iterable[Any], batch_size: int, seed: int | None,
              partial: bool = True) -> wds.DataPipeline:
@@ -183,7 +221,8 @@ def pipeline(urls: list[str], cfg: DataConfig, *, select: Callable[[dict], bool]
         stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else:
         stages = [wds.SimpleShardList(urls, seed=seed), wds.split_by_node, wds.split_by_worker]
-    stages += [wds.tarfile_to_samples(handler=handler), wds.map(_with_meta, handler=handler), wds.select(select)]
+    stages += [wds.pipelinefilter(_tar_samples)(handler=handler), wds.map(_with_meta, handler=handler),
+               wds.select(select)]
     if seed is not None:
         stages.append(wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64),
                                   rng=random.Random(seed)))

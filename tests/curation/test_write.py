@@ -1,5 +1,6 @@
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -55,7 +56,7 @@ def test_flac_is_lossless_at_16_bit():
 def test_wids_index_and_stale_shard_removal(tmp_path):
     infos = write_shard_set(_samples(3), tmp_path, "x", None, samples_per_shard=1)
     index = write_wids_index(tmp_path, "x", infos)
-    spec = json.loads(index.read_text())
+    spec = json.loads(Path(index).read_text())
     assert spec["__kind__"] == "wids-shard-index-v1"
     assert [s["nsamples"] for s in spec["shardlist"]] == [1, 1, 1]
     removed = remove_stale_shards(tmp_path, {"x-000000.tar", "x.wids.json"})

@@ -56,6 +56,20 @@ def test_shards_are_read_from_urls(tiny_shards, tmp_path):
         server.shutdown()
 
 
+def test_shards_are_read_from_a_bucket(tiny_shards, tmp_path, s3):
+    s3.client().create_bucket(Bucket="shards")
+    for path in sorted(tiny_shards.glob("*.tar")):
+        s3.client().upload_file(str(path), "shards", f"run/shards/{path.name}")
+    remote = tiny_config(tiny_shards, tmp_path, "data.shards=s3://shards/run/shards")
+    local = tiny_config(tiny_shards, tmp_path)
+    train, evaluation = resolve_shards(remote.data)
+    assert [u.rsplit("/", 1)[1] for u in train + evaluation] == \
+        [u.rsplit("/", 1)[1] for u in sum(resolve_shards(local.data), [])]
+    assert train[0].startswith("s3://shards/run/shards/")
+    assert _keys(audio_batches(train, remote, "train", 8)) == \
+        _keys(audio_batches(resolve_shards(local.data)[0], local, "train", 8))
+
+
 def test_evaluation_and_validation_clips_are_never_trained_on(tiny_shards, tmp_path):
     cfg = tiny_config(tiny_shards, tmp_path, "data.val_fraction=0.25")
     everything = sorted(resolve_shards(cfg.data)[0]) + resolve_shards(cfg.data)[1]  # all shards, any order
