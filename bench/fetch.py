@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.corpus import lavfi_clip
 from bench.tables import throughput_table
 from curation.config import FetchConfig, load_config
 from curation.fetch import standardise, verify
@@ -103,19 +104,10 @@ def make_corpus(folder: Path, n: int, seconds: float) -> list[Path]:
     """`n` clips of 640x360 h264 + 44.1 kHz AAC; odd ones with the index (moov) at the end, as ffmpeg writes by
     default, which a reader that cannot seek must read whole. Reused when already there."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"clip{i:03d}.mp4"
-        if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp.mp4")
-            args = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size=640x360:rate=25:duration={seconds}", "-f", "lavfi", "-i",
-                    f"sine=frequency={220 + 20 * i}:sample_rate=44100:duration={seconds}", "-c:v", "libx264",
-                    "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-threads", "2"]
-            subprocess.run(args + (["-movflags", "+faststart"] if i % 2 == 0 else []) + [str(tmp)], check=True)
-            os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    return [lavfi_clip(folder / f"clip{i:03d}.mp4", f"testsrc2=size=640x360:rate=25:duration={seconds}",
+                       f"sine=frequency={220 + 20 * i}:sample_rate=44100:duration={seconds}",
+                       ("-preset", "veryfast", "-threads", "2", *(["-movflags", "+faststart"] if i % 2 == 0 else [])))
+            for i in range(n)]
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.corpus import lavfi_clip
 from manifests.io import write_json
 
 SOURCES = 16
@@ -35,19 +36,9 @@ SETTINGS = {"score.scorer": "synchrony", "decode.window_s": 0.5, "decode.short_s
 
 def _make_sources(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(SOURCES):
-        path = folder / f"src{i:02d}.mp4"
-        if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp.mp4")
-            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y",
-                            "-f", "lavfi", "-i", f"testsrc2=size=64x64:rate=25:duration=1,hue=h={22 * i}",
-                            "-f", "lavfi", "-i", f"sine=frequency={200 + 60 * i}:sample_rate=16000:duration=1",
-                            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(tmp)],
-                           check=True)
-            os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    return [lavfi_clip(folder / f"src{i:02d}.mp4", f"testsrc2=size=64x64:rate=25:duration=1,hue=h={22 * i}",
+                       f"sine=frequency={200 + 60 * i}:sample_rate=16000:duration=1", ("-shortest",))
+            for i in range(SOURCES)]
 
 
 def _clip_list(folder: Path, sources: list[Path], n: int) -> Path:
