@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import provenance, storage
 from curation.clip_task import ClipOutcome, cache_path, read_cached, read_scores
@@ -203,12 +204,11 @@ def keep_rates(rows: list[dict]) -> dict[str, dict]:
     return rates
 
 
-def _filter_counts(rows: list[dict]) -> dict[str, int]:
-    """How many clips each filter flagged, and how many it rejected."""
+def _filter_counts(rows: list[dict], rejected: dict[str, int]) -> dict[str, int]:
+    """How many clips each filter flagged, and how many it rejected (`rejected`: per error kind)."""
     flagged = {"still": sum(bool(r.get("still")) for r in rows), "silent": sum(bool(r.get("silent")) for r in rows),
                "in_dup_group": sum(r.get("dup_group") is not None for r in rows),
                "overlapping": sum(r.get("overlap_of") is not None for r in rows)}
-    rejected = Counter(r["error_kind"] for r in rows if r["status"] == "rejected" and r["error_kind"])
     return {**flagged, **{f"rejected_{kind}": n for kind, n in sorted(rejected.items())}}
 
 
@@ -234,7 +234,8 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[
     verdicts = _judge(cfg, clip_list, outcomes)
     labels = dict(zip(*clip_list.table.select(["clip_id", "label"]).to_pydict().values(), strict=True))
     kept = keep_clips({cid: s for cid, s in scores.items() if cid not in verdicts.rejected}, cfg.select, labels)
-    kept_rows = [r for r in clip_list.table.to_pylist() if r["clip_id"] in kept]
+    table = clip_list.table
+    kept_rows = table.filter(pc.is_in(table["clip_id"], value_set=pa.array(sorted(kept), pa.string()))).to_pylist()
     infos = _write_shards(plan_shards(kept_rows, cfg, label_index), paths, mapper)
     shards_written = time.perf_counter()
     shard_of = {cid: info.shard for info in infos for cid in info.clip_ids}
@@ -259,7 +260,7 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: dict[
     storage.write_bytes(storage.join(paths.manifests, "run.json"), json_bytes(provenance.run_record(
         cfg, summary, timings=timings, labels=list(label_index), cache_dir=paths.cache.rsplit("/", 1)[-1],
         bad_rows=[{"row": b.row, "error_kind": b.error_kind, "reason": b.reason} for b in clip_list.bad_rows],
-        keep_rate_per_label=keep_rates(rows), filters=_filter_counts(rows), **record)))
+        keep_rate_per_label=keep_rates(rows), filters=_filter_counts(rows, summary.filtered), **record)))
     return summary
 
 
