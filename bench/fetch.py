@@ -30,9 +30,9 @@ import pandas as pd
 from bench.corpus import lavfi_clip
 from bench.tables import throughput_table
 from curation.config import FetchConfig, load_config
-from curation.fetch import standardise, verify
+from curation.fetch.clip import standardise, verify
+from curation.fetch.youtube import clip_url, extract
 from curation.pipeline import run
-from curation.youtube import clip_url, extract
 from manifests.io import write_json
 from tests.media_server import MediaServer
 

@@ -1,4 +1,4 @@
-"""Mirror benchmark: archive read throughput of `curation.mirror` against `tar -xzf ARCHIVE -O > /dev/null` of the
+"""Mirror benchmark: archive read throughput of `curation.fetch.mirror` against `tar -xzf ARCHIVE -O > /dev/null` of the
 same archive, in one run (and, writing every member to disk, against `tar -xzf ARCHIVE -C DIR`), and clips/s
 through the whole pipeline from an archive vs from a folder of the same clips.
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from curation.config import load_config
-from curation.mirror import extract_archive, member_key
+from curation.fetch.mirror import extract_archive, member_key
 from curation.pipeline import run
 from manifests.io import write_json
 

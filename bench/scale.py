@@ -78,7 +78,7 @@ def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
     """Child process: the write wave alone (shards + frames.parquet) from a finished run's per-clip results."""
     from curation.clip_task import cache_path, read_outcome
     from curation.config import load_config
-    from curation.outputs import RunPaths, finish
+    from curation.outputs.assemble import RunPaths, finish
     from curation.pipeline import _client, _dask_mapper, load_clip_list, run_jobs
 
     cfg = load_config(None, {"dataset": "csv", "meta": str(clip_list), "out": str(out), **SETTINGS,
@@ -87,7 +87,7 @@ def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
     clip_list_table = load_clip_list(cfg, out)
     outcomes = {j.clip_id: read_outcome(cache_path(paths.cache, j.clip_id)) for j in run_jobs(clip_list_table)}
     with _client(cfg) as client:
-        client.run(importlib.import_module, "curation.outputs")  # as in a run, the workers have imported it
+        client.run(importlib.import_module, "curation.outputs.assemble")  # as in a run, the workers have imported it
         started = time.perf_counter()
         finish(cfg, paths, clip_list_table, outcomes, {}, _dask_mapper(client, cfg))
         wall = time.perf_counter() - started

@@ -24,9 +24,9 @@ import torch
 from curation.config import load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
+from curation.localise.score import LearnedScorer
+from curation.localise.train import ensure_model
 from curation.pipeline import load_clip_list, run, run_jobs
-from curation.score import LearnedScorer
-from curation.ssl_train import ensure_model
 from manifests.io import write_json
 
 # The bare model's batch: its fastest here (one thread, 1,280 concatenated frames, best of 7: batches of 32 / 64 /
@@ -47,7 +47,7 @@ def _best_of_2(work: Callable[[], object]) -> float:
 def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     """(frames, best-of-2 seconds) of the bare model (image maps + audio vectors + localisation) on
     pre-decoded, pre-resized inputs, in batches of BARE_BATCH."""
-    from curation.ssl_train import audio_windows
+    from curation.localise.model import audio_windows
 
     model, front, cfg = scorer.model, scorer.front, scorer.model.cfg
     images = torch.cat([scorer._images(c.frames) for c in clips])

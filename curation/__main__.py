@@ -38,8 +38,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ssl_train(args: argparse.Namespace) -> int:
     from curation import storage
+    from curation.localise.train import ensure_model
     from curation.pipeline import load_clip_list, run_jobs
-    from curation.ssl_train import ensure_model
 
     cfg = _config(args)
     if cfg.score.checkpoint:
@@ -70,7 +70,7 @@ def _select(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from curation.evaluate import write_truth_metrics
+    from curation.outputs.evaluate import write_truth_metrics
 
     path = write_truth_metrics(args.out)
     print(path.read_text().strip() if args.quiet else json.dumps(json.loads(path.read_text()), indent=2))
@@ -78,14 +78,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from curation.report import write_report
+    from curation.outputs.report import write_report
 
     print(f"report: {write_report(args.out, args.html)}")
     return 0
 
 
 def _export_moments(args: argparse.Namespace) -> int:
-    from curation.export import export_moments
+    from curation.outputs.export import export_moments
 
     done = export_moments(args.out, args.json)
     print(f"moments: {done.json_path} ({done.n_clips} clips; images/ and audios/ beside it"

@@ -8,141 +8,30 @@ the pipeline maps `process_group` over groups of clips.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import resource
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from curation import storage
-from curation.config import FetchConfig, RunConfig
+from curation.config import RunConfig
 from curation.decode import DecodedClip, decode_clip, read_frames
 from curation.errors import ClipError
-from curation.fetch import DEFAULT_FETCH, FetchGate, fetch_local, fetch_remote
-from curation.moments import MomentsScorer
+from curation.fetch.clip import FetchGate, fetch_job
+from curation.localise.moments import MomentsScorer
+from curation.localise.scorers import load_scorer
+from curation.outputs.shards import encode_flac, encode_jpeg
 from curation.quality import measure, signals_dict
-from curation.score import load_scorer
+from curation.results import ClipJob, ClipOutcome, cache_path, read_cached, read_outcome, write_cached
 from curation.select import select_moments
 from curation.staging import stage_in, stage_out
-from curation.write import encode_flac, encode_jpeg
 from manifests.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClipJob:
-    """What a worker needs to know about one clip."""
-
-    clip_id: str
-    path: str | None
-    url: str | None
-    start_s: float
-    end_s: float
-    ytid: str | None = None
-
-
-@dataclass(frozen=True)
-class ClipOutcome:
-    """The small per-clip result a task returns to the client (bulk data stays in the cache file)."""
-
-    clip_id: str
-    scored: bool
-    error_kind: str | None = None
-    error: str | None = None
-    clip_score: float | None = None
-    n_frames: int = 0
-    seconds: float = 0.0
-    score_s: float = 0.0  # time inside the scorer (throughput of the model within the pipeline)
-    score_page_faults: int = 0  # minor page faults while scoring: memory handed back to the OS and faulted in again
-    from_cache: bool = False  # read back from an earlier run's cache file, not processed now
-    quality: dict | None = None  # the data-quality filters' signals (curation.quality.Signals, ~0.8 KB)
-
-
-@dataclass(frozen=True)
-class CachedClip:
-    """A scored clip as read back from its cache file."""
-
-    outcome: ClipOutcome
-    times: np.ndarray
-    scores: np.ndarray
-    contrastive: np.ndarray | None
-    maps: np.ndarray | None  # (T, h, w) float16
-    ranks: np.ndarray
-    selected: np.ndarray
-    jpgs: list[bytes]
-    flac: bytes
-    model_id: str
-
-
-def cache_path(cache_dir: str | Path, clip_id: str) -> str:
-    """Where a clip's cache file is: a local path or a URL under OUT."""
-    return storage.join(str(cache_dir), f"{clip_id}.npz")
-
-
-def _save(path: str, outcome: ClipOutcome, arrays: dict[str, np.ndarray], model_id: str | None) -> None:
-    meta = json.dumps({"outcome": asdict(outcome), "model_id": model_id}).encode()
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
-    storage.write_bytes(path, buf.getvalue())  # whole or not at all: temp file + rename, or one PUT
-
-
-def _npz(path: str):
-    """An npz reader (never pickles); an object store's file is read whole in one request."""
-    source = io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path
-    return np.load(source, allow_pickle=False)
-
-
-def read_cached(path: str) -> CachedClip:
-    """Load one cache file (never pickles: plain arrays and a JSON header)."""
-    with _npz(path) as data:
-        meta = json.loads(data["meta"].tobytes())
-        outcome = ClipOutcome(**meta["outcome"])
-        if not outcome.scored:
-            empty = np.zeros(0)
-            return CachedClip(outcome, empty, empty, None, None, empty, empty, [], b"", meta["model_id"] or "")
-        n_jpgs = sum(1 for key in data.files if key.startswith("jpg"))
-        return CachedClip(outcome=outcome, times=data["t"], scores=data["score"],
-                          contrastive=data["contrastive"] if "contrastive" in data.files else None,
-                          maps=data["maps"] if "maps" in data.files else None, ranks=data["rank"],
-                          selected=data["selected"], jpgs=[data[f"jpg{i}"].tobytes() for i in range(n_jpgs)],
-                          flac=data["flac"].tobytes(), model_id=meta["model_id"])
-
-
-@dataclass(frozen=True)
-class ClipScores:
-    """A scored clip's per-frame arrays, without its media: what frames.parquet needs."""
-
-    times: np.ndarray
-    scores: np.ndarray
-    contrastive: np.ndarray | None
-    ranks: np.ndarray
-    selected: np.ndarray
-
-
-def read_scores(path: str) -> ClipScores:
-    """The per-frame arrays of a scored clip's cache file; its JPEGs and FLAC are never decompressed (an npz
-    member is only read when asked for; a local file's are not even read from disk)."""
-    with _npz(path) as data:
-        return ClipScores(times=data["t"], scores=data["score"],
-                          contrastive=data["contrastive"] if "contrastive" in data.files else None,
-                          ranks=data["rank"], selected=data["selected"])
-
-
-def read_outcome(path: str) -> ClipOutcome:
-    with _npz(path) as data:
-        return ClipOutcome(**json.loads(data["meta"].tobytes())["outcome"])
-
-
-def fetch_job(job: ClipJob, raw_dir: Path, fetch_cfg: FetchConfig = DEFAULT_FETCH, gate: FetchGate | None = None):
-    """The clip's source as a local file under `raw_dir` (fetched once, reused by later runs)."""
-    if job.path is not None:
-        return fetch_local(job.path, job.clip_id, job.start_s, job.end_s, raw_dir, fetch_cfg)
-    return fetch_remote(job.clip_id, job.ytid, job.url, job.start_s, job.end_s, raw_dir, fetch_cfg, gate)
 
 
 def _moment_arrays(times: np.ndarray, scores: np.ndarray, contrastive: np.ndarray | None, frames, cfg: RunConfig):
@@ -206,7 +95,7 @@ def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
         log.exception("unexpected failure on clip %s", job.clip_id)
         return ClipOutcome(job.clip_id, scored=False, error_kind="internal_error",
                            error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started)
-    _save(path, outcome, arrays, model_id)
+    write_cached(path, outcome, arrays, model_id)
     return outcome
 
 
@@ -272,7 +161,7 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
         return read_outcome(target)
     old = read_cached(cache_path(old_cache, job.clip_id))
     if not old.outcome.scored:
-        _save(target, old.outcome, {}, old.model_id)
+        write_cached(target, old.outcome, {}, old.model_id)
         return old.outcome
     started = time.perf_counter()
     fetched = fetch_job(job, raw_dir, cfg.fetch)
@@ -287,7 +176,7 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
     if old.maps is not None:
         arrays["maps"] = old.maps
     outcome = replace(old.outcome, clip_score=moments.clip_score, seconds=time.perf_counter() - started)
-    _save(target, outcome, arrays, old.model_id)
+    write_cached(target, outcome, arrays, old.model_id)
     return outcome
 
 

@@ -52,7 +52,7 @@ class ScoreConfig:
     # ("frame"), other clips' frames ("audio"), or the average of the two ("both"); README has the measurements
     save_maps: bool = False  # write every frame's heat map to OUT/maps/<clip_id>.npy (float16)
     moments: str | None = None  # scorer `moments`: an official top1_boxes_top10_moments.json to curate from
-    moments_first_frame: int = 1  # the number of a clip's first frame in that file (official: 1; see curation.moments)
+    moments_first_frame: int = 1  # number of a clip's first frame in that file (official: 1; localise/moments.py)
 
 
 @dataclass(frozen=True)

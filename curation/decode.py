@@ -94,7 +94,7 @@ class MediaInfo:
     height: int
     video_codec: str
     duration_s: float  # where the longer of video and audio ends, by the headers
-    # A stream-copied section keeps its source's timeline (`curation.fetch`): its first frame is not at 0.
+    # A stream-copied section keeps its source's timeline (`curation.fetch.clip`): its first frame is not at 0.
     video_start_s: float = 0.0
     audio_codec: str = ""
     sample_rate: int = 0

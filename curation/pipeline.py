@@ -24,23 +24,15 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from curation import storage
-from curation.clip_task import (
-    ClipJob,
-    ClipOutcome,
-    cache_path,
-    import_decoders,
-    process_group,
-    read_outcome,
-    reselect_group,
-    warm_up,
-)
+from curation.clip_task import import_decoders, process_group, reselect_group, warm_up
 from curation.config import RunConfig, config_from_dict
 from curation.errors import UsageError, require_tools
-from curation.fetch_control import ClusterGate, StopCounter, forget_transient_failures
-from curation.mirror import extract_archive, plan_source, resolve_source, source_jobs
-from curation.outputs import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
-from curation.published import resolve_checkpoint
-from curation.ssl_train import ensure_model
+from curation.fetch.control import ClusterGate, StopCounter, forget_transient_failures
+from curation.fetch.mirror import extract_archive, plan_source, resolve_source, source_jobs
+from curation.localise.published import resolve_checkpoint
+from curation.localise.train import ensure_model
+from curation.outputs.assemble import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
+from curation.results import ClipJob, ClipOutcome, cache_path, read_outcome
 from manifests.io import parquet_bytes
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
 from manifests.vegas import read_vegas
@@ -126,6 +118,20 @@ def run_jobs(clip_list: ClipList) -> list[ClipJob]:
     """One job per valid row of the clip list."""
     cols = clip_list.table.select(["clip_id", "path", "url", "ytid", "start_s", "end_s"]).to_pylist()
     return [ClipJob(**row) for row in cols]
+
+
+def _cluster_event(name: str):
+    """The run's cluster-wide stop flag (lives on the scheduler; any worker may set or read it)."""
+    from dask.distributed import Event
+
+    return Event(name)
+
+
+def _cluster_semaphore(max_leases: int, name: str):
+    """A host's cluster-wide fetch slots (lives on the scheduler; a dead worker's lease expires)."""
+    from dask.distributed import Semaphore
+
+    return Semaphore(max_leases=max_leases, name=name)
 
 
 def _groups(jobs: list[ClipJob], size: int) -> Iterator[list[ClipJob]]:
@@ -293,7 +299,8 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     storage.write_bytes(storage.join(paths.manifests, "clips.parquet"),
                         parquet_bytes(pending_clips_table(clip_list, label_index_of(clip_list))))
     retried = forget_transient_failures(paths.cache, [j.clip_id for j in jobs]) if cfg.fetch.retry_failed else 0
-    gate = ClusterGate(cfg.fetch) if any(j.path is None for j in jobs) else None  # url / YouTube rows
+    remote_rows = any(j.path is None for j in jobs)  # url / YouTube rows
+    gate = ClusterGate(cfg.fetch, _cluster_event, _cluster_semaphore) if remote_rows else None
     stop = StopCounter(cfg.fetch.stop_after, gate.request_stop if gate else None)
     loaded = time.perf_counter()
     with _client(cfg, client) as client:

@@ -4,7 +4,7 @@ import pytest
 
 from curation.clip_task import warm_up
 from curation.config import RunConfig, ScoreConfig
-from curation.score import load_scorer
+from curation.localise.scorers import load_scorer
 
 
 @pytest.mark.parametrize("scorer", ["none", "synchrony"])

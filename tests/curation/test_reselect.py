@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from curation.config import load_config
-from curation.evaluate import average_precision, truth_metrics
+from curation.outputs.evaluate import average_precision, truth_metrics
+from curation.outputs.report import write_report
 from curation.pipeline import reselect, run
-from curation.report import write_report
 
 BASE = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
         "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,

@@ -1,12 +1,12 @@
 """Fetch stage: bring a clip's source into `OUT/raw/<clip_id>.mp4`, re-encoding only what must be.
 
 Local files that are already h264 mp4/mov with audio are hard-linked (or copied) untouched: no re-encode,
-the cost that dominates other tools. A row's own http(s) URL gets the same treatment (`curation.fetch_http`):
+the cost that dominates other tools. A row's own http(s) URL gets the same treatment (`curation.fetch.http`):
 a host that can seek has only the clip's section read, by stream copy from the keyframe before the start; one
 that cannot is read whole, once, and a short source is kept as it is. Such files keep their source's timeline,
 so the exact [start, end) is applied at decode time; the offset is recorded beside the file
 (`raw/<clip_id>.fetch.json`). Everything else (other codecs, taller video, YouTube's separate streams chosen by
-yt-dlp, `curation.youtube`) goes through one standardisation: a single ffmpeg run cuts [start, end), encodes
+yt-dlp, `curation.fetch.youtube`) goes through one standardisation: a single ffmpeg run cuts [start, end), encodes
 h264 (short side <= fetch.max_height) and AAC at the source's sample rate, and ffprobe checks the result before
 it is renamed into place. A fetched clip is reused by every later run.
 """
@@ -27,9 +27,10 @@ from pathlib import Path
 from curation.config import FetchConfig
 from curation.decode import MediaInfo, probe_media
 from curation.errors import ClipError
-from curation.fetch_errors import from_ffmpeg, network_trouble, source_duration_s
-from curation.fetch_http import cookie_headers, cookie_jar, download, open_source, read_whole, scratch_path
-from curation.youtube import MediaInput, clip_url, extract, host_of
+from curation.fetch.errors import from_ffmpeg, network_trouble, source_duration_s
+from curation.fetch.http import cookie_headers, cookie_jar, download, open_source, read_whole, scratch_path
+from curation.fetch.youtube import MediaInput, clip_url, extract, host_of
+from curation.results import ClipJob
 from manifests.ids import is_safe_clip_id, is_youtube_clip_id
 from manifests.io import atomic_write_bytes
 
@@ -402,3 +403,10 @@ def fetch_remote(clip_id: str, ytid: str | None, url: str | None, start_s: float
         return Fetched(dst, 0.0)
 
     return with_retries(attempt, cfg, gate)
+
+
+def fetch_job(job: ClipJob, raw_dir: Path, fetch_cfg: FetchConfig = DEFAULT_FETCH, gate: FetchGate | None = None):
+    """The clip's source as a local file under `raw_dir` (fetched once, reused by later runs)."""
+    if job.path is not None:
+        return fetch_local(job.path, job.clip_id, job.start_s, job.end_s, raw_dir, fetch_cfg)
+    return fetch_remote(job.clip_id, job.ytid, job.url, job.start_s, job.end_s, raw_dir, fetch_cfg, gate)

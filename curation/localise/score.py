@@ -1,23 +1,18 @@
 """Score stage: per-frame audio-visual correspondence (higher = the sound comes from what is on screen).
 
 A scorer maps a decoded clip (frames + one audio window per frame) to a score per frame and optionally a
-coarse heat map per frame. Scorers are loaded once per worker process (`load_scorer` is cached).
+coarse heat map per frame. Scorers are loaded once per worker process (`localise.scorers.load_scorer`).
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from curation import storage
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
-
-if TYPE_CHECKING:
-    from curation.moments import MomentsScorer
 
 
 @dataclass(frozen=True)
@@ -106,7 +101,7 @@ class SynchronyScorer:
 
 
 class LearnedScorer:
-    """The EZ-VSL-style localisation model trained by ssl-train (published checkpoints: `curation.published`):
+    """The EZ-VSL-style localisation model trained by ssl-train (published checkpoints: `curation.localise.published`):
     raw score = the best map position's cosine similarity with the frame's own audio. The contrastive score
     subtracts how well the frame matches other clips' audio on average (a frame that matches any sound is not
     evidence) and how well the audio matches other clips' frames (silence or a generic sound that matches any
@@ -115,8 +110,8 @@ class LearnedScorer:
     def __init__(self, cfg: ScoreConfig):
         import torch
 
-        from curation.ssl_model import AudioFrontEnd
-        from curation.ssl_train import file_digest, load_checkpoint
+        from curation.localise.checkpoint import file_digest, load_checkpoint
+        from curation.localise.model import AudioFrontEnd
 
         if not cfg.checkpoint:
             raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
@@ -135,7 +130,7 @@ class LearnedScorer:
         import torch
         import torch.nn.functional as F
 
-        from curation.ssl_train import square_frames
+        from curation.localise.model import square_frames
 
         x = torch.from_numpy(np.ascontiguousarray(square_frames(frames))).permute(0, 3, 1, 2)
         size = self.model.cfg.image_size
@@ -152,7 +147,7 @@ class LearnedScorer:
     def score(self, clip: DecodedClip) -> ScoreResult:
         import torch
 
-        from curation.ssl_train import audio_windows
+        from curation.localise.model import audio_windows
 
         cfg = self.model.cfg
         audio = torch.from_numpy(clip.audio)
@@ -172,25 +167,3 @@ class LearnedScorer:
         return ScoreResult(scores=torch.cat(raw).numpy().astype(np.float32),
                            maps=torch.cat(maps).numpy().astype(np.float32),
                            contrastive=torch.cat(contrast).numpy().astype(np.float32) if contrast else None)
-
-
-@functools.lru_cache(maxsize=4)
-def load_scorer(cfg: ScoreConfig) -> Scorer | MomentsScorer:
-    """The configured scorer, built once per process (workers reuse it across tasks)."""
-    if cfg.scorer == "none":
-        return NoScorer()
-    if cfg.scorer == "synchrony":
-        return SynchronyScorer(cfg.grid)
-    if cfg.scorer == "ssl":
-        from curation.published import PublishedScorer, checkpoint_format
-
-        if cfg.checkpoint and storage.is_url(cfg.checkpoint):  # a model in OUT on an object store
-            cfg = replace(cfg, checkpoint=storage.local_copy(cfg.checkpoint))
-        fmt = checkpoint_format(cfg.checkpoint) if cfg.checkpoint and cfg.checkpoint_format == "auto" \
-            else cfg.checkpoint_format
-        return PublishedScorer(replace(cfg, checkpoint_format=fmt)) if fmt in ("ezvsl", "slavc") else LearnedScorer(cfg)
-    if cfg.scorer == "moments":
-        from curation.moments import MomentsScorer
-
-        return MomentsScorer(cfg)
-    raise ValueError(f"unknown scorer {cfg.scorer!r}")

@@ -17,11 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import provenance, storage
-from curation.clip_task import ClipOutcome, cache_path, read_cached, read_scores
 from curation.config import RunConfig
-from curation.quality import Verdicts, judge
-from curation.select import keep_clips, moment_scores
-from curation.write import (
+from curation.outputs.shards import (
     ShardInfo,
     build_sample,
     chunks,
@@ -30,6 +27,9 @@ from curation.write import (
     write_shard,
     write_wids_index,
 )
+from curation.quality import Verdicts, judge
+from curation.results import ClipOutcome, cache_path, read_cached, read_scores
+from curation.select import keep_clips, moment_scores
 from manifests.io import json_bytes, parquet_bytes, stream_parquet_parts
 from manifests.readers import ClipList
 from manifests.schema import CLIPS_SCHEMA, FRAMES_SCHEMA, SHARDS_SCHEMA

@@ -7,7 +7,7 @@ import soundfile
 import webdataset as wds
 import wids
 
-from curation.write import (
+from curation.outputs.shards import (
     build_sample,
     encode_flac,
     encode_jpeg,
@@ -68,7 +68,7 @@ def test_wids_index_and_stale_shard_removal(tmp_path):
 
 def test_the_shard_plan_depends_only_on_the_kept_clips_not_their_order():
     from curation.config import load_config
-    from curation.outputs import plan_shards
+    from curation.outputs.assemble import plan_shards
 
     cfg = load_config(None, {"write.samples_per_shard": 2, "write.name": "csv"})
     rows = [{"clip_id": f"c{i}", "dataset": "csv", "ytid": None, "start_s": 0.0, "end_s": 1.0,

@@ -12,9 +12,9 @@ from media_server import MediaServer
 from curation.config import DecodeConfig, FetchConfig
 from curation.decode import decode_clip
 from curation.errors import ClipError
-from curation.fetch import fetch_remote, probe_output
-from curation.fetch_errors import from_ffmpeg, from_ytdlp
-from curation.youtube import clip_url
+from curation.fetch.clip import fetch_remote, probe_output
+from curation.fetch.errors import from_ffmpeg, from_ytdlp
+from curation.fetch.youtube import clip_url
 
 CFG = FetchConfig(socket_timeout_s=0.5, retries=2, backoff_s=0.05, backoff_max_s=5.0)
 DECODE = DecodeConfig(short_side=64)

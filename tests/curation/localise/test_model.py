@@ -1,6 +1,6 @@
 import torch
 
-from curation.ssl_model import AudioFrontEnd, AVLocalizer, SSLModelConfig
+from curation.localise.model import AudioFrontEnd, AVLocalizer, SSLModelConfig
 
 
 def test_full_size_model_gives_7x7_maps_at_224_and_cosine_localisation():

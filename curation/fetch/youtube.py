@@ -2,7 +2,7 @@
 
 Only yt-dlp's Python API is used, never its command line: the clip's URL is a value, so no id or URL can
 become an option. yt-dlp extracts the video and picks formats (h264 <= 360p first, decord cannot open AV1);
-ffmpeg (`curation.fetch`) then reads only the clip's section from the chosen media URLs with HTTP range
+ffmpeg (`curation.fetch.clip`) then reads only the clip's section from the chosen media URLs with HTTP range
 requests, which is what yt-dlp's own `download_ranges` does, but with its errors kept and a time limit.
 """
 
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from curation.config import FetchConfig
 from curation.errors import ClipError
-from curation.fetch_errors import from_ytdlp
+from curation.fetch.errors import from_ytdlp
 from manifests.ids import is_valid_ytid
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.clip_task import cache_path, read_cached
 from curation.config import config_from_dict
 from curation.errors import UsageError
-from curation.moments import FILE_NAME, frame_numbers, official_key, square_jpeg, wav_16k
+from curation.localise.moments import FILE_NAME, frame_numbers, official_key, square_jpeg, wav_16k
+from curation.results import cache_path, read_cached
 from manifests.io import atomic_write_bytes, read_parquet, write_json
 
 

@@ -15,14 +15,14 @@ from curation.clip_task import ClipJob
 from curation.config import load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
-from curation.score import LearnedScorer
-from curation.ssl_train import (
+from curation.localise.checkpoint import load_checkpoint
+from curation.localise.score import LearnedScorer
+from curation.localise.train import (
     TrainingClips,
     _Chunks,
     _swap_backgrounds,
     clip_backgrounds,
     ensure_model,
-    load_checkpoint,
     load_training_clips,
     train,
     training_set,

@@ -23,7 +23,7 @@ from scipy.signal import resample_poly
 
 from curation.config import RunConfig, ScoreConfig
 from curation.errors import ClipError, UsageError
-from curation.score import ScoreResult
+from curation.localise.score import ScoreResult
 
 FPS = 10  # the official frames are extracted at 10 fps
 TOP = 10

@@ -1,5 +1,5 @@
-"""Clips from a mirror (curation.mirror): archives read as streams, loose clips linked, a bucket through the storage
-layer; damaged archives, corrupt members and missing clips end as per-clip failures, never the run's."""
+"""Clips from a mirror (curation.fetch.mirror): archives read as streams, loose clips linked, a bucket through
+storage; damaged archives, corrupt members and missing clips end as per-clip failures, never the run's."""
 
 import io
 import json
@@ -15,7 +15,7 @@ from curation.__main__ import main
 from curation.clip_task import ClipJob
 from curation.config import load_config
 from curation.errors import SourceError
-from curation.mirror import extract_archive, member_key, plan_source, resolve_source, row_key, source_jobs
+from curation.fetch.mirror import extract_archive, member_key, plan_source, resolve_source, row_key, source_jobs
 from curation.pipeline import run
 from manifests.readers import read_vggsound
 

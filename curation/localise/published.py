@@ -23,8 +23,8 @@ from torch import nn
 from curation.config import RunConfig, ScoreConfig
 from curation.decode import DecodedClip
 from curation.errors import CheckpointError
-from curation.score import ScoreResult
-from curation.ssl_model import AVLocalizer, CheckpointKeyError, ResNet18Trunk, SSLModelConfig, load_state_strict
+from curation.localise.model import AVLocalizer, CheckpointKeyError, ResNet18Trunk, SSLModelConfig, load_state_strict
+from curation.localise.score import ScoreResult
 
 TEMPERATURE = 0.03  # the authors' tau: maps and scores are cosine / 0.03, as their test code reports them
 SAMPLE_RATE = 16000  # VGGSound's rate, the only one these models were trained at
@@ -153,7 +153,7 @@ def load_published(path: str | Path, layout: str = "auto") -> tuple[nn.Module, s
 
 def checkpoint_format(path: str | Path) -> str:
     """`native` for a file written by ssl-train, else the published layout (or a CheckpointError)."""
-    from curation.ssl_train import CHECKPOINT_FORMAT
+    from curation.localise.checkpoint import CHECKPOINT_FORMAT
 
     blob = safe_load(path)
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
@@ -164,7 +164,7 @@ def checkpoint_format(path: str | Path) -> str:
 def resolve_checkpoint(cfg: RunConfig) -> RunConfig:
     """The run's config with `score.checkpoint_format` made concrete, once the checkpoint has loaded here (a bad
     file is one line at start, not a failure on every worker)."""
-    from curation.ssl_train import load_checkpoint
+    from curation.localise.checkpoint import load_checkpoint
 
     score = cfg.score
     if not Path(score.checkpoint).is_file():
@@ -214,7 +214,7 @@ class PublishedScorer:
     There is no reference bank, so no contrastive score."""
 
     def __init__(self, cfg: ScoreConfig):
-        from curation.ssl_train import file_digest
+        from curation.localise.checkpoint import file_digest
 
         torch.set_num_threads(1)  # one worker process per core
         self.model, self.layout = load_published(cfg.checkpoint, cfg.checkpoint_format)

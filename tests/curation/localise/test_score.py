@@ -2,7 +2,8 @@ import numpy as np
 
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
-from curation.score import NoScorer, SynchronyScorer, load_scorer
+from curation.localise.score import NoScorer, SynchronyScorer
+from curation.localise.scorers import load_scorer
 
 FPS, SR, SECONDS = 10, 16000, 6
 

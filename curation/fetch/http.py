@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 from curation.config import FetchConfig
 from curation.errors import ClipError
-from curation.fetch_errors import RETRIABLE_KINDS, http_kind, retry_after_s
+from curation.fetch.errors import RETRIABLE_KINDS, http_kind, retry_after_s
 
 CHUNK = 1 << 20
 USER_AGENT = "sound2scene-curation/1 (direct media fetch)"

@@ -1,11 +1,12 @@
 """Cluster-wide control of fetching, for the pipeline's wiring: per-host limits, the global stop, retry-failed.
 
 Fetch code sees only a `FetchGate` (admit me to this host? is the run stopping?); this module answers with
-Dask's coordination primitives, which live on the scheduler and so span every worker:
-- a `distributed.Semaphore` per host caps concurrent fetches at `fetch.per_host`, and a lease is held at
+cluster-wide coordination primitives that the pipeline hands in (Dask's, which live on the scheduler and so span
+every worker; this module never imports Dask):
+- a semaphore per host caps concurrent fetches at `fetch.per_host`, and a lease is held at
   least `per_host / rate_limit` s, which bounds the start rate at `rate_limit` per second. It is named by
   host and cap, not by run, so runs sharing a cluster also share each host's cap;
-- a `distributed.Event` is the global stop, set by the client when `fetch.stop_after` clips in a row came
+- an event is the global stop, set by the client when `fetch.stop_after` clips in a row came
   back `rate_limited` or `bot_check` (a banned IP must not burn the rest of the list).
 """
 
@@ -15,30 +16,32 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from curation import storage
-from curation.clip_task import ClipOutcome, cache_path, read_outcome
 from curation.config import FetchConfig
 from curation.errors import TRANSIENT_KINDS, ClipError
-from curation.fetch import FetchGate
+from curation.fetch.clip import FetchGate
+from curation.results import ClipOutcome, cache_path, read_outcome
 
 STOP_KINDS = frozenset({"rate_limited", "bot_check"})
 _SEMAPHORES: dict[str, object] = {}  # per worker process: one Semaphore object per host and cap
 
 
 class ClusterGate(FetchGate):
-    """A FetchGate backed by scheduler-side primitives; pickles as names and numbers only."""
+    """A FetchGate backed by scheduler-side primitives: `event(name)` returns the named cluster-wide event,
+    `semaphore(max_leases, name)` the named semaphore. Both must be module-level functions, so the gate pickles
+    as names and numbers only."""
 
-    def __init__(self, cfg: FetchConfig):
+    def __init__(self, cfg: FetchConfig, event: Callable[[str], Any], semaphore: Callable[[int, str], Any]):
+        self.event, self.semaphore = event, semaphore
         self.stop_name = f"s2s-fetch-stop-{uuid.uuid4().hex[:12]}"  # one per run: a stop ends this run only
         self.per_host, self.rate_limit = cfg.per_host, cfg.rate_limit
         # A slot is free again within one fetch's time limit (or a dead worker's lease expiring).
         self.wait_s = cfg.timeout_s + 2 * cfg.socket_timeout_s + 60
 
     def _event(self):
-        from distributed import Event
-
-        return Event(self.stop_name)
+        return self.event(self.stop_name)
 
     def stopped(self) -> bool:
         return self._event().is_set()
@@ -47,11 +50,9 @@ class ClusterGate(FetchGate):
         self._event().set()
 
     def _semaphore(self, host: str):
-        from distributed import Semaphore
-
         name = f"s2s-fetch-host-{host}-max{self.per_host}"
         if name not in _SEMAPHORES:
-            _SEMAPHORES[name] = Semaphore(max_leases=self.per_host, name=name)
+            _SEMAPHORES[name] = self.semaphore(self.per_host, name)
         return _SEMAPHORES[name]
 
     @contextlib.contextmanager

@@ -7,7 +7,7 @@ from conftest import make_av
 from curation.config import FetchConfig
 from curation.decode import probe_media
 from curation.errors import ClipError
-from curation.fetch import FetchGate, fetch_local, probe_output, raw_path, with_retries
+from curation.fetch.clip import FetchGate, fetch_local, probe_output, raw_path, with_retries
 
 
 def test_h264_mp4_is_linked_untouched_and_reused(tmp_path):

@@ -3,7 +3,7 @@
 Image trunk: ResNet-18 layout -> spatial map -> 1x1 projection. Audio trunk: ResNet-18 layout with a
 1-channel first conv over a log spectrogram -> global max-pool -> linear projection. The localisation map
 is the cosine similarity between the audio vector and every map position. At full width the parameter names
-are torchvision's, so published EZ-VSL / FNAC checkpoints load (`curation.published`). Nothing is downloaded.
+are torchvision's, so published EZ-VSL / FNAC checkpoints load (`curation.localise.published`). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -175,3 +176,20 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     if missing or unexpected or mismatched:
         raise CheckpointKeyError(source, missing, unexpected, mismatched)
     model.load_state_dict(state, strict=False)
+
+
+def square_frames(frames: np.ndarray) -> np.ndarray:
+    """Centre square crop of (T, H, W, 3) frames."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return frames[:, top:top + side, left:left + side]
+
+
+def audio_windows(audio: torch.Tensor, centres_s: torch.Tensor, window_s: float, rate: int) -> torch.Tensor:
+    """Windows of `window_s` centred on each time, shifted inward at the clip's edges (as decode does)."""
+    width = int(round(window_s * rate))
+    if len(audio) < width:
+        audio = F.pad(audio, (0, width - len(audio)))
+    starts = torch.clamp(torch.round(centres_s * rate).long() - width // 2, 0, len(audio) - width)
+    return audio.unfold(0, width, 1)[starts] if len(starts) else audio.new_zeros((0, width))

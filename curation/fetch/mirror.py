@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import storage
-from curation.clip_task import ClipJob, ClipOutcome
 from curation.errors import SourceError
-from curation.fetch import raw_path
+from curation.fetch.clip import raw_path
+from curation.results import ClipJob, ClipOutcome
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 COPY_CHUNK = 1 << 20

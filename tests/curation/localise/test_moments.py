@@ -8,7 +8,7 @@ import pytest
 
 from curation.config import ConfigError, ScoreConfig, SelectConfig, load_config
 from curation.errors import ClipError
-from curation.moments import MomentsError, MomentsScorer, frame_numbers, official_key, read_moments
+from curation.localise.moments import MomentsError, MomentsScorer, frame_numbers, official_key, read_moments
 from curation.select import select_moments
 
 TIMES = np.arange(100) / 10.0  # a 10-s clip at 10 fps

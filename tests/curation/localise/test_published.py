@@ -16,8 +16,8 @@ from torch import nn
 from curation.config import ConfigError, DecodeConfig, ScoreConfig, load_config
 from curation.decode import decode_clip
 from curation.errors import CheckpointError
-from curation.published import PublishedScorer, SLAVCLocalizer, images, load_published, spectrograms
-from curation.score import load_scorer
+from curation.localise.published import PublishedScorer, SLAVCLocalizer, images, load_published, spectrograms
+from curation.localise.scorers import load_scorer
 
 WAV = "FwVYUHKoLtQ_000034.wav"
 

@@ -23,8 +23,8 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy.ndimage import zoom  # noqa: E402
 
-from curation.clip_task import cache_path, read_cached  # noqa: E402
-from curation.evaluate import truth_metrics  # noqa: E402
+from curation.outputs.evaluate import truth_metrics  # noqa: E402
+from curation.results import cache_path, read_cached  # noqa: E402
 from manifests.io import atomic_write_bytes  # noqa: E402
 
 _N_MOMENTS = 8

@@ -12,7 +12,6 @@ a backdrop never predicts a sound (measured on the demo world, README "How the d
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -29,17 +28,24 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from curation import storage
-from curation.clip_task import ClipJob, fetch_job
 from curation.config import ConfigError, RunConfig, SSLConfig
 from curation.decode import decode_clip
-from curation.errors import CheckpointError, ClipError
-from curation.fetch import raw_path
-from curation.ssl_model import AudioFrontEnd, AVLocalizer, SSLModelConfig, load_state_strict
+from curation.errors import ClipError
+from curation.fetch.clip import fetch_job, raw_path
+from curation.localise.checkpoint import file_digest, load_checkpoint, save_checkpoint
+from curation.localise.model import (
+    AudioFrontEnd,
+    AVLocalizer,
+    SSLModelConfig,
+    audio_windows,
+    load_state_strict,
+    square_frames,
+)
+from curation.results import ClipJob
 from curation.staging import stage_in
 from manifests.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "s2s-ssl-v1"
 _CROP_MARGIN = 1.15  # frames are kept this much larger than the model input, for random crops
 _FOREGROUND_LEVEL = 40  # a pixel is foreground where a channel differs from the clip's median by more (0..255)
 _MAX_FOREGROUND = 0.5  # a larger foreground means the camera moved: such frames are never swapped
@@ -82,14 +88,6 @@ def model_config(ssl: SSLConfig, sample_rate: int) -> SSLModelConfig:
     return SSLModelConfig(widths=ssl.widths, image_maxpool=ssl.image_maxpool, image_size=ssl.image_size,
                           dim=ssl.dim, sample_rate=sample_rate, window_s=ssl.window_s, n_fft=ssl.n_fft, hop=ssl.hop,
                           n_mels=ssl.n_mels)
-
-
-def square_frames(frames: np.ndarray) -> np.ndarray:
-    """Centre square crop of (T, H, W, 3) frames."""
-    h, w = frames.shape[1:3]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return frames[:, top:top + side, left:left + side]
 
 
 def _decode_for_training(job: ClipJob, cfg: RunConfig, raw_dir: Path, side: int):
@@ -201,15 +199,6 @@ class _Chunks:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def audio_windows(audio: torch.Tensor, centres_s: torch.Tensor, window_s: float, rate: int) -> torch.Tensor:
-    """Windows of `window_s` centred on each time, shifted inward at the clip's edges (as decode does)."""
-    width = int(round(window_s * rate))
-    if len(audio) < width:
-        audio = F.pad(audio, (0, width - len(audio)))
-    starts = torch.clamp(torch.round(centres_s * rate).long() - width // 2, 0, len(audio) - width)
-    return audio.unfold(0, width, 1)[starts] if len(starts) else audio.new_zeros((0, width))
-
-
 def _augment_images(frames: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     """Random resized crop (60-100 % of the side), horizontal flip and brightness/contrast/saturation jitter.
 
@@ -275,35 +264,6 @@ def mil_infonce(maps: torch.Tensor, vectors: torch.Tensor, temperature: float) -
     target = torch.arange(len(logits), device=logits.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     return loss, float((logits.argmax(dim=1) == target).float().mean())
-
-
-def save_checkpoint(path: Path, model: AVLocalizer, optimizer, step: int, bank: dict[str, torch.Tensor] | None,
-                    train_cfg: SSLConfig) -> None:
-    buf = io.BytesIO()
-    state = {key: value.cpu() for key, value in model.state_dict().items()}  # loads anywhere, CUDA-trained or not
-    torch.save({"format": CHECKPOINT_FORMAT, "model_config": model.cfg.to_dict(), "model": state,
-                "optimizer": optimizer.state_dict() if optimizer is not None else None, "step": step,
-                "bank": bank, "train_config": json.dumps(train_cfg.__dict__, default=list)}, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tensor] | None, dict]:
-    """A checkpoint written by `ssl-train`: the model (eval mode), its reference banks, and the raw blob."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an ssl-train checkpoint (format {CHECKPOINT_FORMAT}): for a published "
-                              "EZ-VSL / FNAC / SLAVC checkpoint set score.checkpoint_format = auto")
-    model = AVLocalizer(SSLModelConfig.from_dict(blob["model_config"]))
-    load_state_strict(model, blob["model"], str(path))
-    return model.eval(), blob["bank"], blob
-
-
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -420,13 +380,13 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
     checkpoint's sha256 (part of the per-clip cache key). A moments file is checked and digested the same way;
     other scorers pass through."""
     if cfg.score.scorer == "moments":
-        from curation.moments import resolve_moments
+        from curation.localise.moments import resolve_moments
 
         return resolve_moments(cfg)
     if cfg.score.scorer != "ssl":
         return cfg, None
     if cfg.score.checkpoint:
-        from curation.published import resolve_checkpoint
+        from curation.localise.published import resolve_checkpoint
 
         return resolve_checkpoint(cfg), file_digest(cfg.score.checkpoint)
     settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)

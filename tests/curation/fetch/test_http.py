@@ -12,7 +12,7 @@ from media_server import MediaServer
 from curation.config import DecodeConfig, FetchConfig
 from curation.decode import decode_clip
 from curation.errors import ClipError
-from curation.fetch import fetch_local, fetch_remote, probe_output
+from curation.fetch.clip import fetch_local, fetch_remote, probe_output
 
 CFG = FetchConfig(socket_timeout_s=5.0, retries=2, backoff_s=0.05, backoff_max_s=5.0)  # a loaded machine is slow
 DECODE = DecodeConfig(short_side=64)
