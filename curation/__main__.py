@@ -68,12 +68,11 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from curation.evaluate import write_truth_metrics
+    from manifests.io import json_bytes
 
-    path = write_truth_metrics(args.out)
-    print(path.read_text().strip() if args.quiet else json.dumps(json.loads(path.read_text()), indent=2))
+    _, metrics = write_truth_metrics(args.out)
+    print(json_bytes(metrics).decode().strip())  # what the file holds
     return 0
 
 
