@@ -15,7 +15,11 @@ from conftest import make_av
 
 from curation.__main__ import main
 from curation.config import load_config
-from curation.pipeline import reselect, run
+from curation.mirror import plan_source, resolve_source
+from curation.pipeline import reselect, run, run_jobs
+from curation.ssl_train import ensure_model
+from curation.staging import stage_inputs
+from manifests.readers import read_vggsound
 
 # one small demo world, its model trained by the local run and given to the bucket's run as CHECKPOINT
 WORLD = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
@@ -72,7 +76,7 @@ def _same_shards(store, local: Path) -> bool:
     return _hashes(_bucket_file(store, name)) == _hashes(_local(local, name))
 
 
-def test_a_given_checkpoint_is_uploaded_once_and_a_url_is_used_in_place(store, runs):
+def test_a_given_checkpoint_is_uploaded_once_and_a_url_is_read_in_place(store, runs):
     local, model = runs
     record = _record(_bucket_file(store, "manifests/run.json"))
     assert _same_shards(store, local)
@@ -84,12 +88,10 @@ def test_a_given_checkpoint_is_uploaded_once_and_a_url_is_used_in_place(store, r
     assert record["config"]["score"]["checkpoint"] == f"s3://given/{uploaded[0]}"
     assert store.get("given", uploaded[0]) == Path(model).read_bytes()
 
-    run(load_config(None, {"out": "s3://given/run", **WORLD, "score.checkpoint": f"s3://given/{uploaded[0]}"}),
-        progress=False)  # a URL: read where it is
-    again = _record(_bucket_file(store, "manifests/run.json"))
-    assert store.keys("given", "run/inputs/") == uploaded and "inputs" not in again
-    assert again["model_digest"] == digest
-    assert _same_shards(store, local)
+    url = load_config(None, {"out": "s3://given/run", **WORLD, "score.checkpoint": f"s3://given/{uploaded[0]}"})
+    assert stage_inputs(url, "s3://given/run") == (url, {})  # a URL is read where it is: nothing uploaded
+    assert ensure_model(url, [], "s3://given/run")[1] == digest  # the same model id as the local file's
+    assert store.keys("given", "run/inputs/") == uploaded
 
 
 def test_evaluate_report_and_export_read_and_write_the_bucket(store, runs, tmp_path, capsys):
@@ -183,7 +185,7 @@ def mirror(tmp_path_factory):
 
 def _source_config(out: str, source: str, meta: Path):
     return load_config(None, {"dataset": "vggsound", "meta": str(meta), "out": out, "source.path": source,
-                              "score.scorer": "synchrony", "select.keep_quantile": None, "dask.workers": 2,
+                              "score.scorer": "synchrony", "select.keep_quantile": None, "dask.workers": 1,
                               "dask.clips_per_task": 4, "decode.short_side": 112,
                               "filters.reject_duplicates": False})  # one test pattern under all 12 tones
 
@@ -205,9 +207,9 @@ def test_source_clips_land_in_the_bucket_from_a_local_folder_or_bucket_archives(
     assert len([k for k in raw if k.endswith(".mp4")]) == 12
     assert len([k for k in raw if k.startswith("run/raw/source_index/")]) == 2
     assert not [k for k in raw if k.endswith(".tmp") or "/." in k]
-    run(cfg, progress=False)  # a rerun reads no archive whose clips are all in raw/
-    note = _record(store.get("mirror-out", "run/manifests/run.json"))["source"]
-    assert (note["archives_read"], note["archives_skipped"], note["extracted"]) == (0, 2, 0)
+    rerun = plan_source(resolve_source(str(mirror["folder"])), run_jobs(read_vggsound(mirror["meta"])),
+                        "s3://mirror-out/run/raw")
+    assert (rerun.archives, rerun.skipped, rerun.wanted) == ((), 2, {})  # a rerun reads no archive: all in raw/
 
     store.client().create_bucket(Bucket="mirror-in")
     for archive in mirror["archives"]:
