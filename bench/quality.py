@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.clip_task import cache_path, read_outcome
 from curation.config import FilterConfig, load_config
 from curation.demo import generate_world
 from curation.pipeline import RunPaths, run
@@ -42,6 +41,7 @@ from curation.quality import (
     min_overlap_steps,
     moves_alike,
 )
+from curation.results import cache_path, read_outcome
 from manifests.io import write_json
 
 FPS = 10.0

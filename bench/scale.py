@@ -76,10 +76,10 @@ def _one_run(clip_list: Path, out: Path) -> dict:
 
 def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
     """Child process: the write wave alone (shards + frames.parquet) from a finished run's per-clip results."""
-    from curation.clip_task import cache_path, read_outcome
     from curation.config import load_config
     from curation.outputs.assemble import RunPaths, finish
     from curation.pipeline import _client, _dask_mapper, load_clip_list, run_jobs
+    from curation.results import cache_path, read_outcome
 
     cfg = load_config(None, {"dataset": "csv", "meta": str(clip_list), "out": str(out), **SETTINGS,
                              "dask.workers": workers})

@@ -68,12 +68,11 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from curation.outputs.evaluate import write_truth_metrics
+    from manifests.io import json_bytes
 
-    path = write_truth_metrics(args.out)
-    print(path.read_text().strip() if args.quiet else json.dumps(json.loads(path.read_text()), indent=2))
+    _, metrics = write_truth_metrics(args.out)
+    print(json_bytes(metrics).decode().strip())  # what the file holds
     return 0
 
 
@@ -144,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssl.set_defaults(func=_ssl_train)
 
     select = sub.add_parser("select", help="re-select moments and clips of a finished run, without re-scoring")
-    select.add_argument("--out", default="work/demo", help="the run's output folder")
+    select.add_argument("--out", default="work/demo", help="the run's output folder (a local path or s3://...)")
     select.add_argument("--top-k", type=int)
     select.add_argument("--min-gap", type=float, help="seconds between kept moments")
     select.add_argument("--min-score", type=float, help="absolute clip-score threshold")
@@ -155,17 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     select.set_defaults(func=_select)
 
     evaluate = sub.add_parser("evaluate", help="demo world: AP of the scores for good pairs, precision/recall kept")
-    evaluate.add_argument("--out", default="work/demo", help="the run's output folder")
+    evaluate.add_argument("--out", default="work/demo", help="the run's output folder (a local path or s3://...)")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=_evaluate)
 
     report = sub.add_parser("report", help="self-contained HTML report of a run's output folder")
-    report.add_argument("--out", default="work/demo", help="the run's output folder")
+    report.add_argument("--out", default="work/demo", help="the run's output folder (a local path or s3://...)")
     report.add_argument("--html", help="where to write it (default OUT/report.html)")
     report.set_defaults(func=_report)
 
     export = sub.add_parser("export-moments", help="a run's kept clips in the official Sound2Scene moments format")
-    export.add_argument("--out", default="work/demo", help="the run's output folder")
+    export.add_argument("--out", default="work/demo", help="the run's output folder (a local path or s3://...)")
     export.add_argument("--json", help="where to write it (default OUT/official/top1_boxes_top10_moments.json); "
                                        "images/ and audios/ go beside it")
     export.set_defaults(func=_export_moments)

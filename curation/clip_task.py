@@ -180,8 +180,25 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
     return outcome
 
 
+def _reselect_staged(job: ClipJob, cfg: RunConfig, out: str, scratch: Path, old_cache: str,
+                     new_cache: str) -> ClipOutcome:
+    """`reselect_clip` with OUT on an object store: the clip's raw files pass through the task's scratch folder."""
+    if storage.exists(cache_path(new_cache, job.clip_id)):
+        return read_outcome(cache_path(new_cache, job.clip_id))
+    path, present = stage_in(job.clip_id, job.path, out, scratch)
+    try:
+        return reselect_clip(replace(job, path=path), cfg, scratch / "raw", old_cache, new_cache)
+    finally:
+        stage_out(job.clip_id, out, scratch, present)
+
+
 def reselect_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, old_cache: str,
                    new_cache: str) -> list[ClipOutcome]:
-    """One Dask task of `curation select`."""
-    Path(new_cache).mkdir(parents=True, exist_ok=True)
-    return [reselect_clip(job, cfg, Path(raw_dir), old_cache, new_cache) for job in jobs]
+    """One Dask task of `curation select` (`raw_dir` and the caches: local folders or URLs, as `process_group`)."""
+    if not storage.is_url(raw_dir):
+        Path(new_cache).mkdir(parents=True, exist_ok=True)
+        return [reselect_clip(job, cfg, Path(raw_dir), old_cache, new_cache) for job in jobs]
+    with tempfile.TemporaryDirectory(prefix="s2s-clip-") as scratch:
+        (Path(scratch) / "raw").mkdir()
+        return [_reselect_staged(job, cfg, storage.parent(raw_dir), Path(scratch), old_cache, new_cache)
+                for job in jobs]

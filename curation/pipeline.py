@@ -32,7 +32,9 @@ from curation.fetch.mirror import extract_archive, plan_source, resolve_source, 
 from curation.localise.published import resolve_checkpoint
 from curation.localise.train import ensure_model
 from curation.outputs.assemble import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
+from curation.provenance import read_run_record
 from curation.results import ClipJob, ClipOutcome, cache_path, read_outcome
+from curation.staging import stage_inputs
 from manifests.io import parquet_bytes
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
 from manifests.vegas import read_vegas
@@ -102,16 +104,6 @@ def upload_local_rows(jobs: list[ClipJob], out: str) -> list[ClipJob]:
             job = replace(job, path=target)
         staged.append(job)
     return staged
-
-
-def _refuse_on_store(cfg: RunConfig) -> None:
-    """What a run with OUT on an object store does not do yet (docs/scale.md), said before any work."""
-    if cfg.source.path:
-        raise UsageError(f"SOURCE= with OUT={cfg.out}: read archives into a local OUT, or upload the clips and "
-                         "list them as url/path rows")
-    if (cfg.score.scorer == "ssl" and cfg.score.checkpoint) or cfg.score.scorer == "moments":
-        raise UsageError(f"score.checkpoint / score.moments with OUT={cfg.out}: the workers cannot see a client's "
-                         "file; leave the checkpoint empty (the run trains one into OUT/ssl/) or use a local OUT")
 
 
 def run_jobs(clip_list: ClipList) -> list[ClipJob]:
@@ -230,8 +222,10 @@ def _dask_mapper(client, cfg: RunConfig) -> Callable[[Callable, list], Iterable]
     return mapper
 
 
-def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: Path, progress: bool, stack: contextlib.ExitStack):
+def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: str, progress: bool, stack: contextlib.ExitStack):
     """Bring SOURCE's clips into `raw` (docs/mirrors.md): one task per archive to read, each archive streamed once.
+    With `raw` on an object store the client reads the archives on its own disk itself (no worker may rely on
+    seeing it) while the workers read those in the store.
 
     Returns jobs reading the clips that are now there, failed outcomes for the others, a note for run.json, and
     the cluster when one was started (kept in `stack` for the clip wave)."""
@@ -239,22 +233,33 @@ def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: Path, progress: bool,
 
     started = time.perf_counter()
     plan = plan_source(resolve_source(cfg.source.path), jobs, raw)
-    passes, lost, client = [], {}, None
-    if plan.archives:
-        bar = tqdm(total=len(plan.archives), unit="archive", disable=not progress, desc="read archives")
+    index = storage.join(raw, "source_index")
+    by_client = [a for a in plan.archives if storage.is_url(raw) and not storage.is_url(a)]
+    by_tasks = [a for a in plan.archives if a not in by_client]
+    passes, lost, client, futures = [], {}, None, {}
+    bar = tqdm(total=len(plan.archives), unit="archive", disable=not progress or not plan.archives,
+               desc="read archives")
+    if by_tasks:
         client = stack.enter_context(_client(cfg))
         [wanted] = client.scatter([plan.wanted])  # one copy per worker, not one per task
-        futures = {client.submit(extract_archive, archive, wanted, str(raw), str(raw / "source_index"),
-                                 retries=cfg.dask.retries, pure=False): archive for archive in plan.archives}
-        for fut in as_completed(futures):
-            try:
-                passes.append(fut.result())
-            except Exception as exc:  # the worker died, or the store failed on every retry
-                lost[futures[fut]] = f"{type(exc).__name__}: {exc}"
-            bar.update(1)
-        bar.close()
+        futures = {client.submit(extract_archive, archive, wanted, raw, index, retries=cfg.dask.retries,
+                                 pure=False): archive for archive in by_tasks}
+    for archive in by_client:  # meanwhile, on the client
+        try:
+            passes.append(extract_archive(archive, plan.wanted, raw, index))
+        except Exception as exc:  # the store failed
+            lost[archive] = f"{type(exc).__name__}: {exc}"
+        bar.update(1)
+    for fut in as_completed(futures) if futures else ():
+        try:
+            passes.append(fut.result())
+        except Exception as exc:  # the worker died, or the store failed on every retry
+            lost[futures[fut]] = f"{type(exc).__name__}: {exc}"
+        bar.update(1)
+    bar.close()
     ready, failed = source_jobs(plan, jobs, raw, lost)
     note = {"archives": len(plan.source.archives), "archives_read": len(plan.archives),
+            "archives_read_by_client": len(by_client),
             "archives_skipped": plan.skipped, "loose_clips": len(plan.source.clips),
             "extracted": sum(p.extracted for p in passes), "lost": lost,
             "damaged": {p.archive: p.damaged for p in passes if p.damaged},
@@ -284,16 +289,15 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
         cfg = resolve_checkpoint(cfg)  # a wrong file fails now, before the clip list or the demo world is built
     out = storage.resolve(cfg.out)
-    if storage.is_url(out):
-        _refuse_on_store(cfg)
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)
-    unreached, source_note, client = {}, None, None
+    unreached, source_note, client, inputs = {}, None, None, {}
     if cfg.source.path:
-        jobs, unreached, source_note, client = _from_source(cfg, jobs, Path(out) / "raw", progress, stack)
+        jobs, unreached, source_note, client = _from_source(cfg, jobs, storage.join(out, "raw"), progress, stack)
     cfg, digest = ensure_model(cfg, jobs, out, progress)  # trains the localisation model when none is given
     if storage.is_url(out):  # after training, which reads the client's own files where it has them
         jobs = upload_local_rows(jobs, out)
+        cfg, inputs = stage_inputs(cfg, out)  # a given checkpoint or moments file, uploaded once
     paths = RunPaths.for_config(cfg, digest)
     _remove_temp_files(paths)
     storage.write_bytes(storage.join(paths.manifests, "clips.parquet"),
@@ -316,7 +320,8 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
                          scorer_frames_per_s_per_worker=round(frames / score_s, 2) if score_s else None,
                          scorer_page_faults_per_clip=round(sum(o.score_page_faults for o in scored) / len(scored),
                                                            1) if scored else None,
-                         fetch={"stopped": stop.reason, "retried_failed": retried}, source=source_note)
+                         fetch={"stopped": stop.reason, "retried_failed": retried}, source=source_note,
+                         **({"inputs": inputs} if inputs else {}))
     notes = [f"retry-failed: {retried} clips with a transient failure fetched again"] if cfg.fetch.retry_failed else []
     return replace(summary, notes=tuple(notes + ([stop.reason] if stop.reason else [])))
 
@@ -326,11 +331,9 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
 
     Clip scores come from the run's per-clip results; only newly chosen frames are decoded from `raw/`."""
     started = time.perf_counter()
-    if storage.is_url(str(out)):
-        raise UsageError(f"curation select: {out} is on an object store; re-select a run with a local OUT")
-    out = Path(out).resolve()
-    record = json.loads((out / "manifests" / "run.json").read_text())
-    data = dict(record["config"], out=str(out))
+    out = storage.resolve(out)  # a local folder or an object store: read and written through curation.storage
+    record = read_run_record(out)
+    data = dict(record["config"], out=out)
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
         if section not in ("select", "write", "filters"):
@@ -338,17 +341,21 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
         data.setdefault(section, {})[key] = value
     cfg = config_from_dict(data)
     clip_list = load_clip_list(cfg, out)
-    old_cache = out / "cache" / record["cache_dir"]
+    old_cache = storage.join(out, "cache", record["cache_dir"])
     paths = RunPaths.for_config(cfg, record.get("model_digest"))
-    jobs = [j for j in run_jobs(clip_list) if os.path.exists(cache_path(old_cache, j.clip_id))]
+    cached = set(storage.listdir(old_cache))  # one listing, not a request per clip
+    jobs = [j for j in run_jobs(clip_list) if f"{j.clip_id}.npz" in cached]
+    if storage.is_url(out):
+        jobs = upload_local_rows(jobs, out)  # (already there from the run: nothing is uploaded again)
     loaded = time.perf_counter()
-    record = dict(model_digest=record.get("model_digest"), reselected_from=record["cache_dir"])
-    if paths.cache == str(old_cache):  # only clip selection or shard options changed: no cluster needed
+    record = dict(model_digest=record.get("model_digest"), reselected_from=record["cache_dir"],
+                  **{key: record[key] for key in ("inputs",) if key in record})
+    if paths.cache == old_cache:  # only clip selection or shard options changed: no cluster needed
         outcomes = {j.clip_id: read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs}
         timings = {"load_s": loaded - started, "cluster_start_s": 0.0, "process_s": time.perf_counter() - loaded}
         return finish(cfg, paths, clip_list, outcomes, timings, **record)
     with _client(cfg) as client:  # selection needs no model: warm the decoders only
-        outcomes, ready = _run_tasks(client, reselect_group, jobs, cfg, (paths.raw, str(old_cache), paths.cache),
+        outcomes, ready = _run_tasks(client, reselect_group, jobs, cfg, (paths.raw, old_cache, paths.cache),
                                      progress, import_decoders, desc="reselect")
         timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}

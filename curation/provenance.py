@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from curation import storage
+from curation.errors import UsageError
 
 _PACKAGES = ("torch", "torchaudio", "torchcodec", "decord", "numpy", "webdataset", "wids", "dask",
              "distributed", "pandas", "pyarrow", "yt-dlp", "soundfile", "pillow")
@@ -56,3 +60,12 @@ def run_record(cfg, summary, timings: dict[str, float], **extra: Any) -> dict[st
         "duplicates_dropped": summary.duplicates_dropped,
         **extra,
     }
+
+
+def read_run_record(out: str) -> dict:
+    """A finished run's run.json (`out` a local folder or a URL); one UsageError line when there is none."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(out, "manifests", "run.json")))
+    except FileNotFoundError:
+        raise UsageError(f"{out} is not a finished run (no manifests/run.json): curate it first "
+                         "(make shards OUT=...)") from None

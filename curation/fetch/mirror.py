@@ -3,9 +3,10 @@
 The community mirrors ship `<ytid>_<start_seconds:06d>.mp4` members (10-s clips, h264 + AAC) in ~17-GB
 archives. They are never extracted whole (a pass of its own and room for a second copy): each archive is read
 once, as a stream, by one Dask task (`extract_archive`); members no row asks for are skipped, and each wanted
-member's bytes become the clip's fetched file `OUT/raw/<clip_id>.mp4` (atomically), from where the normal
-per-clip path decodes and scores it. Loose clips in a folder are hard-linked into `raw/` (symlinked across
-file systems), never copied.
+member's bytes become the clip's fetched file `OUT/raw/<clip_id>.mp4` (atomically: temp file + rename, or one
+upload when OUT is on an object store), from where the normal per-clip path decodes and scores it. Loose clips
+in a folder are hard-linked into a local `raw/` (symlinked across file systems), never copied; with OUT on an
+object store the client uploads them.
 
 Each archive pass leaves a listing in `OUT/raw/source_index/`, so a rerun knows which archive holds which clip
 and reads no archive whose clips are all in `raw/` already. A damaged archive (cut short, corrupt compressed
@@ -112,25 +113,25 @@ def resolve_source(spec: str) -> Source:
 # ---------------------------------------------------------------- the index of archive listings
 
 
-def _index_path(index_dir: Path, archive: str) -> Path:
-    return index_dir / f"{hashlib.sha1(archive.encode()).hexdigest()[:16]}.parquet"
+def _index_path(index_dir: str | Path, archive: str) -> str:
+    return storage.join(str(index_dir), f"{hashlib.sha1(archive.encode()).hexdigest()[:16]}.parquet")
 
 
-def _write_index(index_dir: Path, archive: str, identity: str, members: list[tuple[str, int]],
+def _write_index(index_dir: str | Path, archive: str, identity: str, members: list[tuple[str, int]],
                  damaged: str | None) -> None:
     meta = {"archive": archive, "identity": identity, "damaged": damaged or ""}
     table = pa.table({"member": [m for m, _ in members], "size": [s for _, s in members]},
                      schema=_INDEX_SCHEMA.with_metadata(meta))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    storage.write_bytes(str(_index_path(index_dir, archive)), sink.getvalue().to_pybytes())
+    storage.write_bytes(_index_path(index_dir, archive), sink.getvalue().to_pybytes())
 
 
-def read_indexes(index_dir: Path, archives: tuple[str, ...]) -> dict[str, ArchiveIndex]:
+def read_indexes(index_dir: str | Path, archives: tuple[str, ...]) -> dict[str, ArchiveIndex]:
     """The listings of `archives` still valid: an archive replaced since its pass (new size, time or ETag) has none."""
     found = {}
     for archive in archives:
-        path = str(_index_path(index_dir, archive))
+        path = _index_path(index_dir, archive)
         if not storage.exists(path):
             continue
         table = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
@@ -155,8 +156,24 @@ class ArchivePass:
     damaged: str | None
 
 
-def _copy_member(src, dst: Path) -> None:
-    """The member's bytes to `dst` under a temp name, renamed when complete (a cut read leaves nothing)."""
+def raw_file(raw_dir: str | Path, clip_id: str) -> str:
+    """`raw_dir/<clip_id>.mp4`, a local path or a URL (the id checked as `fetch.raw_path` checks it)."""
+    return storage.join(str(raw_dir), raw_path(Path(), clip_id).name)
+
+
+def raw_clips(raw_dir: str | Path) -> set[str]:
+    """The clip ids that have a raw file in `raw_dir`: one listing, not a request per clip."""
+    return {name[:-4] for name in storage.listdir(str(raw_dir)) if name.endswith(".mp4")}
+
+
+def _copy_member(src, dst: str) -> None:
+    """The member's bytes to `dst` under a temp name, renamed when complete (a cut read leaves nothing); on an
+    object store through a local temp file committed by one upload."""
+    if storage.is_url(dst):
+        with storage.atomic_output(dst) as out:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+        return
+    dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as out:
@@ -188,9 +205,10 @@ def _open_tar(f) -> tarfile.TarFile:
 
 def extract_archive(archive: str, wanted: dict[str, str], raw_dir: str, index_dir: str) -> ArchivePass:
     """Read `archive` once, as a stream: each member whose key is in `wanted` ({member key: clip_id}) and has no
-    raw file yet becomes `raw_dir/<clip_id>.mp4`. Damage ends the pass, not the task; the listing (as far as it
-    got) is written to `index_dir` either way. Network errors propagate (the task is retried)."""
-    raw, members, extracted, damaged = Path(raw_dir), [], 0, None
+    raw file yet becomes `raw_dir/<clip_id>.mp4` (a folder or a URL). Damage ends the pass, not the task; the
+    listing (as far as it got) is written to `index_dir` either way. Network errors propagate (the task is
+    retried)."""
+    members, extracted, damaged = [], 0, None
     identity = storage.identity(archive)
     with storage.open_read(archive) as f:
         try:
@@ -200,14 +218,14 @@ def extract_archive(archive: str, wanted: dict[str, str], raw_dir: str, index_di
                     if not member.isfile():
                         continue
                     clip_id = wanted.get(member_key(member.name) or "")
-                    if clip_id is not None and not raw_path(raw, clip_id).exists():
-                        _copy_member(tar.extractfile(member), raw_path(raw, clip_id))
+                    if clip_id is not None and not storage.exists(raw_file(raw_dir, clip_id)):
+                        _copy_member(tar.extractfile(member), raw_file(raw_dir, clip_id))
                         extracted += 1
                     members.append((member.name, member.size))  # listed once whole: a cut one is not "held"
                 damaged = _end_problem(tar)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:  # cut, corrupt, CRC, bad header
             damaged = f"{exc} after {len(members)} members"
-    _write_index(Path(index_dir), archive, identity, members, damaged)
+    _write_index(index_dir, archive, identity, members, damaged)
     return ArchivePass(archive, len(members), extracted, damaged)
 
 
@@ -235,20 +253,27 @@ class SourcePlan:
     skipped: int  # archives not read: their listed clips are all in raw/ already
 
 
-def plan_source(source: Source, jobs: list[ClipJob], raw: Path) -> SourcePlan:
-    """Link the loose clips into `raw`; choose the archives to read: every one without a valid listing, and
-    every one listing a clip that has no raw file yet (a rerun reads none whose clips are all there)."""
-    raw.mkdir(parents=True, exist_ok=True)
-    wanted = {}
+def plan_source(source: Source, jobs: list[ClipJob], raw: str | Path) -> SourcePlan:
+    """Bring the loose clips into `raw` (a local folder: linked; an object store: uploaded by this process);
+    choose the archives to read: every one without a valid listing, and every one listing a clip that has no raw
+    file yet (a rerun reads none whose clips are all there)."""
+    raw = str(raw)
+    if not storage.is_url(raw):
+        Path(raw).mkdir(parents=True, exist_ok=True)
+    present, wanted = raw_clips(raw), {}
     for job in jobs:
-        key, dst = row_key(job), raw_path(raw, job.clip_id)
-        if key is None or dst.exists():
+        key = row_key(job)
+        if key is None or job.clip_id in present:
             continue
         if key in source.clips:
-            _link_in_place(source.clips[key], dst)
+            dst = raw_file(raw, job.clip_id)
+            if storage.is_url(dst):
+                storage.put_file(source.clips[key], dst)
+            else:
+                _link_in_place(source.clips[key], Path(dst))
         else:
             wanted[key] = job.clip_id
-    indexes = read_indexes(raw / "source_index", source.archives)
+    indexes = read_indexes(storage.join(raw, "source_index"), source.archives)
     chosen = tuple(a for a in source.archives
                    if wanted and (a not in indexes or not indexes[a].keys.isdisjoint(wanted)))
     return SourcePlan(source, chosen, wanted, skipped=len(source.archives) - len(chosen))
@@ -276,16 +301,17 @@ def _unreached(job: ClipJob, indexes: dict[str, ArchiveIndex], lost: dict[str, s
     return ClipOutcome(job.clip_id, scored=False, error_kind="missing_source", error=f"{key}.mp4: {where}")
 
 
-def source_jobs(plan: SourcePlan, jobs: list[ClipJob], raw: Path,
+def source_jobs(plan: SourcePlan, jobs: list[ClipJob], raw: str | Path,
                 lost: dict[str, str]) -> tuple[list[ClipJob], list[ClipOutcome]]:
     """After the archive passes: a job reading `raw/<clip_id>.mp4` from its start for each clip that has its
     file, a failed outcome for each that has none. `lost`: archives whose task died, with the reason."""
-    indexes = read_indexes(raw / "source_index", plan.source.archives)
-    ready, failed = [], []
+    raw = str(raw)
+    indexes = read_indexes(storage.join(raw, "source_index"), plan.source.archives)
+    present, ready, failed = raw_clips(raw), [], []
     for job in jobs:
-        dst = raw_path(raw, job.clip_id)
-        if dst.exists():  # a mirror file is the clip itself: it starts at 0 in the file
-            ready.append(ClipJob(job.clip_id, str(dst), None, 0.0, job.end_s - job.start_s, job.ytid))
+        if job.clip_id in present:  # a mirror file is the clip itself: it starts at 0 in the file
+            ready.append(ClipJob(job.clip_id, raw_file(raw, job.clip_id), None, 0.0, job.end_s - job.start_s,
+                                 job.ytid))
         else:
             failed.append(_unreached(job, indexes, lost, plan.source.spec))
     return ready, failed

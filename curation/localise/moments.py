@@ -3,8 +3,9 @@
 The file maps `<ytid>_<start_ms>_<end_ms>` to the 10 best frame numbers of the clip at 10 fps, best first. The
 numbers are 1-based: the official README calls them "the 47th frame" and has users extract frames at 10 fps, which
 ffmpeg numbers from 1; so frame n is at (n - 1) / 10 s into the clip (`score.moments_first_frame` = 0 reads a
-0-based file). `SCORER=moments` curates from such a file instead of scoring; `export-moments` writes one from a
-curated run, with the `images/<key>.jpg` + `audios/<key>.wav` pairs the official data loader reads.
+0-based file). `SCORER=moments` curates from such a file (a local path or a URL) instead of scoring;
+`export-moments` writes one from a curated run, with the `images/<key>.jpg` + `audios/<key>.wav` pairs the
+official data loader reads.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import soundfile
 from PIL import Image
 from scipy.signal import resample_poly
 
+from curation import storage
 from curation.config import RunConfig, ScoreConfig
 from curation.errors import ClipError, UsageError
 from curation.localise.score import ScoreResult
@@ -43,7 +45,7 @@ def read_moments(path: str | Path) -> dict[str, list[int]]:
     """The file's {key: frame numbers}; the top level may also be a list holding that dict (one third-party
     reader indexes the official file at [1])."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(storage.read_bytes(str(path)))
     except FileNotFoundError:
         raise MomentsError(f"score.moments: no such file {path} (MOMENTS= a {FILE_NAME})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -66,7 +68,7 @@ def official_key(ytid: str | None, start_s: float, end_s: float, clip_id: str) -
 
 
 def _digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(storage.read_bytes(str(path))).hexdigest()
 
 
 class MomentsScorer:

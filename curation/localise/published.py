@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from scipy import signal
 from torch import nn
 
+from curation import storage
 from curation.config import RunConfig, ScoreConfig
 from curation.decode import DecodedClip
 from curation.errors import CheckpointError
@@ -167,17 +168,18 @@ def resolve_checkpoint(cfg: RunConfig) -> RunConfig:
     from curation.localise.checkpoint import load_checkpoint
 
     score = cfg.score
-    if not Path(score.checkpoint).is_file():
+    if not storage.isfile(score.checkpoint):
         raise CheckpointError(f"score.checkpoint: no such file {score.checkpoint} (CHECKPOINT= a .pth file, or "
                               "leave it empty to train a model on the clips first)")
-    found = checkpoint_format(score.checkpoint)
+    local = storage.local_copy(score.checkpoint)  # a checkpoint on an object store is checked in a local copy
+    found = checkpoint_format(local)
     if score.checkpoint_format not in ("auto", found):
         raise CheckpointError(f"checkpoint {score.checkpoint} is {_KINDS[found]}, not {_KINDS[score.checkpoint_format]}"
                               ": set score.checkpoint_format = auto (CHECKPOINT_FORMAT=auto)")
     if found == "native":
-        load_checkpoint(score.checkpoint)
+        load_checkpoint(local)
     else:
-        load_published(score.checkpoint, found)
+        load_published(local, found)
         if cfg.decode.sample_rate != SAMPLE_RATE:
             raise CheckpointError(f"{LAYOUTS[found]} models take {SAMPLE_RATE} Hz audio: set decode.sample_rate = "
                                   f"{SAMPLE_RATE} (it is {cfg.decode.sample_rate})")

@@ -1,17 +1,27 @@
 """Truth-based measurement of a curation run on the demo world: how well scores find good pairs.
 
 A frame is a good pair when its object is visible, sounding and matched (`raw/truth.parquet`); a clip is a
-good clip when it has at least one good-pair frame. `python -m curation evaluate --out OUT`.
+good clip when it has at least one good-pair frame. `python -m curation evaluate --out OUT` (a local folder or an
+object store: read and written through `curation.storage`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+import os
 
 import numpy as np
 import pandas as pd
 
-from manifests.io import write_json
+from curation import storage
+from curation.errors import UsageError
+from curation.provenance import read_run_record
+from manifests.io import json_bytes
+
+
+def read_table(location: str) -> pd.DataFrame:
+    """A parquet file of a run, local or on an object store (there read whole in one request)."""
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(location)) if storage.is_url(location) else location)
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -24,11 +34,11 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(precision[hits].mean())
 
 
-def frames_with_truth(out: str | Path) -> pd.DataFrame:
+def frames_with_truth(out: str | os.PathLike) -> pd.DataFrame:
     """frames.parquet joined with the demo truth on (clip_id, t), with a `good` column."""
-    out = Path(out)
-    frames = pd.read_parquet(out / "manifests" / "frames.parquet")
-    truth = pd.read_parquet(out / "raw" / "truth.parquet")
+    out = storage.resolve(out)
+    frames = read_table(storage.join(out, "manifests", "frames.parquet"))
+    truth = read_table(storage.join(out, "raw", "truth.parquet"))
     frames["t_ms"] = np.round(frames["t"] * 1000).astype(np.int64)
     truth["t_ms"] = np.round(truth["t"] * 1000).astype(np.int64)
     joined = frames.merge(truth.drop(columns="t"), on=["clip_id", "t_ms"], how="inner", validate="one_to_one")
@@ -36,11 +46,11 @@ def frames_with_truth(out: str | Path) -> pd.DataFrame:
     return joined
 
 
-def truth_metrics(out: str | Path) -> dict:
+def truth_metrics(out: str | os.PathLike) -> dict:
     """AP of each score for good pairs, and precision/recall of what the run kept."""
-    out = Path(out)
+    out = storage.resolve(out)
     joined = frames_with_truth(out)
-    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
+    clips = read_table(storage.join(out, "manifests", "clips.parquet"))
     good = joined["good"].to_numpy()
     metrics = {"frames": len(joined), "good_pair_rate": round(float(good.mean()), 4),
                "ap_score": round(average_precision(joined["score"].to_numpy(), good), 4),
@@ -60,7 +70,13 @@ def truth_metrics(out: str | Path) -> dict:
     return metrics
 
 
-def write_truth_metrics(out: str | Path) -> Path:
-    path = Path(out) / "manifests" / "truth_metrics.json"
-    write_json(path, truth_metrics(out))
-    return path
+def write_truth_metrics(out: str | os.PathLike) -> tuple[str, dict]:
+    """Write `OUT/manifests/truth_metrics.json` whole (temp file + rename, or one upload); returns where, and the
+    metrics."""
+    out = storage.resolve(out)
+    read_run_record(out)  # a finished run, or one line saying so
+    if not storage.exists(storage.join(out, "raw", "truth.parquet")):
+        raise UsageError(f"{out} has no raw/truth.parquet: evaluate measures runs on the demo world only")
+    location, metrics = storage.join(out, "manifests", "truth_metrics.json"), truth_metrics(out)
+    storage.write_bytes(location, json_bytes(metrics))
+    return location, metrics

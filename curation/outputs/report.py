@@ -3,7 +3,8 @@
 Score histograms (kept vs dropped), the best and worst moments with their heat maps' peak regions outlined,
 what the data-quality filters flagged, keep rates per label,
 failures per error kind, and truth-based metrics when the run is on the demo world. Plots are PNGs inside
-the page, so it can be mailed or archived as one file. `make report OUT=...`.
+the page, so it can be mailed or archived as one file. `make report OUT=...` (a local folder or an object store:
+read and written through `curation.storage`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-from pathlib import Path
+import os
 
 import matplotlib
 
@@ -23,9 +23,10 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy.ndimage import zoom  # noqa: E402
 
-from curation.outputs.evaluate import truth_metrics  # noqa: E402
+from curation import storage  # noqa: E402
+from curation.outputs.evaluate import read_table, truth_metrics  # noqa: E402
+from curation.provenance import read_run_record  # noqa: E402
 from curation.results import cache_path, read_cached  # noqa: E402
-from manifests.io import atomic_write_bytes  # noqa: E402
 
 _N_MOMENTS = 8
 PEAK_LEVEL = 0.8  # the peak region: where the heat map is above 80 % of its range
@@ -84,7 +85,7 @@ def _overlay(ax, jpg: bytes, heat: np.ndarray | None, square: bool, title: str) 
     ax.axis("off")
 
 
-def _moments(clips: pd.DataFrame, cache_dir: Path, best: bool) -> str:
+def _moments(clips: pd.DataFrame, cache_dir: str, best: bool) -> str:
     scored = clips[clips["status"].isin(["ok", "rejected"])].sort_values("clip_score", ascending=not best)
     chosen = scored.head(_N_MOMENTS)
     if chosen.empty:
@@ -128,13 +129,13 @@ def _filters(clips: pd.DataFrame) -> str:
     return _table(pd.DataFrame(rows))
 
 
-def build_report(out: str | Path) -> str:
+def build_report(out: str | os.PathLike) -> str:
     """The report's HTML for the run in `out`."""
-    out = Path(out)
-    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
-    frames = pd.read_parquet(out / "manifests" / "frames.parquet")
-    record = json.loads((out / "manifests" / "run.json").read_text())
-    cache_dir = out / "cache" / record["cache_dir"]
+    out = storage.resolve(out)
+    record = read_run_record(out)
+    clips = read_table(storage.join(out, "manifests", "clips.parquet"))
+    frames = read_table(storage.join(out, "manifests", "frames.parquet"))
+    cache_dir = storage.join(out, "cache", record["cache_dir"])
     errors = clips[clips["status"] == "failed"].groupby("error_kind").size().rename("clips").reset_index()
     status = clips.groupby("status").size().rename("clips").reset_index()
     sections = [
@@ -147,7 +148,7 @@ def build_report(out: str | Path) -> str:
         "<h2>Failures by error kind</h2>", _table(errors) if len(errors) else "<p>none</p>",
         "<h2>Scores</h2>", _histograms(clips, frames),
     ]
-    if (out / "raw" / "truth.parquet").exists():
+    if storage.exists(storage.join(out, "raw", "truth.parquet")):
         metrics = truth_metrics(out)
         sections += ["<h2>Against the demo world's truth</h2>",
                      _table(pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()]))]
@@ -161,8 +162,9 @@ def build_report(out: str | Path) -> str:
             f"</head><body>{''.join(sections)}</body></html>")
 
 
-def write_report(out: str | Path, html_path: str | Path | None = None) -> Path:
-    """Write the report (default `OUT/report.html`) atomically; returns its path."""
-    path = Path(html_path) if html_path else Path(out) / "report.html"
-    atomic_write_bytes(path, build_report(out).encode())
-    return path
+def write_report(out: str | os.PathLike, html_path: str | os.PathLike | None = None) -> str:
+    """Write the report (default `OUT/report.html`; a local path or a URL) whole: temp file + rename, or one
+    upload. Returns where."""
+    location = storage.resolve(html_path) if html_path else storage.join(storage.resolve(out), "report.html")
+    storage.write_bytes(location, build_report(out).encode())
+    return location

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from curation.__main__ import main
+
 WAV = "FwVYUHKoLtQ_000034.wav"
 
 
@@ -36,3 +38,10 @@ def test_a_missing_checkpoint_with_debug_shows_the_traceback(tmp_path):
     assert done.returncode == 2
     assert "Traceback" in done.stderr and "CheckpointError" in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: score.checkpoint: no such file")
+
+
+@pytest.mark.parametrize("command", ["select", "report", "evaluate", "export-moments"])
+def test_commands_on_a_folder_that_is_no_finished_run_are_one_line(command, tmp_path, capsys):
+    assert main([command, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path} is not a finished run (no manifests/run.json)" in err

@@ -6,9 +6,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from curation.clip_task import cache_path, read_outcome
 from curation.config import load_config
 from curation.pipeline import reselect, run
+from curation.results import cache_path, read_outcome
 
 
 def _ffmpeg(*args):

@@ -1,6 +1,7 @@
 """Re-selection without re-scoring, the truth metrics and the HTML report, on one tiny learned-scorer run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,7 @@ def test_truth_metrics_and_report(first_run):
     assert metrics["frames"] == 12 * 30
     assert 0 <= metrics["ap_score"] <= 1 and 0 <= metrics["ap_score_contrastive"] <= 1
     assert metrics["kept_frames"] == pd.read_parquet(first_run / "manifests" / "frames.parquet")["selected"].sum()
-    page = write_report(first_run).read_text()
+    page = Path(write_report(first_run)).read_text()
     for heading in ("Status", "Scores", "Against the demo world's truth", "Best moments", "Worst moments",
                     "Keep rate per label"):
         assert f"<h2>{heading}" in page

@@ -45,17 +45,8 @@ def _bucket(s3, name: str) -> str:
     return f"s3://{name}/run"
 
 
-def _keys(s3, bucket: str, prefix: str) -> list[str]:
-    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
-
-
-def _get(s3, bucket: str, key: str) -> bytes:
-    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
 def _hashes(s3, bucket: str) -> dict[str, str]:
-    shards = pd.read_parquet(io.BytesIO(_get(s3, bucket, "run/manifests/shards.parquet")))
+    shards = pd.read_parquet(io.BytesIO(s3.get(bucket, "run/manifests/shards.parquet")))
     return dict(zip(shards["shard"], shards["sha256"], strict=True))
 
 
@@ -89,7 +80,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def _wait_for_cache_objects(s3, bucket: str, n: int, timeout_s: float = 120) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = len([k for k in _keys(s3, bucket, "run/cache/") if k.endswith(".npz")])
+        found = len([k for k in s3.keys(bucket, "run/cache/") if k.endswith(".npz")])
         if found >= n:
             return found
         time.sleep(0.05)
@@ -100,8 +91,8 @@ def test_a_local_cluster_run_writes_everything_with_its_model_to_the_bucket_and_
     out = _bucket(s3, "run-local")
     summary = run(_config(out), progress=False)
     assert summary.counts.get("pending", 0) == 0 and summary.paths.shards == f"{out}/shards"
-    keys = _keys(s3, "run-local", "run/")
-    checkpoint = json.loads(_get(s3, "run-local", "run/manifests/run.json"))["config"]["score"]["checkpoint"]
+    keys = s3.keys("run-local", "run/")
+    checkpoint = json.loads(s3.get("run-local", "run/manifests/run.json"))["config"]["score"]["checkpoint"]
     assert checkpoint.startswith(f"{out}/ssl/") and checkpoint[len("s3://run-local/"):] in keys
     for name in ("manifests/clips.parquet", "manifests/frames.parquet", "manifests/run.json",
                  "shards/labels.json", "raw/demo_clips.parquet", "raw/truth.parquet", "raw/demo00000.mp4"):
@@ -145,9 +136,9 @@ def test_a_run_killed_whole_resumes_from_the_bucket_to_the_same_shards(s3, local
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    done_before = len([k for k in _keys(s3, "run-killed", "run/cache/") if k.endswith(".npz")])
+    done_before = len([k for k in s3.keys("run-killed", "run/cache/") if k.endswith(".npz")])
     assert 3 <= done_before < 8, "the run must be killed partway"
-    assert not [k for k in _keys(s3, "run-killed", "run/shards/") if k.endswith(".tar")]
+    assert not [k for k in s3.keys("run-killed", "run/shards/") if k.endswith(".tar")]
     summary = run(_config(out), progress=False)
     assert summary.counts.get("pending", 0) == 0
     assert _hashes(s3, "run-killed") == local_hashes
@@ -162,15 +153,7 @@ def test_local_path_rows_are_uploaded_and_read_by_the_workers_from_the_bucket(s3
                              "score.scorer": "synchrony", "select.keep_quantile": None})
     summary = run(cfg, progress=False)
     assert summary.counts == {"ok": 2}
-    assert len([k for k in _keys(s3, "run-paths", "run/inputs/") if k.endswith(".mp4")]) == 2
-    assert len([k for k in _keys(s3, "run-paths", "run/raw/") if k.endswith(".mp4")]) == 2
+    assert len([k for k in s3.keys("run-paths", "run/inputs/") if k.endswith(".mp4")]) == 2
+    assert len([k for k in s3.keys("run-paths", "run/raw/") if k.endswith(".mp4")]) == 2
     assert list(_hashes(s3, "run-paths")) == ["csv-train-000000.tar"]
 
-
-def test_what_a_run_on_a_bucket_does_not_do_yet_is_a_one_line_error(s3, tmp_path):
-    out = _bucket(s3, "run-refused")
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(b"")
-    with pytest.raises(UsageError, match="workers cannot see"):
-        run(load_config(None, {"out": out, "score.scorer": "moments", "score.moments": str(checkpoint)}),
-            progress=False)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from curation.clip_task import ClipJob
 from curation.config import load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
@@ -27,6 +26,7 @@ from curation.localise.train import (
     train,
     training_set,
 )
+from curation.results import ClipJob
 from manifests.readers import read_clip_table
 
 TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
