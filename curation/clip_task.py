@@ -84,7 +84,7 @@ def cache_path(cache_dir: str | Path, clip_id: str) -> str:
     return storage.join(str(cache_dir), f"{clip_id}.npz")
 
 
-def _save(path: str, outcome: ClipOutcome, arrays: dict[str, np.ndarray], model_id: str | None) -> None:
+def save_result(path: str, outcome: ClipOutcome, arrays: dict[str, np.ndarray], model_id: str | None) -> None:
     meta = json.dumps({"outcome": asdict(outcome), "model_id": model_id}).encode()
     buf = io.BytesIO()
     np.savez(buf, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
@@ -160,16 +160,15 @@ def _minor_page_faults() -> int:
     return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_minflt
 
 
-def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
-    scorer = load_scorer(cfg.score)
-    # a moments file names the clip's frames: a clip it does not list fails here, before it is fetched
-    given = scorer.frames_of(job.clip_id, job.ytid, job.start_s) if isinstance(scorer, MomentsScorer) else None
+def decode_job(job: ClipJob, cfg: RunConfig, raw_dir: Path, gate: FetchGate | None) -> DecodedClip:
     fetched = fetch_job(job, raw_dir, cfg.fetch, gate)
-    clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
+    return decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
                        fetched.info)
-    faults_before, score_started = _minor_page_faults(), time.perf_counter()
-    result = scorer.score(clip) if given is None else scorer.result(given, clip.times)
-    score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
+
+
+def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, raw_dir: Path, started: float,
+                   score_s: float, score_page_faults: int) -> tuple[ClipOutcome, dict[str, np.ndarray]]:
+    """A scored clip's outcome and cache arrays: moments, JPEGs of the chosen frames, FLAC, maps, quality."""
     moments, arrays = _moment_arrays(clip.times, result.scores, result.contrastive,
                                      lambda idx: clip.frames[idx], cfg)
     arrays.update(t=clip.times, score=result.scores,
@@ -186,6 +185,18 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
                           seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults,
                           quality=quality)
+    return outcome, arrays
+
+
+def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
+    scorer = load_scorer(cfg.score)
+    # a moments file names the clip's frames: a clip it does not list fails here, before it is fetched
+    given = scorer.frames_of(job.clip_id, job.ytid, job.start_s) if isinstance(scorer, MomentsScorer) else None
+    clip = decode_job(job, cfg, raw_dir, gate)
+    faults_before, score_started = _minor_page_faults(), time.perf_counter()
+    result = scorer.score(clip) if given is None else scorer.result(given, clip.times)
+    score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
+    outcome, arrays = scored_arrays(job, clip, result, cfg, raw_dir, started, score_s, score_page_faults)
     return outcome, arrays, scorer.model_id
 
 
@@ -206,7 +217,7 @@ def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
         log.exception("unexpected failure on clip %s", job.clip_id)
         return ClipOutcome(job.clip_id, scored=False, error_kind="internal_error",
                            error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started)
-    _save(path, outcome, arrays, model_id)
+    save_result(path, outcome, arrays, model_id)
     return outcome
 
 
@@ -272,7 +283,7 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
         return read_outcome(target)
     old = read_cached(cache_path(old_cache, job.clip_id))
     if not old.outcome.scored:
-        _save(target, old.outcome, {}, old.model_id)
+        save_result(target, old.outcome, {}, old.model_id)
         return old.outcome
     started = time.perf_counter()
     fetched = fetch_job(job, raw_dir, cfg.fetch)
@@ -287,7 +298,7 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
     if old.maps is not None:
         arrays["maps"] = old.maps
     outcome = replace(old.outcome, clip_score=moments.clip_score, seconds=time.perf_counter() - started)
-    _save(target, outcome, arrays, old.model_id)
+    save_result(target, outcome, arrays, old.model_id)
     return outcome
 
 
