@@ -40,6 +40,7 @@ from curation.fetch_control import ClusterGate, StopCounter, forget_transient_fa
 from curation.mirror import extract_archive, plan_source, resolve_source, source_jobs
 from curation.outputs import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
 from curation.published import resolve_checkpoint
+from curation.score_device import resolve_device
 from curation.scoring_workers import finish_group, model_inputs, prepare_group, score_inputs
 from curation.scoring_workers import warm_up as split_warm_up
 from curation.ssl_train import ensure_model
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 # 256 MiB of free heap is kept; with the warm-up's blank clip a worker's scorer then faults 20-90 times per clip.
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
                      "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+SCORING_WORKER_WAIT_S = 30.0
 
 
 def load_clip_list(cfg: RunConfig, out: str | Path) -> ClipList:
@@ -186,12 +188,18 @@ async def _grant(name: str, dask_worker) -> None:
 
 def _ensure_scoring_worker(client, cfg: RunConfig) -> list[str]:
     """The workers offering `dask.score_resource`; a LocalCluster started for this run grants it to one of its
-    workers. A cluster where none offers it is a one-line error (its scoring tasks would wait forever)."""
+    workers. A cluster where none offers it within SCORING_WORKER_WAIT_S (workers may still be joining) is a one-line
+    error: its scoring tasks would wait forever."""
     name = cfg.dask.score_resource
     if not cfg.dask.scheduler:
         client.run(_grant, name, workers=[min(client.scheduler_info(n_workers=-1)["workers"])])
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    offering = sorted(a for a, w in workers.items() if w.get("resources", {}).get(name, 0) >= 1)
+    deadline = time.monotonic() + SCORING_WORKER_WAIT_S
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        offering = sorted(a for a, w in workers.items() if w.get("resources", {}).get(name, 0) >= 1)
+        if offering or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     if not offering:
         raise UsageError(f"dask.score_resource = {name}: no worker of {cfg.dask.scheduler} offers it; start the "
                          f"scoring workers with `dask worker {cfg.dask.scheduler} --nthreads 1 --resources {name}=1`")
@@ -322,6 +330,8 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     require_tools("ffmpeg", "ffprobe")
     if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
         cfg = resolve_checkpoint(cfg)  # a wrong file fails now, before the clip list or the demo world is built
+    if not cfg.dask.scheduler and cfg.score.scorer == "ssl":
+        resolve_device(cfg.score.device)  # a LocalCluster scores on this machine: a device it lacks fails now
     out = storage.resolve(cfg.out)
     if storage.is_url(out):
         _refuse_on_store(cfg)

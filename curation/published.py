@@ -236,8 +236,8 @@ class PublishedScorer(DeviceScorer):
 
     def inputs(self, clip: DecodedClip) -> ModelInputs:
         """The resized frames and one spectrogram per frame (scipy's, made on the CPU worker: 205 KB a frame)."""
-        return ModelInputs(resized(clip.frames), torch.from_numpy(spectrograms(clip.audio, clip.times, clip.sample_rate)),
-                           torch.from_numpy(clip.times))
+        specs = spectrograms(clip.audio, clip.times, clip.sample_rate)
+        return ModelInputs(resized(clip.frames), torch.from_numpy(specs), torch.from_numpy(clip.times))
 
     def frame_audio(self, inputs: ModelInputs) -> torch.Tensor:
         return inputs.audio.to(self.device)
