@@ -7,7 +7,7 @@ of the published localisers, for speed only. Measures, each the best of `--repea
 - bare model: `forward` on inputs already on the device, in batches of `--batch` frames;
 - scorer across clips: `score_across` from CPU-side inputs, `--clips-per-task` clips a call (host-to-device
   copies, audio windows, padding and results back included), as a scoring task runs it;
-- in the pipeline: a LocalCluster run whose first worker holds the `GPU` resource (`dask.score_resource`), the
+- in the pipeline: a LocalCluster run with one worker offering the `GPU` resource (`dask.score_resource`), the
   others preparing inputs; the scoring worker's frames/s (`scorer_frames_per_s_per_worker` of run.json) and the
   whole run's frames/s;
 - checks: a clip's scores alone vs in a batch with other clips (bit for bit), and against CPU fp32 clip by clip.

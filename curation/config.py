@@ -147,8 +147,8 @@ class DaskConfig:
     retries: int = 2
     memory_limit: str = "6GB"
     # a Dask worker resource (e.g. "GPU") that scoring needs: CPU workers fetch, decode and prepare the model's
-    # inputs, a worker offering the resource (`dask worker ... --resources GPU=1`; a LocalCluster grants it to one
-    # of its workers) scores each task's clips in batches across clips, CPU workers finish (docs/scale.md).
+    # inputs, a worker offering the resource (`dask worker ... --resources GPU=1`; one of a LocalCluster's workers
+    # offers it) scores each task's clips in batches across clips, CPU workers finish (docs/scale.md).
     # None: each task scores its own clips where it runs (the default, fastest on CPU-only clusters)
     score_resource: str | None = None
 

@@ -8,6 +8,7 @@ only the selection from those files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import json
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 # 256 MiB of free heap is kept; with the warm-up's blank clip a worker's scorer then faults 20-90 times per clip.
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
                      "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
-SCORING_WORKER_WAIT_S = 30.0
+SCORING_WORKER_WAIT_S = 30.0  # a cluster's scoring workers may still be joining when a run starts
 
 
 def load_clip_list(cfg: RunConfig, out: str | Path) -> ClipList:
@@ -156,10 +157,24 @@ def _client(cfg: RunConfig, running=None) -> Iterator:
     # Environment values set in the shell still win. The workers' statistical profiler (a stack sample every
     # 10 ms) only feeds the dashboard, which is off: without it the scorer ran ~5 % faster (README, Benchmark).
     settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_MALLOC_ENV.items()}
+    scoring = 1 if cfg.dask.score_resource else 0
     with dask.config.set({**settings, "distributed.worker.profile.enabled": False}), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=cfg.dask.memory_limit,
-                         dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            LocalCluster(n_workers=workers - scoring, threads_per_worker=1, processes=True,
+                         memory_limit=cfg.dask.memory_limit, dashboard_address=None,
+                         silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        if scoring:
+            _add_scoring_worker(cluster, cfg.dask.score_resource)
+            client.wait_for_workers(workers)
         yield client
+
+
+def _add_scoring_worker(cluster, name: str) -> None:
+    """One more LocalCluster worker, offering the resource `name` (the machine's one scoring worker); its nanny
+    starts it again with the resource if it dies."""
+    spec = copy.deepcopy(cluster.new_spec)
+    spec["options"]["resources"] = {name: 1}
+    cluster.worker_spec[f"scoring-{name}"] = spec
+    cluster.scale(len(cluster.worker_spec))
 
 
 def _task_submitter(client, task: Callable, cfg: RunConfig, args: tuple) -> Callable[[list[ClipJob]], object]:
@@ -182,17 +197,10 @@ def _split_submitter(client, cfg: RunConfig, paths: RunPaths, gate) -> Callable[
     return submit
 
 
-async def _grant(name: str, dask_worker) -> None:
-    await dask_worker.set_resources(**{name: 1})
-
-
 def _ensure_scoring_worker(client, cfg: RunConfig) -> list[str]:
-    """The workers offering `dask.score_resource`; a LocalCluster started for this run grants it to one of its
-    workers. A cluster where none offers it within SCORING_WORKER_WAIT_S (workers may still be joining) is a one-line
-    error: its scoring tasks would wait forever."""
+    """The workers offering `dask.score_resource` (a LocalCluster started for this run has one). A cluster where none
+    offers it within SCORING_WORKER_WAIT_S is a one-line error: its scoring tasks would wait forever."""
     name = cfg.dask.score_resource
-    if not cfg.dask.scheduler:
-        client.run(_grant, name, workers=[min(client.scheduler_info(n_workers=-1)["workers"])])
     deadline = time.monotonic() + SCORING_WORKER_WAIT_S
     while True:
         workers = client.scheduler_info(n_workers=-1)["workers"]
