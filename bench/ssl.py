@@ -51,7 +51,7 @@ def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     from curation.ssl_train import audio_windows
 
     model, front, cfg = scorer.model, scorer.front, scorer.model.cfg
-    images = torch.cat([scorer._images(c.frames) for c in clips])
+    images = torch.cat([scorer.device_images(scorer._resized(c.frames)) for c in clips])
     waves = torch.cat([audio_windows(torch.from_numpy(c.audio), torch.from_numpy(c.times), cfg.window_s,
                                      cfg.sample_rate) for c in clips])
 
