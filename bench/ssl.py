@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="times every figure is measured; the medians are reported (single runs scatter by "
                              "5-25 %% on a 2-core machine)")
-    device = parser.add_argument_group("scoring on a device (bench.ssl_device; writes ssl_<device>_<precision>.json)")
+    device = parser.add_argument_group("scoring on a device (bench.ssl_device: ssl_<device>_<precision>.json)")
     device.add_argument("--device", help="cpu, cuda or cuda:N: measure scoring on this device instead (e.g. "
                                          "`python -m bench.ssl --device cuda`)")
     device.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")

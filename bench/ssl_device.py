@@ -11,7 +11,9 @@ of the published localisers, for speed only. Measures, each the best of `--repea
   others preparing inputs; the scoring worker's frames/s (`scorer_frames_per_s_per_worker` of run.json) and the
   whole run's frames/s;
 - checks: a clip's scores alone vs in a batch with other clips (bit for bit), and against CPU fp32 clip by clip.
-Writes `<out>/ssl_<device>_<precision>.json`.
+Writes `<out>/ssl_<device>_<precision>.json` (`..._full.json` for `--model full`). `peak_device_memory_mib` is this
+process's, over the bare-model and across-clips timings at `--batch` (the pipeline's scoring worker runs the same
+batches).
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ def main(args) -> int:
         "in_pipeline": pipeline, "pipeline_workers": cfg.dask.workers or os.cpu_count(), **checks,
         "load_average": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
     }
-    write_json(out / f"ssl_{args.device.replace(':', '')}_{args.precision}.json", results)
+    suffix = "_full" if args.model == "full" else ""
+    write_json(out / f"ssl_{args.device.replace(':', '')}_{args.precision}{suffix}.json", results)
     print(json.dumps(results, indent=2))
     return 0
