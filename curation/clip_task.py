@@ -227,17 +227,21 @@ def import_decoders() -> None:
     import torchcodec.decoders  # noqa: F401
 
 
+def blank_clip(cfg: RunConfig) -> DecodedClip:
+    """A black, silent 10-s 16:9 clip at the decode settings: what warm-ups score."""
+    d, n_frames = cfg.decode, int(10 * cfg.decode.fps)
+    return DecodedClip(frames=np.zeros((n_frames, d.short_side, d.short_side * 16 // 9, 3), dtype=np.uint8),
+                       times=np.arange(n_frames) / d.fps, audio=np.zeros(10 * d.sample_rate, dtype=np.float32),
+                       sample_rate=d.sample_rate, window_s=d.window_s)
+
+
 def warm_up(cfg: RunConfig) -> str:
     """Ready a worker before its first scoring task (once per process): import the decoders, build the scorer
     and score one blank 10-s 16:9 clip, so the first real clips pay neither the model's first-call costs nor
     the heap's growth (~7,000 page faults, a quarter of a clip's scoring time)."""
     import_decoders()
     scorer = load_scorer(cfg.score)
-    d = cfg.decode
-    n_frames = int(10 * d.fps)
-    blank = DecodedClip(frames=np.zeros((n_frames, d.short_side, d.short_side * 16 // 9, 3), dtype=np.uint8),
-                        times=np.arange(n_frames) / d.fps, audio=np.zeros(10 * d.sample_rate, dtype=np.float32),
-                        sample_rate=d.sample_rate, window_s=d.window_s)
+    blank = blank_clip(cfg)
     if not isinstance(scorer, MomentsScorer):  # reads a file, no model to warm
         scorer.score(blank)
     measure(blank.frames, blank.audio, blank.sample_rate)  # the filters' first call pays numpy's set-up, not a clip

@@ -21,12 +21,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from curation import storage
 from curation.clip_task import (
     ClipJob,
     ClipOutcome,
+    blank_clip,
     cache_path,
     decode_job,
     import_decoders,
@@ -179,19 +178,12 @@ def finish_group(group: PreparedGroup, scores: GroupScores, cfg: RunConfig, raw_
     return outcomes
 
 
-def _blank_clip(cfg: RunConfig) -> DecodedClip:
-    d, n_frames = cfg.decode, int(10 * cfg.decode.fps)
-    return DecodedClip(frames=np.zeros((n_frames, d.short_side, d.short_side * 16 // 9, 3), dtype=np.uint8),
-                       times=np.arange(n_frames) / d.fps, audio=np.zeros(10 * d.sample_rate, dtype=np.float32),
-                       sample_rate=d.sample_rate, window_s=d.window_s)
-
-
 def warm_up(cfg: RunConfig, scoring: bool) -> str:
     """Ready a worker before its first task: decoders, the CPU copy of the model and the quality filters on a
     blank 10-s clip; a scoring worker also builds the scorer on its device and scores the blank clip's inputs
     (a device this machine lacks fails here, in one line, before any clip)."""
     import_decoders()
-    blank = _blank_clip(cfg)
+    blank = blank_clip(cfg)
     inputs = load_scorer(input_config(cfg.score)).inputs(blank)
     measure(blank.frames, blank.audio, blank.sample_rate)
     if scoring:
