@@ -5,6 +5,7 @@ same frames through the bare model: one process with one torch thread per worker
 processes as workers (the pipeline's layout); the whole scorer (resize + model + contrastive score) in that
 layout too, to separate the scorer's own work from the pipeline's; every figure `--repeats` times, medians
 reported (the single runs too). Writes `<out>/ssl.json`. Run: `make bench` or `python -m bench.ssl`.
+`--device cuda` (or cpu, with `--precision`) measures scoring on a device instead: `bench.ssl_device`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     from curation.localise.model import audio_windows
 
     model, front, cfg = scorer.model, scorer.front, scorer.model.cfg
-    images = torch.cat([scorer._images(c.frames) for c in clips])
+    images = torch.cat([scorer.device_images(scorer._resized(c.frames)) for c in clips])
     waves = torch.cat([audio_windows(torch.from_numpy(c.audio), torch.from_numpy(c.times), cfg.window_s,
                                      cfg.sample_rate) for c in clips])
 
@@ -110,7 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="times every figure is measured; the medians are reported (single runs scatter by "
                              "5-25 %% on a 2-core machine)")
+    device = parser.add_argument_group("scoring on a device (bench.ssl_device: ssl_<device>_<precision>.json)")
+    device.add_argument("--device", help="cpu, cuda or cuda:N: measure scoring on this device instead (e.g. "
+                                         "`python -m bench.ssl --device cuda`)")
+    device.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    device.add_argument("--batch", type=int, default=512, help="frames per forward pass, across clips")
+    device.add_argument("--clips-per-task", type=int, default=16, help="clips a scoring task takes")
+    device.add_argument("--checkpoint", help="a trained model to score with (default: train the CPU-sized one)")
+    device.add_argument("--model", choices=("trained", "full"), default="trained",
+                        help="full: a randomly initialised EZ-VSL-size model (ResNet-18 pair, 224 px), speed only")
+    device.add_argument("--workers", type=int, help="pipeline LocalCluster workers (default: one per core)")
+    device.add_argument("--pipeline-repeats", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.device:
+        from bench import ssl_device
+
+        return ssl_device.main(args)
     out = Path(args.out).resolve()
     world_out = out / "ssl_world"
     cfg = load_config(None, {"out": str(world_out), "demo.clips": args.clips, "demo.seed": 1})

@@ -49,16 +49,15 @@ def _minor_page_faults() -> int:
     return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_minflt
 
 
-def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
-    scorer = load_scorer(cfg.score)
-    # a moments file names the clip's frames: a clip it does not list fails here, before it is fetched
-    given = scorer.frames_of(job.clip_id, job.ytid, job.start_s) if isinstance(scorer, MomentsScorer) else None
+def decode_job(job: ClipJob, cfg: RunConfig, raw_dir: Path, gate: FetchGate | None) -> DecodedClip:
     fetched = fetch_job(job, raw_dir, cfg.fetch, gate)
-    clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
+    return decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
                        fetched.info)
-    faults_before, score_started = _minor_page_faults(), time.perf_counter()
-    result = scorer.score(clip) if given is None else scorer.result(given, clip.times)
-    score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
+
+
+def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, raw_dir: Path, started: float,
+                   score_s: float, score_page_faults: int) -> tuple[ClipOutcome, dict[str, np.ndarray]]:
+    """A scored clip's outcome and cache arrays: moments, JPEGs of the chosen frames, FLAC, maps, quality."""
     moments, arrays = _moment_arrays(clip.times, result.scores, result.contrastive,
                                      lambda idx: clip.frames[idx], cfg)
     arrays.update(t=clip.times, score=result.scores,
@@ -75,6 +74,18 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
                           seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults,
                           quality=quality)
+    return outcome, arrays
+
+
+def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
+    scorer = load_scorer(cfg.score)
+    # a moments file names the clip's frames: a clip it does not list fails here, before it is fetched
+    given = scorer.frames_of(job.clip_id, job.ytid, job.start_s) if isinstance(scorer, MomentsScorer) else None
+    clip = decode_job(job, cfg, raw_dir, gate)
+    faults_before, score_started = _minor_page_faults(), time.perf_counter()
+    result = scorer.score(clip) if given is None else scorer.result(given, clip.times)
+    score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
+    outcome, arrays = scored_arrays(job, clip, result, cfg, raw_dir, started, score_s, score_page_faults)
     return outcome, arrays, scorer.model_id
 
 
@@ -105,17 +116,21 @@ def import_decoders() -> None:
     import torchcodec.decoders  # noqa: F401
 
 
+def blank_clip(cfg: RunConfig) -> DecodedClip:
+    """A black, silent 10-s 16:9 clip at the decode settings: what warm-ups score."""
+    d, n_frames = cfg.decode, int(10 * cfg.decode.fps)
+    return DecodedClip(frames=np.zeros((n_frames, d.short_side, d.short_side * 16 // 9, 3), dtype=np.uint8),
+                       times=np.arange(n_frames) / d.fps, audio=np.zeros(10 * d.sample_rate, dtype=np.float32),
+                       sample_rate=d.sample_rate, window_s=d.window_s)
+
+
 def warm_up(cfg: RunConfig) -> str:
     """Ready a worker before its first scoring task (once per process): import the decoders, build the scorer
     and score one blank 10-s 16:9 clip, so the first real clips pay neither the model's first-call costs nor
     the heap's growth (~7,000 page faults, a quarter of a clip's scoring time)."""
     import_decoders()
     scorer = load_scorer(cfg.score)
-    d = cfg.decode
-    n_frames = int(10 * d.fps)
-    blank = DecodedClip(frames=np.zeros((n_frames, d.short_side, d.short_side * 16 // 9, 3), dtype=np.uint8),
-                        times=np.arange(n_frames) / d.fps, audio=np.zeros(10 * d.sample_rate, dtype=np.float32),
-                        sample_rate=d.sample_rate, window_s=d.window_s)
+    blank = blank_clip(cfg)
     if not isinstance(scorer, MomentsScorer):  # reads a file, no model to warm
         scorer.score(blank)
     measure(blank.frames, blank.audio, blank.sample_rate)  # the filters' first call pays numpy's set-up, not a clip

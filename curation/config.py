@@ -20,6 +20,7 @@ SCORERS = ("ssl", "synchrony", "none", "moments")
 CHECKPOINT_FORMATS = ("auto", "native", "ezvsl", "slavc")
 CONTRASTS = ("frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class ScoreConfig:
     save_maps: bool = False  # write every frame's heat map to OUT/maps/<clip_id>.npy (float16)
     moments: str | None = None  # scorer `moments`: an official top1_boxes_top10_moments.json to curate from
     moments_first_frame: int = 1  # number of a clip's first frame in that file (official: 1; localise/moments.py)
+    # where the ssl scorer's model runs: `cpu`, `cuda` / `cuda:N`, or `auto` (CUDA when the scoring worker has it;
+    # scores then depend on which worker scored: name the device for reproducible reruns). docs/scale.md
+    device: str = "cpu"
+    # `bf16`: the model runs under bfloat16 autocast (scores within ~1e-2 of fp32; docs/scale.md has the measure)
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,11 @@ class DaskConfig:
     tasks_in_flight_per_worker: int = 2
     retries: int = 2
     memory_limit: str = "6GB"
+    # a Dask worker resource (e.g. "GPU") that scoring needs: CPU workers fetch, decode and prepare the model's
+    # inputs, a worker offering the resource (`dask worker ... --resources GPU=1`; one of a LocalCluster's workers
+    # offers it) scores each task's clips in batches across clips, CPU workers finish (docs/scale.md).
+    # None: each task scores its own clips where it runs (the default, fastest on CPU-only clusters)
+    score_resource: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,11 @@ class RunConfig:
         score = dict(dataclasses.asdict(self.score), checkpoint_format=fmt)
         if self.score.scorer != "moments":
             del score["moments"], score["moments_first_frame"]
+        for key, default in (("device", "cpu"), ("precision", "fp32")):
+            if score[key] == default:
+                del score[key]
+        if self.dask.score_resource:  # batches across clips: a clip's scores may differ from per-clip batches' in
+            score["batches"] = "across_clips"  # the last bits, so the two layouts never share cache files
         parts = {"decode": dataclasses.asdict(self.decode), "score": score,
                  "top_k": self.select.top_k, "min_gap_s": self.select.min_gap_s,
                  "moment_window_s": self.select.moment_window_s, "clip_score": self.select.clip_score,
@@ -232,6 +248,12 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.score.checkpoint_format in ("auto", "native") or bool(cfg.score.checkpoint),
          f"score.checkpoint_format: {cfg.score.checkpoint_format} needs CHECKPOINT= the published file")
     need(cfg.score.moments_first_frame in (0, 1), "score.moments_first_frame: must be 0 or 1")
+    need(re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.score.device) is not None,
+         f"score.device: must be cpu, cuda, cuda:N or auto, got {cfg.score.device!r}")
+    need(cfg.score.precision in PRECISIONS, f"score.precision: must be one of {', '.join(PRECISIONS)}, "
+         f"got {cfg.score.precision!r}")
+    need(cfg.score.scorer == "ssl" or (cfg.score.device == "cpu" and cfg.score.precision == "fp32"),
+         f"score.device / score.precision: only the ssl scorer runs a model ({cfg.score.scorer} runs on the CPU)")
     need(all(w >= 1 for w in cfg.ssl.widths), "ssl.widths: must be positive")
     need(cfg.ssl.image_size >= 32, "ssl.image_size: must be >= 32")
     need(cfg.ssl.steps >= 1 and cfg.ssl.batch_size >= 4, "ssl.steps/batch_size: must be >= 1 / >= 4")
@@ -256,6 +278,11 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.dask.clips_per_task >= 1, "dask.clips_per_task: must be >= 1")
     need(cfg.dask.tasks_in_flight_per_worker >= 1, "dask.tasks_in_flight_per_worker: must be >= 1")
     need(cfg.dask.retries >= 0, "dask.retries: must be >= 0")
+    need(cfg.dask.score_resource is None or re.fullmatch(r"[A-Za-z_][\w-]*", cfg.dask.score_resource) is not None,
+         "dask.score_resource: a Dask resource name like GPU, or empty")
+    need(cfg.dask.score_resource is None or cfg.score.scorer == "ssl",
+         f"dask.score_resource: only the ssl scorer runs on a scoring worker ({cfg.score.scorer} scores where it "
+         "decodes); leave it empty")
     _check_fetch(cfg.fetch, need)
 
 

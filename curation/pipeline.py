@@ -8,6 +8,7 @@ only the selection from those files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import json
@@ -29,11 +30,14 @@ from curation.config import RunConfig, config_from_dict
 from curation.errors import UsageError, require_tools
 from curation.fetch.control import ClusterGate, StopCounter, forget_transient_failures
 from curation.fetch.mirror import extract_archive, plan_source, resolve_source, source_jobs
+from curation.localise.device import resolve_device
 from curation.localise.published import resolve_checkpoint
 from curation.localise.train import ensure_model
 from curation.outputs.assemble import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
 from curation.provenance import read_run_record
 from curation.results import ClipJob, ClipOutcome, cache_path, read_outcome
+from curation.scoring_workers import finish_group, model_inputs, prepare_group, score_inputs
+from curation.scoring_workers import warm_up as split_warm_up
 from curation.staging import stage_inputs
 from manifests.io import parquet_bytes
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 # 256 MiB of free heap is kept; with the warm-up's blank clip a worker's scorer then faults 20-90 times per clip.
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
                      "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+SCORING_WORKER_WAIT_S = 30.0  # a cluster's scoring workers may still be joining when a run starts
 
 
 def load_clip_list(cfg: RunConfig, out: str | Path) -> ClipList:
@@ -150,18 +155,74 @@ def _client(cfg: RunConfig, running=None) -> Iterator:
     # Environment values set in the shell still win. The workers' statistical profiler (a stack sample every
     # 10 ms) only feeds the dashboard, which is off: without it the scorer ran ~5 % faster (README, Benchmark).
     settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_MALLOC_ENV.items()}
+    scoring = 1 if cfg.dask.score_resource else 0
     with dask.config.set({**settings, "distributed.worker.profile.enabled": False}), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=cfg.dask.memory_limit,
-                         dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            LocalCluster(n_workers=workers - scoring, threads_per_worker=1, processes=True,
+                         memory_limit=cfg.dask.memory_limit, dashboard_address=None,
+                         silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        if scoring:
+            _add_scoring_worker(cluster, cfg.dask.score_resource)
+            client.wait_for_workers(workers)
         yield client
 
 
-def _run_tasks(client, task: Callable, jobs: list[ClipJob], cfg: RunConfig, args: tuple, progress: bool,
-               warm: Callable[[], object], desc: str = "curate",
+def _add_scoring_worker(cluster, name: str) -> None:
+    """One more LocalCluster worker, offering the resource `name` (the machine's one scoring worker); its nanny
+    starts it again with the resource if it dies."""
+    spec = copy.deepcopy(cluster.new_spec)
+    spec["options"]["resources"] = {name: 1}
+    cluster.worker_spec[f"scoring-{name}"] = spec
+    cluster.scale(len(cluster.worker_spec))
+
+
+def _task_submitter(client, task: Callable, cfg: RunConfig, args: tuple) -> Callable[[list[ClipJob]], object]:
+    """Submits `task(group, cfg, *args)`: one task per group of clips."""
+    return lambda group: client.submit(task, group, cfg, *args, retries=cfg.dask.retries, pure=False)
+
+
+def _split_submitter(client, cfg: RunConfig, paths: RunPaths, gate) -> Callable[[list[ClipJob]], object]:
+    """Submits a group as four tasks (curation.scoring_workers): prepare on any worker, pick out the model inputs
+    there, score them on a worker offering `dask.score_resource`, finish where the decoded clips are (Dask runs a
+    task where its largest input lies). Returns the future of the group's outcomes."""
+    options = {"retries": cfg.dask.retries, "pure": False}
+
+    def submit(group: list[ClipJob]):
+        prepared = client.submit(prepare_group, group, cfg, paths.raw, paths.cache, gate, **options)
+        inputs = client.submit(model_inputs, prepared, **options)
+        scores = client.submit(score_inputs, inputs, cfg, resources={cfg.dask.score_resource: 1}, **options)
+        return client.submit(finish_group, prepared, scores, cfg, paths.raw, paths.cache, **options)
+
+    return submit
+
+
+def _ensure_scoring_worker(client, cfg: RunConfig) -> list[str]:
+    """The workers offering `dask.score_resource` (a LocalCluster started for this run has one). A cluster where none
+    offers it within SCORING_WORKER_WAIT_S is a one-line error: its scoring tasks would wait forever."""
+    name = cfg.dask.score_resource
+    deadline = time.monotonic() + SCORING_WORKER_WAIT_S
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        offering = sorted(a for a, w in workers.items() if w.get("resources", {}).get(name, 0) >= 1)
+        if offering or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not offering:
+        raise UsageError(f"dask.score_resource = {name}: no worker of {cfg.dask.scheduler} offers it; start the "
+                         f"scoring workers with `dask worker {cfg.dask.scheduler} --nthreads 1 --resources {name}=1`")
+    return offering
+
+
+def _warm_split(cfg: RunConfig, dask_worker=None) -> str:
+    """`scoring_workers.warm_up` on each worker, as a scoring worker where it offers the resource."""
+    return split_warm_up(cfg, dask_worker.state.total_resources.get(cfg.dask.score_resource, 0) >= 1)
+
+
+def _run_tasks(client, submit_group: Callable[[list[ClipJob]], object], jobs: list[ClipJob], cfg: RunConfig,
+               progress: bool, warm: Callable[[], object], desc: str = "curate",
                stop: StopCounter | None = None) -> tuple[dict[str, ClipOutcome], float]:
-    """Map `task(group, cfg, *args)` over groups of clips with a bounded number of tasks in flight, after
-    `warm()` has run once on every worker; once `stop` says so, nothing more is submitted (clips never submitted
-    stay pending).
+    """Submit each group of clips (`submit_group(group)` -> the future of its outcomes) with a bounded number of
+    groups in flight, after `warm()` has run once on every worker; once `stop` says so, nothing more is submitted
+    (clips never submitted stay pending).
 
     Returns the outcomes and the moment the cluster was ready (to time processing without start-up)."""
     from dask.distributed import as_completed
@@ -179,7 +240,7 @@ def _run_tasks(client, task: Callable, jobs: list[ClipJob], cfg: RunConfig, args
     def submit_next() -> None:
         group = None if stop is not None and stop.reason else next(pending, None)
         if group is not None:
-            fut = client.submit(task, group, cfg, *args, retries=cfg.dask.retries, pure=False)
+            fut = submit_group(group)
             in_flight[fut] = group
             queue.add(fut)
 
@@ -288,6 +349,8 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     require_tools("ffmpeg", "ffprobe")
     if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
         cfg = resolve_checkpoint(cfg)  # a wrong file fails now, before the clip list or the demo world is built
+    if not cfg.dask.scheduler and cfg.score.scorer == "ssl":
+        resolve_device(cfg.score.device)  # a LocalCluster scores on this machine: a device it lacks fails now
     out = storage.resolve(cfg.out)
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)
@@ -308,8 +371,13 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     stop = StopCounter(cfg.fetch.stop_after, gate.request_stop if gate else None)
     loaded = time.perf_counter()
     with _client(cfg, client) as client:
-        outcomes, ready = _run_tasks(client, process_group, jobs, cfg, (paths.raw, paths.cache, gate),
-                                     progress, functools.partial(warm_up, cfg), stop=stop)
+        if cfg.dask.score_resource:
+            _ensure_scoring_worker(client, cfg)
+            submit, warm = _split_submitter(client, cfg, paths, gate), functools.partial(_warm_split, cfg)
+        else:
+            submit = _task_submitter(client, process_group, cfg, (paths.raw, paths.cache, gate))
+            warm = functools.partial(warm_up, cfg)
+        outcomes, ready = _run_tasks(client, submit, jobs, cfg, progress, warm, stop=stop)
         timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}
         outcomes.update(unreached)
@@ -355,8 +423,8 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
         timings = {"load_s": loaded - started, "cluster_start_s": 0.0, "process_s": time.perf_counter() - loaded}
         return finish(cfg, paths, clip_list, outcomes, timings, **record)
     with _client(cfg) as client:  # selection needs no model: warm the decoders only
-        outcomes, ready = _run_tasks(client, reselect_group, jobs, cfg, (paths.raw, old_cache, paths.cache),
-                                     progress, import_decoders, desc="reselect")
+        submit = _task_submitter(client, reselect_group, cfg, (paths.raw, old_cache, paths.cache))
+        outcomes, ready = _run_tasks(client, submit, jobs, cfg, progress, import_decoders, desc="reselect")
         timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}
         return finish(cfg, paths, clip_list, outcomes, timings, _dask_mapper(client, cfg), **record)

@@ -1,6 +1,7 @@
 """Localise stage: score every frame's audio-visual correspondence.
 
 `model` (the EZ-VSL-family localiser and its inputs), `checkpoint` (its file), `train` (`ssl-train`: no
-labels), `score` (the per-frame scorers), `published` (EZ-VSL / FNAC / SLAVC checkpoints), `moments` (the
+labels), `score` (the per-frame scorers; `result` is what they return), `device` (a model scorer on CPU or
+CUDA, fp32 or bf16, batches across clips), `published` (EZ-VSL / FNAC / SLAVC checkpoints), `moments` (the
 official moments file, as a scorer and as an export), `scorers` (the configured scorer, once per process).
 """

@@ -25,7 +25,7 @@ from scipy.signal import resample_poly
 from curation import storage
 from curation.config import RunConfig, ScoreConfig
 from curation.errors import ClipError, UsageError
-from curation.localise.score import ScoreResult
+from curation.localise.result import ScoreResult
 
 FPS = 10  # the official frames are extracted at 10 fps
 TOP = 10

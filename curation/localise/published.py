@@ -24,8 +24,8 @@ from curation import storage
 from curation.config import RunConfig, ScoreConfig
 from curation.decode import DecodedClip
 from curation.errors import CheckpointError
+from curation.localise.device import DeviceScorer, FrameScores, ModelInputs
 from curation.localise.model import AVLocalizer, CheckpointKeyError, ResNet18Trunk, SSLModelConfig, load_state_strict
-from curation.localise.score import ScoreResult
 
 TEMPERATURE = 0.03  # the authors' tau: maps and scores are cosine / 0.03, as their test code reports them
 SAMPLE_RATE = 16000  # VGGSound's rate, the only one these models were trained at
@@ -202,34 +202,44 @@ def spectrograms(audio: np.ndarray, times: np.ndarray, rate: int) -> np.ndarray:
     return (np.log(spec + 1e-7) / 12.0).astype(np.float32)[:, None]
 
 
-def images(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 frames -> (T, 3, 224, 224) floats in [0, 1]: the whole frame resized bicubic (aspect not
-    kept, as their test transform `Resize((224, 224), BICUBIC)`). Resized as uint8, channels-last: within one grey
-    level of PIL's bicubic and ~15x faster than resizing floats."""
+def resized(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames -> (T, 3, 224, 224) uint8: the whole frame resized bicubic (aspect not kept, as
+    their test transform `Resize((224, 224), BICUBIC)`). Resized as uint8, channels-last: within one grey level
+    of PIL's bicubic and ~15x faster than resizing floats."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
-    return x.float() / 255.0
+    return F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
 
 
-class PublishedScorer:
+def images(frames: np.ndarray) -> torch.Tensor:
+    """`resized` frames as floats in [0, 1]."""
+    return resized(frames).float() / 255.0
+
+
+class PublishedScorer(DeviceScorer):
     """Scores frames with a published localiser: map = cosine / 0.03 over its 7 x 7 grid, score = the map's max.
-    There is no reference bank, so no contrastive score."""
+    There is no reference bank, so no contrastive score. Runs on `score.device` in `score.precision`."""
 
     def __init__(self, cfg: ScoreConfig):
         from curation.localise.checkpoint import file_digest
 
         torch.set_num_threads(1)  # one worker process per core
         self.model, self.layout = load_published(cfg.checkpoint, cfg.checkpoint_format)
-        self.batch_size = cfg.batch_size
+        self.place([self.model], cfg.device, cfg.precision, cfg.batch_size)
         self.model_id = f"ssl-{self.layout}-{file_digest(cfg.checkpoint)[:12]}"
 
-    def score(self, clip: DecodedClip) -> ScoreResult:
-        maps = []
-        with torch.inference_mode():
-            for lo in range(0, len(clip.times), self.batch_size):
-                sl = slice(lo, lo + self.batch_size)
-                specs = torch.from_numpy(spectrograms(clip.audio, clip.times[sl], clip.sample_rate))
-                maps.append(self.model.localise(images(clip.frames[sl]), specs) / TEMPERATURE)
-        loc = torch.cat(maps)
-        return ScoreResult(scores=loc.flatten(1).amax(dim=1).numpy().astype(np.float32),
-                           maps=loc.numpy().astype(np.float32))
+    def forward(self, images: torch.Tensor, specs: torch.Tensor) -> FrameScores:
+        """The per-batch math: images in [0, 1] and spectrograms on the device -> per-frame map maximum and map."""
+        loc = self.model.localise(images, specs) / TEMPERATURE
+        return FrameScores(loc.flatten(1).amax(dim=1), loc)
+
+    def batch(self, clip: DecodedClip, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        specs = torch.from_numpy(spectrograms(clip.audio, clip.times[rows], clip.sample_rate))
+        return self.device_images(resized(clip.frames[rows])), specs.to(self.device)
+
+    def inputs(self, clip: DecodedClip) -> ModelInputs:
+        """The resized frames and one spectrogram per frame (scipy's, made on the CPU worker: 205 KB a frame)."""
+        specs = spectrograms(clip.audio, clip.times, clip.sample_rate)
+        return ModelInputs(resized(clip.frames), torch.from_numpy(specs), torch.from_numpy(clip.times))
+
+    def frame_audio(self, inputs: ModelInputs) -> torch.Tensor:
+        return inputs.audio.to(self.device)

@@ -6,20 +6,14 @@ coarse heat map per frame. Scorers are loaded once per worker process (`localise
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    scores: np.ndarray  # (T,) float32: ranks the moments of one clip
-    maps: np.ndarray | None = None  # (T, h, w) float32, where the scorer localises
-    contrastive: np.ndarray | None = None  # (T,) float32: comparable across clips (ranks clips)
+from curation.localise.device import DeviceScorer, FrameScores, ModelInputs
+from curation.localise.result import ScoreResult
 
 
 class Scorer(Protocol):
@@ -100,12 +94,12 @@ class SynchronyScorer:
                            maps=rho.reshape(n, self.grid, self.grid).astype(np.float32))
 
 
-class LearnedScorer:
+class LearnedScorer(DeviceScorer):
     """The EZ-VSL-style localisation model trained by ssl-train (published checkpoints: `curation.localise.published`):
     raw score = the best map position's cosine similarity with the frame's own audio. The contrastive score
     subtracts how well the frame matches other clips' audio on average (a frame that matches any sound is not
     evidence) and how well the audio matches other clips' frames (silence or a generic sound that matches any
-    picture is not evidence either)."""
+    picture is not evidence either). Runs on `score.device` in `score.precision` (`curation.localise.device`)."""
 
     def __init__(self, cfg: ScoreConfig):
         import torch
@@ -118,15 +112,17 @@ class LearnedScorer:
         torch.set_num_threads(1)  # one worker process per core
         self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
         self.front = AudioFrontEnd(self.model.cfg).eval()
-        self.batch_size = cfg.batch_size
+        self.place([self.model, self.front], cfg.device, cfg.precision, cfg.batch_size)
+        if self.bank is not None:
+            self.bank = {name: bank.to(self.device) for name, bank in self.bank.items()}
         self.contrast = cfg.contrast
         self.model_id = f"ssl-native-{file_digest(cfg.checkpoint)[:12]}"
 
-    def _images(self, frames: np.ndarray):
-        """(T, H, W, 3) uint8 frames -> centre squares at the model's size, floats in [0, 1].
+    def _resized(self, frames: np.ndarray):
+        """(T, H, W, 3) uint8 frames -> (T, 3, S, S) uint8 centre squares at the model's size.
 
         Resized while still uint8 and channels-last (torch's vectorised antialiasing path, about 10x faster
-        than resizing floats); only the small result is converted."""
+        than resizing floats); only the small result is converted (`device_images`)."""
         import torch
         import torch.nn.functional as F
 
@@ -134,7 +130,13 @@ class LearnedScorer:
 
         x = torch.from_numpy(np.ascontiguousarray(square_frames(frames))).permute(0, 3, 1, 2)
         size = self.model.cfg.image_size
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).float() / 255.0
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+    def _windows(self, audio, times):
+        from curation.localise.model import audio_windows
+
+        cfg = self.model.cfg
+        return audio_windows(audio.to(self.device), times.to(self.device), cfg.window_s, cfg.sample_rate)
 
     def _reference(self, image_maps, vectors):
         """Mean max-over-map similarity of each frame with the audio bank and of each audio with the image bank."""
@@ -144,26 +146,28 @@ class LearnedScorer:
         audio_side = torch.einsum("kchw,bc->bkhw", self.bank["image"], vectors).flatten(2).amax(dim=2).mean(1)
         return {"frame": frame_side, "audio": audio_side, "both": (frame_side + audio_side) / 2}[self.contrast]
 
-    def score(self, clip: DecodedClip) -> ScoreResult:
+    def forward(self, images, waves) -> FrameScores:
+        """The per-batch math: images (B, 3, S, S) in [0, 1] and audio windows (B, S) on the device -> per frame
+        the map's best position, the map, and the contrastive score."""
+        image_maps = self.model.image_maps(images)
+        vectors = self.model.audio_vectors(self.front(waves))
+        loc = self.model.localization(image_maps, vectors)
+        best = loc.flatten(1).amax(dim=1)
+        contrast = best - self._reference(image_maps, vectors) if self.bank is not None else None
+        return FrameScores(best, loc, contrast)
+
+    def batch(self, clip: DecodedClip, rows: slice):
+        """`forward`'s inputs for some of a clip's frames (the per-clip path)."""
         import torch
 
-        from curation.localise.model import audio_windows
+        return (self.device_images(self._resized(clip.frames[rows])),
+                self._windows(torch.from_numpy(clip.audio), torch.from_numpy(clip.times[rows])))
 
-        cfg = self.model.cfg
-        audio = torch.from_numpy(clip.audio)
-        raw, contrast, maps = [], [], []
-        with torch.inference_mode():
-            for lo in range(0, len(clip.times), self.batch_size):
-                sl = slice(lo, lo + self.batch_size)
-                image_maps = self.model.image_maps(self._images(clip.frames[sl]))
-                waves = audio_windows(audio, torch.from_numpy(clip.times[sl]), cfg.window_s, cfg.sample_rate)
-                vectors = self.model.audio_vectors(self.front(waves))
-                loc = self.model.localization(image_maps, vectors)
-                best = loc.flatten(1).amax(dim=1)
-                raw.append(best)
-                maps.append(loc)
-                if self.bank is not None:
-                    contrast.append(best - self._reference(image_maps, vectors))
-        return ScoreResult(scores=torch.cat(raw).numpy().astype(np.float32),
-                           maps=torch.cat(maps).numpy().astype(np.float32),
-                           contrastive=torch.cat(contrast).numpy().astype(np.float32) if contrast else None)
+    def inputs(self, clip: DecodedClip) -> ModelInputs:
+        """A clip's model inputs for a scoring worker: the resized frames and the waveform."""
+        import torch
+
+        return ModelInputs(self._resized(clip.frames), torch.from_numpy(clip.audio), torch.from_numpy(clip.times))
+
+    def frame_audio(self, inputs: ModelInputs):
+        return self._windows(inputs.audio, inputs.times)

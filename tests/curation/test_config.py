@@ -46,3 +46,24 @@ def test_cache_fingerprint_follows_only_per_clip_options():
     base = RunConfig()
     assert base.clip_stage_fingerprint() == load_config(None, {"select.keep_quantile": 0.5}).clip_stage_fingerprint()
     assert base.clip_stage_fingerprint() != load_config(None, {"decode.fps": 5}).clip_stage_fingerprint()
+
+
+def test_device_options_are_checked_in_one_line_each():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"score.device": "gpu", "score.precision": "fp16", "dask.score_resource": "GPU=1"})
+    assert err.value.problems == ["score.device: must be cpu, cuda, cuda:N or auto, got 'gpu'",
+                                  "score.precision: must be one of fp32, bf16, got 'fp16'",
+                                  "dask.score_resource: a Dask resource name like GPU, or empty"]
+    with pytest.raises(ConfigError, match="dask.score_resource: only the ssl scorer runs on a scoring worker"):
+        load_config(None, {"score.scorer": "synchrony", "dask.score_resource": "GPU"})
+    with pytest.raises(ConfigError, match="score.device / score.precision: only the ssl scorer runs a model"):
+        load_config(None, {"score.scorer": "synchrony", "score.precision": "bf16"})
+    assert load_config(None, {"score.device": "cuda:1", "dask.score_resource": "GPU"}).score.device == "cuda:1"
+
+
+def test_device_options_key_the_cache_only_when_they_change_the_scores():
+    # the defaults' cache key as it was before these options existed: earlier runs' cache files stay valid
+    assert RunConfig().clip_stage_fingerprint() == "38591c838057"
+    keys = {load_config(None, extra).clip_stage_fingerprint() for extra in
+            ({}, {"score.precision": "bf16"}, {"score.device": "cuda"}, {"dask.score_resource": "GPU"})}
+    assert len(keys) == 4

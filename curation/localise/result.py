@@ -1,0 +1,14 @@
+"""What every scorer returns for one clip: per-frame scores, optionally maps and a score comparable across clips."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    scores: np.ndarray  # (T,) float32: ranks the moments of one clip
+    maps: np.ndarray | None = None  # (T, h, w) float32, where the scorer localises
+    contrastive: np.ndarray | None = None  # (T,) float32: comparable across clips (ranks clips)
