@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import provenance, storage
-from curation.clip_task import cache_path, read_cached, read_scores
+from curation.clip_task import cache_path, read_media, read_scores
 from curation.config import RunConfig
 from curation.outcomes import Outcomes, measured_clips
 from curation.quality import Verdicts, judge_measured
@@ -126,7 +126,7 @@ def plan_shards(kept: pa.Table, cfg: RunConfig, label_index: dict[str, int]) -> 
 
 
 def _sample(cache_dir: str, clip_id: str, label: int, fields: dict) -> dict:
-    cached = read_cached(cache_path(cache_dir, clip_id))
+    cached = read_media(cache_path(cache_dir, clip_id))
     best = int(cached.selected[0])
     meta = dict(fields, frame_t=float(cached.times[best]), score=float(cached.scores[best]), rank=1,
                 ssl_model=cached.model_id,
