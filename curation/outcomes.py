@@ -80,7 +80,7 @@ class Outcomes:
             return table
         rows = table.select(["clip_id"]).append_column("row", pa.array(np.arange(table.num_rows)))
         last = rows.group_by("clip_id", use_threads=False).aggregate([("row", "max")])["row_max"]
-        return table.take(pc.sort_indices(last))
+        return table.take(np.sort(last.to_numpy()))
 
     def total(self, column: str, scored_only: bool = False) -> float:
         table = self.table()
