@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.clip_task import ClipOutcome
-from curation.quality import Fingerprints, fingerprint
+from curation.quality import SPECTRUM_BANDS, Fingerprints, fingerprint
 from curation.write import chunks
 
 OUTCOMES_SCHEMA = pa.schema([
@@ -102,5 +102,5 @@ def measured_clips(measured: pa.Table) -> tuple[Fingerprints, np.ndarray]:
     env, env_ends = flat("env", np.float32)
     spectrum, _ = flat("spectrum", np.float32)
     fps = Fingerprints(measured["clip_id"].to_pylist(), hashes, flags, hash_ends, env, env_ends,
-                       spectrum.reshape(measured.num_rows, -1), measured["motion"].to_numpy())
+                       spectrum.reshape(measured.num_rows, len(SPECTRUM_BANDS) - 1), measured["motion"].to_numpy())
     return fps, measured["loud_db"].to_numpy()

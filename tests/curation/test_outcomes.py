@@ -44,6 +44,7 @@ def test_outcomes_keep_each_clips_last_outcome_as_columns():
     assert outcomes.total("score_s") == 0.25 * (COMPACT_EVERY + 2)
     assert outcomes.total("scored") == COMPACT_EVERY + 2 and outcomes.total("n_frames", scored_only=True) == 80 * 258
     assert table["motion"].null_count == COMPACT_EVERY + 1  # only "b" was measured
+    assert len(measured_clips(Outcomes().table())[0]) == 0
 
 
 def test_fingerprint_arrays_hold_the_same_fingerprints_and_find_the_same_duplicates():
