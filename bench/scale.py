@@ -3,8 +3,10 @@
 A tiny-clip world (16 distinct 1-s 64x64 h264 + AAC clips, listed N times under N clip ids) is curated at each
 size with the synchrony scorer on a 2-worker LocalCluster. Each size runs in a fresh process, so its peak RSS
 is its own: the client's (`ru_maxrss` of the process) and the largest worker's (`RUSAGE_CHILDREN`: the
-LocalCluster's worker processes are the client's children). Then the write wave alone (shards + frames.parquet
-from the largest run's per-clip results) is timed on 1 and on 2 workers.
+LocalCluster's worker processes are the client's children), with CPU seconds per clip (client, workers, and the
+clip tasks' own timers on a sample). Then the write wave alone (shards + frames.parquet from the largest run's
+per-clip results) is timed on 1 and on 2 workers, with the workers' CPU seconds during it (`workers_busy`: CPU
+s / wall s, which says whether the workers were starved of cores).
 
 Writes `<out>/scale.json`. Run: `make bench-scale` (or `python -m bench.scale --sizes 1000 5000 20000`).
 """
