@@ -3,8 +3,10 @@
 A tiny-clip world (16 distinct 1-s 64x64 h264 + AAC clips, listed N times under N clip ids) is curated at each
 size with the synchrony scorer on a 2-worker LocalCluster. Each size runs in a fresh process, so its peak RSS
 is its own: the client's (`ru_maxrss` of the process) and the largest worker's (`RUSAGE_CHILDREN`: the
-LocalCluster's worker processes are the client's children). Then the write wave alone (shards + frames.parquet
-from the largest run's per-clip results) is timed on 1 and on 2 workers.
+LocalCluster's worker processes are the client's children), with CPU seconds per clip (client, workers, and the
+clip tasks' own timers on a sample). Then the write wave alone (shards + frames.parquet from the largest run's
+per-clip results) is timed on 1 and on 2 workers, with the workers' CPU seconds during it (`workers_busy`: CPU
+s / wall s, which says whether the workers were starved of cores).
 
 Writes `<out>/scale.json`. Run: `make bench-scale` (or `python -m bench.scale --sizes 1000 5000 20000`).
 """
@@ -58,6 +60,24 @@ def _peak_rss_mib() -> dict:
             "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mib, 1)}
 
 
+def _cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stage_costs(cache: str, clip_ids: list[str]) -> dict:
+    """Per-clip means over a sample of the run's clips (their cache files): the clip task's time on its worker,
+    the scorer's share and the data-quality signals' share (single-threaded workers: ~CPU s when not starved)."""
+    from curation.results import cache_path, read_outcome
+
+    outcomes = [read_outcome(cache_path(cache, cid)) for cid in clip_ids]
+    scored = [o for o in outcomes if o.scored]
+    return {"sampled_clips": len(scored),
+            "clip_task_s": round(sum(o.seconds for o in scored) / len(scored), 5),
+            "score_s": round(sum(o.score_s for o in scored) / len(scored), 5),
+            "quality_s": round(sum(o.quality["seconds"] for o in scored if o.quality) / len(scored), 5)}
+
+
 def _one_run(clip_list: Path, out: Path) -> dict:
     """Child process: one curation run of `clip_list`."""
     from curation.config import load_config
@@ -65,18 +85,25 @@ def _one_run(clip_list: Path, out: Path) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(None, {"dataset": "csv", "meta": str(clip_list), "out": str(out), **SETTINGS})
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_s()
     summary = run(cfg, progress=False)
     wall = time.perf_counter() - started
+    peaks = _peak_rss_mib()  # before the per-clip costs below read any cache file
+    client_cpu, worker_cpu = _cpu_s() - cpu_before, _cpu_s(resource.RUSAGE_CHILDREN)
     timings = json.loads((out / "manifests" / "run.json").read_text())["timings_s"]
-    return {"clips": summary.n_clips, "wall_s": round(wall, 2), "clips_per_s": round(summary.n_clips / wall, 2),
+    n = summary.n_clips
+    sample = [f"scale{i:06d}" for i in range(0, n, max(1, n // 500))]
+    return {"clips": n, "wall_s": round(wall, 2), "clips_per_s": round(n / wall, 2),
             "clips_per_s_processing": round(summary.clips_per_s, 2), "counts": summary.counts,
-            "timings_s": timings, **_peak_rss_mib()}
+            "timings_s": timings, **peaks, "load_average_after": os.getloadavg(),
+            "cpu_s_per_clip": {"client": round(client_cpu / n, 5), "workers": round(worker_cpu / n, 5),
+                               **_stage_costs(summary.paths.cache, sample)}}
 
 
 def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
     """Child process: the write wave alone (shards + frames.parquet) from a finished run's per-clip results."""
     from curation.config import load_config
+    from curation.outcomes import Outcomes
     from curation.outputs.assemble import RunPaths, finish
     from curation.pipeline import _client, _dask_mapper, load_clip_list, run_jobs
     from curation.results import cache_path, read_outcome
@@ -85,15 +112,21 @@ def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
                              "dask.workers": workers})
     paths = RunPaths.for_config(cfg)
     clip_list_table = load_clip_list(cfg, out)
-    outcomes = {j.clip_id: read_outcome(cache_path(paths.cache, j.clip_id)) for j in run_jobs(clip_list_table)}
+    outcomes = Outcomes(read_outcome(cache_path(paths.cache, j.clip_id)) for j in run_jobs(clip_list_table))
     with _client(cfg) as client:
         client.run(importlib.import_module, "curation.outputs.assemble")  # as in a run, the workers have imported it
-        started = time.perf_counter()
+        workers_before = sum(client.run(_cpu_s).values())
+        started, client_before = time.perf_counter(), _cpu_s()
         finish(cfg, paths, clip_list_table, outcomes, {}, _dask_mapper(client, cfg))
-        wall = time.perf_counter() - started
-    timings = json.loads((Path(paths.manifests) / "run.json").read_text())["timings_s"]
-    return {"workers": workers, "finish_s": round(wall, 2), "write_shards_s": timings["write_shards_s"],
-            "manifests_s": timings["manifests_s"]}
+        wall, client_cpu = time.perf_counter() - started, _cpu_s() - client_before
+        worker_cpu = sum(client.run(_cpu_s).values()) - workers_before
+    record = json.loads((Path(paths.manifests) / "run.json").read_text())
+    timings, n_kept = record["timings_s"], record["counts"]["ok"]
+    return {"workers": workers, "finish_s": round(wall, 2), "select_s": timings["select_s"],
+            "write_shards_s": timings["write_shards_s"], "manifests_s": timings["manifests_s"],
+            "kept_clips": n_kept, "client_cpu_s": round(client_cpu, 2), "workers_cpu_s": round(worker_cpu, 2),
+            # how many workers were busy on average while finish ran (= workers when nothing waits)
+            "workers_busy": round(worker_cpu / wall, 2), "load_average_after": os.getloadavg()}
 
 
 def _child(*args: str) -> dict:
@@ -133,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"] = {
         f"{who}_peak_rss largest / smallest": round(runs[-1][f"{who}_peak_rss_mib"] / runs[0][f"{who}_peak_rss_mib"], 3)
         for who in ("client", "worker")}
-    results["ratios"]["write_wave 2 workers / 1 (speed-up)"] = round(wave["1"]["write_shards_s"]
-                                                                     / wave["2"]["write_shards_s"], 3)
+    for part in ("write_shards_s", "manifests_s", "finish_s"):
+        results["ratios"][f"write_wave {part} 2 workers / 1 (speed-up)"] = round(wave["1"][part] / wave["2"][part], 3)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     write_json(out / "scale.json", results)
     print(json.dumps(results["ratios"], indent=2))

@@ -33,6 +33,7 @@ from curation.fetch.mirror import extract_archive, plan_source, resolve_source, 
 from curation.localise.device import resolve_device
 from curation.localise.published import resolve_checkpoint
 from curation.localise.train import ensure_model
+from curation.outcomes import Outcomes
 from curation.outputs.assemble import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
 from curation.provenance import read_run_record
 from curation.results import ClipJob, ClipOutcome, cache_path, read_outcome
@@ -219,7 +220,7 @@ def _warm_split(cfg: RunConfig, dask_worker=None) -> str:
 
 def _run_tasks(client, submit_group: Callable[[list[ClipJob]], object], jobs: list[ClipJob], cfg: RunConfig,
                progress: bool, warm: Callable[[], object], desc: str = "curate",
-               stop: StopCounter | None = None) -> tuple[dict[str, ClipOutcome], float]:
+               stop: StopCounter | None = None) -> tuple[Outcomes, float]:
     """Submit each group of clips (`submit_group(group)` -> the future of its outcomes) with a bounded number of
     groups in flight, after `warm()` has run once on every worker; once `stop` says so, nothing more is submitted
     (clips never submitted stay pending).
@@ -227,7 +228,7 @@ def _run_tasks(client, submit_group: Callable[[list[ClipJob]], object], jobs: li
     Returns the outcomes and the moment the cluster was ready (to time processing without start-up)."""
     from dask.distributed import as_completed
 
-    outcomes: dict[str, ClipOutcome] = {}
+    outcomes = Outcomes()
     bar = tqdm(total=len(jobs), unit="clip", disable=not progress, desc=desc, smoothing=0.1)
     client.run(warm)
     ready = time.perf_counter()
@@ -253,8 +254,7 @@ def _run_tasks(client, submit_group: Callable[[list[ClipJob]], object], jobs: li
         except Exception as exc:  # the worker died or the task failed on every retry
             results = [ClipOutcome(j.clip_id, scored=False, error_kind="worker_lost",
                                    error=f"{type(exc).__name__}: {exc}") for j in group]
-        for outcome in results:
-            outcomes[outcome.clip_id] = outcome
+        outcomes.add(results)  # as columns: the client keeps no Python object per clip
         if stop is not None:
             stop.record(results)
         bar.update(len(results))
@@ -380,14 +380,13 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
         outcomes, ready = _run_tasks(client, submit, jobs, cfg, progress, warm, stop=stop)
         timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}
-        outcomes.update(unreached)
-        score_s = sum(o.score_s for o in outcomes.values())
-        scored = [o for o in outcomes.values() if o.scored]
-        frames = sum(o.n_frames for o in scored)
+        outcomes.add(unreached.values())
+        score_s, n_scored = outcomes.total("score_s"), outcomes.total("scored")
+        frames = outcomes.total("n_frames", scored_only=True)
         summary = finish(cfg, paths, clip_list, outcomes, timings, _dask_mapper(client, cfg), model_digest=digest,
                          scorer_frames_per_s_per_worker=round(frames / score_s, 2) if score_s else None,
-                         scorer_page_faults_per_clip=round(sum(o.score_page_faults for o in scored) / len(scored),
-                                                           1) if scored else None,
+                         scorer_page_faults_per_clip=round(outcomes.total("score_page_faults", scored_only=True)
+                                                           / n_scored, 1) if n_scored else None,
                          fetch={"stopped": stop.reason, "retried_failed": retried}, source=source_note,
                          **({"inputs": inputs} if inputs else {}))
     notes = [f"retry-failed: {retried} clips with a transient failure fetched again"] if cfg.fetch.retry_failed else []
@@ -419,7 +418,7 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
     record = dict(model_digest=record.get("model_digest"), reselected_from=record["cache_dir"],
                   **{key: record[key] for key in ("inputs",) if key in record})
     if paths.cache == old_cache:  # only clip selection or shard options changed: no cluster needed
-        outcomes = {j.clip_id: read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs}
+        outcomes = Outcomes(read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs)
         timings = {"load_s": loaded - started, "cluster_start_s": 0.0, "process_s": time.perf_counter() - loaded}
         return finish(cfg, paths, clip_list, outcomes, timings, **record)
     with _client(cfg) as client:  # selection needs no model: warm the decoders only

@@ -10,6 +10,7 @@ duplicates over the whole run with a band index (no all-pairs comparison) and ne
 from __future__ import annotations
 
 import base64
+import bisect
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -134,14 +135,53 @@ def fingerprint(signals: dict) -> Fingerprint:
     return Fingerprint(hashes, flat.astype(bool), env, spectrum, signals["motion"])
 
 
-def _index(fps: dict[str, Fingerprint]) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Fingerprints:
+    """Many clips' duplicate fingerprints as flat arrays in clip-id order (no Python object per clip: the
+    duplicate search holds a whole run's at once). Row i's hashes are `hashes[hash_ends[i]:hash_ends[i + 1]]`."""
+
+    ids: list[str]  # sorted
+    hashes: np.ndarray  # uint64, every clip's in turn
+    flat: np.ndarray  # bool, aligned with hashes
+    hash_ends: np.ndarray  # (n + 1,) int64
+    env: np.ndarray  # float32 dB, every clip's in turn
+    env_ends: np.ndarray  # (n + 1,) int64
+    spectrum: np.ndarray  # (n, 16) float32 dB
+    motion: np.ndarray  # (n,) float64
+
+    @classmethod
+    def of(cls, fps: dict[str, Fingerprint]) -> Fingerprints:
+        ids = sorted(fps)
+        clips = [fps[cid] for cid in ids]
+
+        def joined(arrays: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+            ends = np.r_[0, np.cumsum([len(a) for a in arrays], dtype=np.int64)].astype(np.int64)
+            return (np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)), ends
+
+        hashes, hash_ends = joined([c.hashes for c in clips], np.uint64)
+        flat, _ = joined([c.flat for c in clips], bool)
+        env, env_ends = joined([c.env for c in clips], np.float32)
+        spectrum = np.stack([c.spectrum for c in clips]) if clips else np.zeros((0, len(SPECTRUM_BANDS) - 1),
+                                                                                   np.float32)
+        return cls(ids, hashes, flat, hash_ends, env, env_ends, spectrum,
+                   np.array([c.motion for c in clips], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def clip(self, i: int) -> Fingerprint:
+        """Row i as a Fingerprint (views, no copies)."""
+        h0, h1, e0, e1 = self.hash_ends[i], self.hash_ends[i + 1], self.env_ends[i], self.env_ends[i + 1]
+        return Fingerprint(self.hashes[h0:h1], self.flat[h0:h1], self.env[e0:e1], self.spectrum[i],
+                           float(self.motion[i]))
+
+
+def _index(fps: Fingerprints) -> tuple[np.ndarray, np.ndarray]:
     """(key, clip index) of every distinct band value of every clip's non-blank frame hashes, sorted by key."""
-    ids = sorted(fps)
-    hashes = [fps[cid].hashes[~fps[cid].flat] for cid in ids]
-    if sum(len(h) for h in hashes) == 0:
+    owner = np.repeat(np.arange(len(fps), dtype=np.int64), np.diff(fps.hash_ends))[~fps.flat]
+    flat = fps.hashes[~fps.flat]
+    if len(flat) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    owner = np.repeat(np.arange(len(ids), dtype=np.int64), [len(h) for h in hashes])
-    flat = np.concatenate(hashes)
     keys = np.concatenate([((flat >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
                            | (band << 40) for band, (shift, bits) in enumerate(BANDS)])
     owner = np.tile(owner, len(BANDS))
@@ -151,9 +191,9 @@ def _index(fps: dict[str, Fingerprint]) -> tuple[np.ndarray, np.ndarray]:
     return keys[distinct], owner[distinct]
 
 
-def candidate_pairs(fps: dict[str, Fingerprint]) -> set[tuple[str, str]]:
-    """Clip pairs that share MIN_SHARED_KEYS index keys (an inverted index over sorted keys, no all-pairs)."""
-    ids = sorted(fps)
+def _candidate_rows(fps: Fingerprints) -> list[tuple[int, int]]:
+    """Row pairs (a < b) that share MIN_SHARED_KEYS index keys (an inverted index over sorted keys, no
+    all-pairs), sorted."""
     keys, owner = _index(fps)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
     sizes = np.diff(np.r_[starts, len(keys)])
@@ -164,7 +204,13 @@ def candidate_pairs(fps: dict[str, Fingerprint]) -> set[tuple[str, str]]:
         for i, a in enumerate(members):
             for b in members[i + 1:]:
                 shared[(a, b)] += 1
-    return {(ids[a], ids[b]) for (a, b), n in shared.items() if n >= MIN_SHARED_KEYS}
+    return sorted(pair for pair, n in shared.items() if n >= MIN_SHARED_KEYS)
+
+
+def candidate_pairs(fps: dict[str, Fingerprint]) -> set[tuple[str, str]]:
+    """Clip pairs that share MIN_SHARED_KEYS index keys."""
+    table = Fingerprints.of(fps)
+    return {(table.ids[a], table.ids[b]) for a, b in _candidate_rows(table)}
 
 
 def footage_alignments(a: Fingerprint, b: Fingerprint, cfg: FilterConfig, min_overlap: int) -> list[int]:
@@ -229,23 +275,29 @@ def is_duplicate(a: Fingerprint, b: Fingerprint, cfg: FilterConfig, fps: float) 
 
 def duplicate_groups(signals: dict[str, dict], cfg: FilterConfig, fps: float) -> dict[str, str]:
     """clip_id -> its group's representative (the smallest clip_id), for every clip in a group of two or more."""
-    fps_ = {cid: fingerprint(s) for cid, s in signals.items()}
-    parent = {cid: cid for cid in fps_}
+    return find_duplicates(Fingerprints.of({cid: fingerprint(s) for cid, s in signals.items()}), cfg, fps)
 
-    def root(cid: str) -> str:
-        while parent[cid] != cid:
-            parent[cid] = parent[parent[cid]]
-            cid = parent[cid]
-        return cid
 
-    for a, b in sorted(candidate_pairs(fps_)):
-        if root(a) != root(b) and is_duplicate(fps_[a], fps_[b], cfg, fps):
+def find_duplicates(fps: Fingerprints, cfg: FilterConfig, fps_rate: float) -> dict[str, str]:
+    """`duplicate_groups` over fingerprint arrays: union-find over row indices (rows are in clip-id order, so
+    the smallest row of a group is its smallest clip_id)."""
+    parent = np.arange(len(fps))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    for a, b in _candidate_rows(fps):
+        if root(a) != root(b) and is_duplicate(fps.clip(a), fps.clip(b), cfg, fps_rate):
             ra, rb = root(a), root(b)
             parent[max(ra, rb)] = min(ra, rb)
-    members: dict[str, list[str]] = defaultdict(list)
-    for cid in parent:
-        members[root(cid)].append(cid)
-    return {cid: min(group) for group in members.values() if len(group) > 1 for cid in group}
+    roots = parent
+    while not np.array_equal(roots[roots], roots):  # pointer jumping: every row to its group's root
+        roots = roots[roots]
+    in_group = np.bincount(roots, minlength=len(fps))[roots] > 1
+    return {fps.ids[i]: fps.ids[roots[i]] for i in np.flatnonzero(in_group).tolist()}
 
 
 def overlaps(windows: list[tuple[str, str | None, float, float]]) -> dict[str, str]:
@@ -267,10 +319,14 @@ def overlaps(windows: list[tuple[str, str | None, float, float]]) -> dict[str, s
 
 @dataclass(frozen=True)
 class Verdicts:
-    """The filters' columns for clips.parquet and the clips they reject (clip_id -> (error_kind, message))."""
+    """The filters' columns for clips.parquet and the clips they reject (clip_id -> (error_kind, message)).
 
-    still: dict[str, bool]
-    silent: dict[str, bool]
+    `still` and `silent` are per measured clip, aligned with `ids` (sorted); the others hold only the clips
+    they name."""
+
+    ids: list[str]
+    still: np.ndarray
+    silent: np.ndarray
     dup_group: dict[str, str]
     overlap_of: dict[str, str]
     rejected: dict[str, tuple[str, str]]
@@ -278,25 +334,42 @@ class Verdicts:
 
 def judge(windows: list[tuple[str, str | None, float, float]], signals: dict[str, dict], cfg: FilterConfig,
           fps: float) -> Verdicts:
-    """Apply the filters to a run: `signals` per measured clip, `windows` for every valid clip-list row.
+    """Apply the filters to a run: `signals` per measured clip, `windows` for the valid clip-list rows (only
+    those sharing a ytid can overlap)."""
+    loud = np.array([signals[cid]["loud_db"] for cid in sorted(signals)], dtype=np.float64)
+    return judge_measured(windows, Fingerprints.of({cid: fingerprint(s) for cid, s in signals.items()}), loud,
+                          cfg, fps)
+
+
+def judge_measured(windows: list[tuple[str, str | None, float, float]], fps_: Fingerprints, loud_db: np.ndarray,
+                   cfg: FilterConfig, fps: float) -> Verdicts:
+    """`judge` over fingerprint arrays (`loud_db` aligned with their rows).
 
     A clip that several rejecting filters hit is recorded under the first of: duplicate, still, silent, overlap."""
-    still = {cid: s["motion"] < cfg.still_motion for cid, s in signals.items()}
-    silent = {cid: s["loud_db"] < cfg.silent_db for cid, s in signals.items()}
-    dup_group = duplicate_groups(signals, cfg, fps)
+    ids = fps_.ids
+    still, silent = fps_.motion < cfg.still_motion, loud_db < cfg.silent_db
+    dup_group = find_duplicates(fps_, cfg, fps)
     overlap_of = overlaps(windows)
+
+    def rows_of(names) -> np.ndarray:  # `ids` is sorted: a binary search per name, no index of every clip
+        hit = np.zeros(len(ids), dtype=bool)
+        found = (bisect.bisect_left(ids, cid) for cid in names)
+        hit[[i for i, cid in zip(found, names, strict=True) if i < len(ids) and ids[i] == cid]] = True
+        return hit
+
+    checks = ((cfg.reject_duplicates, "duplicate", rows_of([c for c, g in dup_group.items() if c != g]),
+               lambda i: f"near-duplicate of {dup_group[ids[i]]}"),
+              (cfg.reject_still, "still", still,
+               lambda i: f"video barely changes (motion {fps_.motion[i]:.2f} < {cfg.still_motion})"),
+              (cfg.reject_silent, "silent", silent,
+               lambda i: f"audio below {cfg.silent_db} dBFS for most of the clip ({loud_db[i]:.1f})"),
+              (cfg.reject_overlaps, "overlap", rows_of(list(overlap_of)),
+               lambda i: f"window overlaps {overlap_of.get(ids[i])}"))
     rejected: dict[str, tuple[str, str]] = {}
-    checks = ((cfg.reject_duplicates, "duplicate", lambda c: dup_group.get(c, c) != c,
-               lambda c: f"near-duplicate of {dup_group[c]}"),
-              (cfg.reject_still, "still", lambda c: still.get(c, False),
-               lambda c: f"video barely changes (motion {signals[c]['motion']:.2f} < {cfg.still_motion})"),
-              (cfg.reject_silent, "silent", lambda c: silent.get(c, False),
-               lambda c: f"audio below {cfg.silent_db} dBFS for most of the clip ({signals[c]['loud_db']:.1f})"),
-              (cfg.reject_overlaps, "overlap", lambda c: c in overlap_of and c in signals,
-               lambda c: f"window overlaps {overlap_of.get(c)}"))
-    for cid in sorted(signals):
-        for enabled, kind, hit, message in checks:
-            if enabled and hit(cid):
-                rejected[cid] = (kind, message(cid))
-                break
-    return Verdicts(still, silent, dup_group, overlap_of, rejected)
+    taken = np.zeros(len(ids), dtype=bool)
+    for enabled, kind, hit, message in checks:
+        if enabled:
+            for i in np.flatnonzero(hit & ~taken).tolist():
+                rejected[ids[i]] = (kind, message(i))
+            taken |= hit
+    return Verdicts(ids, still, silent, dup_group, overlap_of, dict(sorted(rejected.items())))

@@ -116,6 +116,28 @@ def read_scores(path: str) -> ClipScores:
                           ranks=data["rank"], selected=data["selected"])
 
 
+@dataclass(frozen=True)
+class ClipMedia:
+    """What a scored clip's shard sample needs of its cache file: moments, JPEGs, FLAC, model id."""
+
+    times: np.ndarray
+    scores: np.ndarray
+    selected: np.ndarray
+    jpgs: list[bytes]
+    flac: bytes
+    model_id: str
+
+
+def read_media(path: str) -> ClipMedia:
+    """A scored clip's sample parts from its cache file; the members a sample does not use (ranks, saliency
+    maps: the larger part of an ssl-scored clip's file) are never read."""
+    with _npz(path) as data:
+        n_jpgs = sum(1 for key in data.files if key.startswith("jpg"))
+        return ClipMedia(times=data["t"], scores=data["score"], selected=data["selected"],
+                         jpgs=[data[f"jpg{i}"].tobytes() for i in range(n_jpgs)], flac=data["flac"].tobytes(),
+                         model_id=json.loads(data["meta"].tobytes())["model_id"])
+
+
 def read_outcome(path: str) -> ClipOutcome:
     with _npz(path) as data:
         return ClipOutcome(**json.loads(data["meta"].tobytes())["outcome"])

@@ -79,7 +79,9 @@ def test_judge_groups_rejects_and_records():
                ("q", "other______", 0.0, 10.0)]
     v = judge(windows, signals, FilterConfig(), FPS)
     assert v.dup_group == {"a": "a", "b": "a"} and v.overlap_of == {"a": "b"}
-    assert v.still == {"b": False, "a": False, "s": True, "q": False} and v.silent["q"] and not v.silent["b"]
+    still = dict(zip(v.ids, v.still.tolist(), strict=True))
+    silent = dict(zip(v.ids, v.silent.tolist(), strict=True))
+    assert still == {"b": False, "a": False, "s": True, "q": False} and silent["q"] and not silent["b"]
     assert {cid: kind for cid, (kind, _) in v.rejected.items()} == {"b": "duplicate", "s": "still"}
     everything = FilterConfig(reject_silent=True, reject_overlaps=True, reject_duplicates=False, reject_still=False)
     assert {cid: kind for cid, (kind, _) in judge(windows, signals, everything, FPS).rejected.items()} == \

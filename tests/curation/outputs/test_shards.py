@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import soundfile
 import webdataset as wds
 import wids
@@ -73,8 +74,8 @@ def test_the_shard_plan_depends_only_on_the_kept_clips_not_their_order():
     cfg = load_config(None, {"write.samples_per_shard": 2, "write.name": "csv"})
     rows = [{"clip_id": f"c{i}", "dataset": "csv", "ytid": None, "start_s": 0.0, "end_s": 1.0,
              "label": "ab"[i % 2], "split": "train" if i < 5 else "test"} for i in range(7)]
-    plans = plan_shards(rows, cfg, {"a": 0, "b": 1})
-    assert plans == plan_shards(rows[::-1], cfg, {"a": 0, "b": 1})
+    plans = plan_shards(pa.Table.from_pylist(rows), cfg, {"a": 0, "b": 1})
+    assert plans == plan_shards(pa.Table.from_pylist(rows[::-1]), cfg, {"a": 0, "b": 1})
     assert list(plans) == ["csv-test", "csv-train"]
     assert [p.shard for p in plans["csv-train"]] == ["csv-train-000000.tar", "csv-train-000001.tar",
                                                       "csv-train-000002.tar"]

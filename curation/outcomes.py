@@ -1,0 +1,106 @@
+"""The client's record of a run's per-clip outcomes, as Arrow columns.
+
+A task returns a short list of `ClipOutcome`s; the client turns each list into one record batch at once (the
+data-quality fingerprints decoded from their base64 JSON form into list columns), so what it holds grows by
+a few hundred bytes of columns per clip, not by a dataclass and a dict of strings (~10 KiB of Python objects
+per clip before). `outputs.finish` reads the columns with Arrow compute and numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.outputs.shards import chunks
+from curation.quality import SPECTRUM_BANDS, Fingerprints, fingerprint
+from curation.results import ClipOutcome
+
+OUTCOMES_SCHEMA = pa.schema([
+    pa.field("clip_id", pa.string()),
+    pa.field("scored", pa.bool_()),
+    pa.field("error_kind", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("clip_score", pa.float64()),
+    pa.field("n_frames", pa.int32()),
+    pa.field("seconds", pa.float64()),
+    pa.field("score_s", pa.float64()),
+    pa.field("score_page_faults", pa.int64()),
+    pa.field("from_cache", pa.bool_()),
+    # the data-quality signals (curation.quality.Signals): null where the clip was not measured
+    pa.field("motion", pa.float64()),
+    pa.field("loud_db", pa.float64()),
+    pa.field("quality_s", pa.float64()),
+    pa.field("hashes", pa.list_(pa.uint64())),
+    pa.field("flat", pa.list_(pa.bool_())),
+    pa.field("env", pa.list_(pa.int8())),
+    pa.field("spectrum", pa.list_(pa.int8())),
+])
+_PLAIN = OUTCOMES_SCHEMA.names[:10]
+BATCH_ROWS = 256  # outcomes converted at a time when more come at once (a task returns a few)
+COMPACT_EVERY = 256  # batches: merged into one then, so small per-batch buffers do not pile up
+
+
+def _batch(outcomes: list[ClipOutcome]) -> pa.RecordBatch:
+    columns: dict[str, list] = {name: [getattr(o, name) for o in outcomes] for name in _PLAIN}
+    measured = [o.quality for o in outcomes]
+    fps = [fingerprint(q) if q else None for q in measured]
+    columns.update(motion=[q["motion"] if q else None for q in measured],
+                   loud_db=[q["loud_db"] if q else None for q in measured],
+                   quality_s=[q["seconds"] if q else None for q in measured],
+                   hashes=[f.hashes if f else None for f in fps], flat=[f.flat if f else None for f in fps],
+                   env=[f.env.astype(np.int8) if f else None for f in fps],
+                   spectrum=[f.spectrum.astype(np.int8) if f else None for f in fps])
+    return pa.RecordBatch.from_pydict(columns, schema=OUTCOMES_SCHEMA)
+
+
+class Outcomes:
+    """Per-clip outcomes as they come back; a clip recorded twice keeps its last outcome."""
+
+    def __init__(self, outcomes: Iterable[ClipOutcome] = ()):
+        self._batches: list[pa.RecordBatch] = []
+        self.add(outcomes)
+
+    def add(self, outcomes: Iterable[ClipOutcome]) -> None:
+        """Record outcomes (a task's list, or any iterable: it is read BATCH_ROWS at a time)."""
+        for chunk in chunks(outcomes, BATCH_ROWS):
+            self._batches.append(_batch(chunk))
+            if len(self._batches) >= COMPACT_EVERY:
+                self._batches = pa.Table.from_batches(self._batches).combine_chunks().to_batches()
+
+    def __len__(self) -> int:
+        return len(self.table())
+
+    def table(self) -> pa.Table:
+        """One row per clip (its last outcome), in the order they came."""
+        table = pa.Table.from_batches(self._batches, schema=OUTCOMES_SCHEMA)
+        if pc.count_distinct(table["clip_id"]).as_py() == table.num_rows:
+            return table
+        rows = table.select(["clip_id"]).append_column("row", pa.array(np.arange(table.num_rows)))
+        last = rows.group_by("clip_id", use_threads=False).aggregate([("row", "max")])["row_max"]
+        return table.take(np.sort(last.to_numpy()))
+
+    def total(self, column: str, scored_only: bool = False) -> float:
+        table = self.table()
+        values = table.filter(table["scored"])[column] if scored_only else table[column]
+        return pc.sum(values).as_py() or 0
+
+
+def measured_clips(measured: pa.Table) -> tuple[Fingerprints, np.ndarray]:
+    """Measured clips' outcome rows -> their fingerprint arrays and loudness (dBFS), in clip-id order."""
+    measured = measured.take(pc.sort_indices(measured["clip_id"]))
+
+    def flat(name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
+        column = measured[name].combine_chunks()
+        offsets = column.offsets.to_numpy().astype(np.int64)
+        return column.flatten().to_numpy(zero_copy_only=False).astype(dtype), offsets - offsets[0]
+
+    hashes, hash_ends = flat("hashes", np.uint64)
+    flags, _ = flat("flat", bool)
+    env, env_ends = flat("env", np.float32)
+    spectrum, _ = flat("spectrum", np.float32)
+    fps = Fingerprints(measured["clip_id"].to_pylist(), hashes, flags, hash_ends, env, env_ends,
+                       spectrum.reshape(measured.num_rows, len(SPECTRUM_BANDS) - 1), measured["motion"].to_numpy())
+    return fps, measured["loud_db"].to_numpy()
