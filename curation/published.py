@@ -110,6 +110,18 @@ class SLAVCLocalizer(nn.Module):
         self.register_buffer("image_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
+    def image_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Both projections' L2-normalised maps side by side, / sqrt(2): their dot product with `audio_vectors`
+        is the mean of the two cosines, `localise`'s map (what the reference bank compares)."""
+        feats = self.imgnet((images - self.image_mean) / self.image_std)
+        maps = (F.normalize(self.img_proj1(feats), dim=1), F.normalize(self.img_proj2(feats), dim=1))
+        return torch.cat(maps, dim=1) / 2**0.5
+
+    def audio_vectors(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        audio = torch.amax(self.audnet(spectrograms), dim=(2, 3))
+        vectors = (F.normalize(self.aud_proj1(audio), dim=1), F.normalize(self.aud_proj2(audio), dim=1))
+        return torch.cat(vectors, dim=1) / 2**0.5
+
     def localise(self, images: torch.Tensor, spectrograms: torch.Tensor) -> torch.Tensor:
         feats = self.imgnet((images - self.image_mean) / self.image_std)
         audio = torch.amax(self.audnet(spectrograms), dim=(2, 3))
@@ -211,23 +223,35 @@ def images(frames: np.ndarray) -> torch.Tensor:
 
 class PublishedScorer:
     """Scores frames with a published localiser: map = cosine / 0.03 over its 7 x 7 grid, score = the map's max.
-    There is no reference bank, so no contrastive score."""
+    With a reference bank (`score.bank`, built from the run's clips by `curation.bank.ensure_bank`) the
+    contrastive score is the calibrated margin of `curation.bank`, in the same units; without one there is none."""
 
     def __init__(self, cfg: ScoreConfig):
+        from curation.bank import load_bank, null_threshold
         from curation.ssl_train import file_digest
 
         torch.set_num_threads(1)  # one worker process per core
         self.model, self.layout = load_published(cfg.checkpoint, cfg.checkpoint_format)
         self.batch_size = cfg.batch_size
-        self.model_id = f"ssl-{self.layout}-{file_digest(cfg.checkpoint)[:12]}"
+        digest = file_digest(cfg.checkpoint)
+        self.model_id = f"ssl-{self.layout}-{digest[:12]}"
+        self.threshold = null_threshold(load_bank(cfg.bank, digest), cfg.bank_quantile) if cfg.bank else None
+
+    def features(self, clip: DecodedClip, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image maps and audio vectors of the frames `idx` of `clip`, each scaled by 1 / sqrt(0.03), so their
+        dot products are the authors' cosine / 0.03."""
+        specs = torch.from_numpy(spectrograms(clip.audio, clip.times[idx], clip.sample_rate))
+        scale = TEMPERATURE ** -0.5
+        return (self.model.image_maps(images(clip.frames[idx])) * scale,
+                self.model.audio_vectors(specs) * scale)
 
     def score(self, clip: DecodedClip) -> ScoreResult:
         maps = []
         with torch.inference_mode():
             for lo in range(0, len(clip.times), self.batch_size):
-                sl = slice(lo, lo + self.batch_size)
-                specs = torch.from_numpy(spectrograms(clip.audio, clip.times[sl], clip.sample_rate))
-                maps.append(self.model.localise(images(clip.frames[sl]), specs) / TEMPERATURE)
+                image_maps, vectors = self.features(clip, np.arange(lo, min(lo + self.batch_size, len(clip.times))))
+                maps.append(AVLocalizer.localization(image_maps, vectors))
         loc = torch.cat(maps)
-        return ScoreResult(scores=loc.flatten(1).amax(dim=1).numpy().astype(np.float32),
-                           maps=loc.numpy().astype(np.float32))
+        scores = loc.flatten(1).amax(dim=1).numpy().astype(np.float32)
+        return ScoreResult(scores=scores, maps=loc.numpy().astype(np.float32),
+                           contrastive=None if self.threshold is None else scores - np.float32(self.threshold))

@@ -108,9 +108,10 @@ class SynchronyScorer:
 class LearnedScorer:
     """The EZ-VSL-style localisation model trained by ssl-train (published checkpoints: `curation.published`):
     raw score = the best map position's cosine similarity with the frame's own audio. The contrastive score
-    subtracts how well the frame matches other clips' audio on average (a frame that matches any sound is not
-    evidence) and how well the audio matches other clips' frames (silence or a generic sound that matches any
-    picture is not evidence either)."""
+    compares that with the bank of other clips' moments stored with the model: by default the calibrated margin
+    of `curation.bank` (is this picture among the best matches of this sound, and this sound among the best
+    matches of this picture?); the older modes subtract the mean match of the frame with the bank's audio (a
+    frame that matches any sound is not evidence) and/or of the audio with the bank's frames."""
 
     def __init__(self, cfg: ScoreConfig):
         import torch
@@ -125,6 +126,10 @@ class LearnedScorer:
         self.front = AudioFrontEnd(self.model.cfg).eval()
         self.batch_size = cfg.batch_size
         self.contrast = cfg.contrast
+        if self.bank is not None and cfg.contrast == "margin":
+            from curation.bank import null_threshold
+
+            self.threshold = null_threshold(self.bank, cfg.bank_quantile)
         self.model_id = f"ssl-native-{file_digest(cfg.checkpoint)[:12]}"
 
     def _images(self, frames: np.ndarray):
@@ -141,13 +146,16 @@ class LearnedScorer:
         size = self.model.cfg.image_size
         return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).float() / 255.0
 
-    def _reference(self, image_maps, vectors):
-        """Mean max-over-map similarity of each frame with the audio bank and of each audio with the image bank."""
-        import torch
+    def _contrastive(self, own, image_maps, vectors):
+        """The own match against the bank: minus the calibrated threshold (`curation.bank`, "margin"), or minus
+        the mean match of the frame with the bank's audio ("frame"), of the audio with the bank's frames
+        ("audio"), or both."""
+        from curation.bank import bank_matches
 
-        frame_side = torch.einsum("bchw,kc->bkhw", image_maps, self.bank["audio"]).flatten(2).amax(dim=2).mean(1)
-        audio_side = torch.einsum("kchw,bc->bkhw", self.bank["image"], vectors).flatten(2).amax(dim=2).mean(1)
-        return {"frame": frame_side, "audio": audio_side, "both": (frame_side + audio_side) / 2}[self.contrast]
+        if self.contrast == "margin":
+            return own - self.threshold
+        audio_side, frame_side = (m.mean(dim=1) for m in bank_matches(image_maps, vectors, self.bank))
+        return own - {"frame": frame_side, "audio": audio_side, "both": (frame_side + audio_side) / 2}[self.contrast]
 
     def score(self, clip: DecodedClip) -> ScoreResult:
         import torch
@@ -168,7 +176,7 @@ class LearnedScorer:
                 raw.append(best)
                 maps.append(loc)
                 if self.bank is not None:
-                    contrast.append(best - self._reference(image_maps, vectors))
+                    contrast.append(self._contrastive(best, image_maps, vectors))
         return ScoreResult(scores=torch.cat(raw).numpy().astype(np.float32),
                            maps=torch.cat(maps).numpy().astype(np.float32),
                            contrastive=torch.cat(contrast).numpy().astype(np.float32) if contrast else None)
@@ -186,6 +194,8 @@ def load_scorer(cfg: ScoreConfig) -> Scorer | MomentsScorer:
 
         if cfg.checkpoint and storage.is_url(cfg.checkpoint):  # a model in OUT on an object store
             cfg = replace(cfg, checkpoint=storage.local_copy(cfg.checkpoint))
+        if cfg.bank and storage.is_url(cfg.bank):
+            cfg = replace(cfg, bank=storage.local_copy(cfg.bank))
         fmt = checkpoint_format(cfg.checkpoint) if cfg.checkpoint and cfg.checkpoint_format == "auto" \
             else cfg.checkpoint_format
         return PublishedScorer(replace(cfg, checkpoint_format=fmt)) if fmt in ("ezvsl", "slavc") else LearnedScorer(cfg)

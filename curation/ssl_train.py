@@ -426,9 +426,10 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
     if cfg.score.scorer != "ssl":
         return cfg, None
     if cfg.score.checkpoint:
+        from curation.bank import ensure_bank
         from curation.published import resolve_checkpoint
 
-        return resolve_checkpoint(cfg), file_digest(cfg.score.checkpoint)
+        return ensure_bank(resolve_checkpoint(cfg), jobs, out), file_digest(cfg.score.checkpoint)
     settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)
     name = hashlib.sha256(settings.encode()).hexdigest()[:12]
     if storage.is_url(str(out)):
