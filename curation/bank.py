@@ -13,6 +13,7 @@ Memory per worker is the bank alone (K x dim x map positions), whatever the numb
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import tempfile
@@ -74,8 +75,6 @@ def build_bank(moments: Iterable[tuple[DecodedClip, np.ndarray]], features: Feat
 
 def save_bank(path: str | Path, bank: dict[str, torch.Tensor], model_digest: str) -> None:
     """Write a bank file (atomic), tied to the model it was computed with."""
-    import io
-
     buf = io.BytesIO()
     torch.save({"format": BANK_FORMAT, "model": model_digest, "image": bank["image"].contiguous(),
                 "audio": bank["audio"].contiguous()}, buf)
@@ -103,7 +102,8 @@ def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path) -> RunConf
     """The run's config with `score.bank` set when a published localiser scores with the margin: a bank built
     once from `score.bank_clips` of the run's local or already-fetched clips (a sample fixed by clip id), one
     moment each, with the scorer's own front end, and kept at `OUT/ssl/bank-<key>.pt` (reused by later runs).
-    An ssl-train checkpoint carries its own bank; other scorers and settings pass through."""
+    Without 2 such clips there is no bank (a warning). An ssl-train checkpoint carries its own bank; other
+    scorers and settings pass through."""
     from curation import storage
     from curation.clip_task import fetch_job
     from curation.decode import decode_clip
@@ -118,6 +118,10 @@ def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path) -> RunConf
         return cfg
     raw_dir = Path(out) / "raw" if not storage.is_url(str(out)) else None
     local = [j for j in jobs if j.path is not None or (raw_dir is not None and raw_path(raw_dir, j.clip_id).is_file())]
+    if len(local) < 2:  # e.g. a YouTube list not fetched yet: no margin, the raw score ranks and cuts clips
+        log.warning("reference bank: fewer than 2 local or fetched clips, so no margin (score_contrastive) in this "
+                    "run; fetch first (SCORER=none) and rerun for one")
+        return cfg
     wanted = set(sample_ids([j.clip_id for j in local], score.bank_clips))
     chosen = [j for j in local if j.clip_id in wanted]
     digest = file_digest(score.checkpoint)

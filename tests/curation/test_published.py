@@ -229,6 +229,8 @@ def test_published_checkpoint_scores_the_margin_with_a_bank_from_the_runs_clips(
     jobs = [ClipJob(f"demo{i:05d}", str(world.raw_dir / f"demo{i:05d}.mp4"), None, 0.0, 3.0) for i in range(3)]
     cfg = resolve_checkpoint(load_config(None, {"out": str(tmp_path), "score.checkpoint": str(path),
                                                 "decode.fps": 1.0, "score.bank_clips": 2}))
+    remote = [ClipJob("yt", None, "https://example.invalid/yt.mp4", 0.0, 3.0)]  # nothing fetched: no bank
+    assert ensure_bank(cfg, remote, tmp_path).score.bank is None and not (tmp_path / "ssl").exists()
     cfg = ensure_bank(cfg, jobs, tmp_path)
     bank_file = tmp_path / "ssl" / cfg.score.bank.rsplit("/", 1)[-1]
     assert bank_file.is_file() and bank_file.name.startswith("bank-")
