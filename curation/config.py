@@ -55,7 +55,8 @@ class ScoreConfig:
     contrast: str = "margin"
     bank_quantile: float = 0.96
     # a published localiser's reference bank: built from this many of the run's clips, one moment each (0: none,
-    # no contrastive score); an ssl-train checkpoint carries its own (ssl.bank_size). `bank` = a built bank file
+    # no contrastive score); an ssl-train checkpoint carries its own (ssl.bank_size). `bank`: a bank file
+    # (curation.bank.save_bank) for this model, used instead
     bank_clips: int = 256
     bank: str | None = None
     save_maps: bool = False  # write every frame's heat map to OUT/maps/<clip_id>.npy (float16)

@@ -122,15 +122,18 @@ class LearnedScorer:
         if not cfg.checkpoint:
             raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
         torch.set_num_threads(1)  # one worker process per core
+        from curation.bank import load_bank, null_threshold
+
         self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
+        digest = file_digest(cfg.checkpoint)
+        if cfg.bank:  # a bank built from other clips replaces the one trained with the model
+            self.bank = load_bank(cfg.bank, digest)
         self.front = AudioFrontEnd(self.model.cfg).eval()
         self.batch_size = cfg.batch_size
         self.contrast = cfg.contrast
         if self.bank is not None and cfg.contrast == "margin":
-            from curation.bank import null_threshold
-
             self.threshold = null_threshold(self.bank, cfg.bank_quantile)
-        self.model_id = f"ssl-native-{file_digest(cfg.checkpoint)[:12]}"
+        self.model_id = f"ssl-native-{digest[:12]}"
 
     def _images(self, frames: np.ndarray):
         """(T, H, W, 3) uint8 frames -> centre squares at the model's size, floats in [0, 1].

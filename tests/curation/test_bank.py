@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from curation.bank import bank_matches, null_threshold, sample_ids
-from curation.config import SelectConfig
+from curation.config import ScoreConfig, SelectConfig
 from curation.errors import CheckpointError
 from curation.select import keep_clips
 
@@ -65,3 +65,36 @@ def test_bank_sample_does_not_depend_on_the_list_order():
     chosen = sample_ids(ids, 10)
     assert len(chosen) == 10 and sorted(sample_ids(ids[::-1], 10)) == sorted(chosen)
     assert sample_ids(ids[:5], 10) == ids[:5]
+
+
+def test_an_ssl_train_checkpoint_scores_the_margin_with_its_own_bank_or_a_given_one(tmp_path):
+    import numpy as np
+
+    from curation.bank import save_bank
+    from curation.config import SSLConfig
+    from curation.decode import DecodedClip
+    from curation.score import LearnedScorer
+    from curation.ssl_model import AVLocalizer, SSLModelConfig
+    from curation.ssl_train import file_digest, save_checkpoint
+
+    torch.manual_seed(0)
+    model = AVLocalizer(SSLModelConfig(widths=(4, 8, 8, 16), image_maxpool=False, image_size=32, dim=16,
+                                       window_s=0.5, hop=640, n_mels=16)).eval()
+    own_bank = {"image": torch.nn.functional.normalize(torch.randn(6, 16, 2, 2), dim=1),
+                "audio": torch.nn.functional.normalize(torch.randn(6, 16), dim=1)}
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, None, 1, own_bank, SSLConfig())
+    clip = DecodedClip(frames=np.random.default_rng(0).integers(0, 255, (5, 36, 64, 3), dtype=np.uint8),
+                       times=np.arange(5) / 2, audio=np.random.default_rng(1).normal(0, 0.1, 48000).astype(np.float32),
+                       sample_rate=16000, window_s=3.0)
+    scorer = LearnedScorer(ScoreConfig(checkpoint=str(path)))
+    result = scorer.score(clip)
+    assert scorer.threshold == null_threshold(own_bank, 0.96)
+    np.testing.assert_allclose(result.contrastive, result.scores - scorer.threshold, atol=1e-6)
+    other = {"image": own_bank["image"][:3] * -1, "audio": own_bank["audio"][:3]}
+    save_bank(tmp_path / "bank.pt", other, file_digest(path))
+    given = LearnedScorer(ScoreConfig(checkpoint=str(path), bank=str(tmp_path / "bank.pt")))
+    assert given.threshold == null_threshold(other, 0.96) != scorer.threshold
+    save_bank(tmp_path / "stale.pt", other, "0" * 64)
+    with pytest.raises(CheckpointError, match="another model"):
+        LearnedScorer(ScoreConfig(checkpoint=str(path), bank=str(tmp_path / "stale.pt")))
