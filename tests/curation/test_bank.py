@@ -1,5 +1,6 @@
 """The calibrated cross-dataset margin (curation.bank) on constructed embeddings: chance pairings of the bank's
-moments set the threshold, a matched clip clears it and a mismatched one does not, whatever the mix of clips."""
+moments set the threshold, a matched clip clears it and a mismatched one does not, whatever the mix of clips;
+an ssl-train checkpoint's scorer uses its own bank or a given bank file of the same model."""
 
 import pytest
 import torch
