@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return ssl_device.main(args)
     out = Path(args.out).resolve()
     world_out = out / "ssl_world"
-    cfg = load_config(None, {"out": str(world_out), "demo.clips": args.clips, "demo.seed": 1})
+    given = {"score.checkpoint": str(Path(args.checkpoint).resolve())} if args.checkpoint else {}
+    cfg = load_config(None, {"out": str(world_out), "demo.clips": args.clips, "demo.seed": 1, **given})
     generate_world(world_out, n_clips=args.clips, seed=1, duration_s=cfg.demo.duration_s)
     started = time.perf_counter()
     cfg, _ = ensure_model(cfg, run_jobs(load_clip_list(cfg, world_out)), world_out, progress=False)

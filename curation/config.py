@@ -18,7 +18,7 @@ from manifests.typed_config import parse_value as parse_value  # re-exported: fl
 DATASETS = ("demo", "vggsound", "vegas", "csv")
 SCORERS = ("ssl", "synchrony", "none", "moments")
 CHECKPOINT_FORMATS = ("auto", "native", "ezvsl", "slavc")
-CONTRASTS = ("frame", "audio", "both")
+CONTRASTS = ("margin", "frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
 PRECISIONS = ("fp32", "bf16")
 
@@ -49,8 +49,17 @@ class ScoreConfig:
     # frames per forward pass: a clip of up to this many (10 s at 10 fps) is one batch, ~4 % faster in the pipeline
     # than 64 + the rest (README, Benchmark); a batch never holds two clips' frames
     batch_size: int = 100
-    contrast: str = "frame"  # the cross-clip score: own match minus the mean match with other clips' audio
-    # ("frame"), other clips' frames ("audio"), or the average of the two ("both"); README has the measurements
+    # the cross-clip score (score_contrastive): `margin`, the own match minus the bank_quantile of the matches of
+    # the bank's sounds with other bank moments' pictures (chance pairings; localise/bank.py), so >= 0 means better
+    # than that share of them; or the own match minus the mean match with other clips' audio ("frame"), frames
+    # ("audio"), or both. 0.96 chosen on demo world seed 0 (docs/localisation.md, "Mismatched pairs")
+    contrast: str = "margin"
+    bank_quantile: float = 0.96
+    # a published localiser's reference bank: built from this many of the run's clips, one moment each (0: none,
+    # no contrastive score); an ssl-train checkpoint carries its own (ssl.bank_size). `bank`: a bank file
+    # (curation.localise.bank.save_bank) for this model, used instead
+    bank_clips: int = 256
+    bank: str | None = None
     save_maps: bool = False  # write every frame's heat map to OUT/maps/<clip_id>.npy (float16)
     moments: str | None = None  # scorer `moments`: an official top1_boxes_top10_moments.json to curate from
     moments_first_frame: int = 1  # number of a clip's first frame in that file (official: 1; localise/moments.py)
@@ -103,8 +112,12 @@ class SelectConfig:
     # a moment scores the lowest frame score within +-moment_window_s/2 (0 = its own): frames at the border of
     # a sounding stretch, whose audio window still (or already) holds the sound, rank below its middle
     moment_window_s: float = 0.4
-    clip_score: str = "score"  # what ranks clips: `score` or `score_contrastive` (falls back to `score`)
-    min_clip_score: float | None = None  # drop clips whose score is below this
+    # what ranks clips: `score` or `score_contrastive` (falls back to `score` where the scorer has none). The
+    # margin (score.contrast) is calibrated: 0 = as good as the best 4 % of chance pairings of other clips
+    clip_score: str = "score_contrastive"
+    # drop clips whose clip score is below this: with the margin, a threshold that holds whatever share of the
+    # clips is good (a quantile alone keeps mismatched clips when good ones are fewer; docs/localisation.md)
+    min_clip_score: float | None = 0.0
     keep_quantile: float | None = 0.65  # keep this top fraction of scored clips (None keeps all)
     # rank and cut within each label (keep_quantile of each label's clips), so no label is emptied by one
     # global threshold; min_per_label keeps at least that many of a label's best clips whatever the quantile
@@ -244,6 +257,8 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
          f"score.checkpoint_format: must be one of {', '.join(CHECKPOINT_FORMATS)}")
     need(cfg.score.contrast in CONTRASTS, f"score.contrast: must be one of {', '.join(CONTRASTS)}")
     need(cfg.score.batch_size >= 1, "score.batch_size: must be >= 1")
+    need(0 <= cfg.score.bank_quantile <= 1, "score.bank_quantile: must be in 0..1")
+    need(cfg.score.bank_clips >= 0, "score.bank_clips: must be >= 0")
     need(cfg.score.scorer != "moments" or bool(cfg.score.moments), "score.moments: SCORER=moments needs MOMENTS=")
     need(cfg.score.checkpoint_format in ("auto", "native") or bool(cfg.score.checkpoint),
          f"score.checkpoint_format: {cfg.score.checkpoint_format} needs CHECKPOINT= the published file")

@@ -4,8 +4,12 @@ Every clip has its own background (gradient, noise, distractor blobs), so a mode
 the clip instead of the sound source; the truth table makes that shortcut measurable (FINDINGS.md).
 Clip kinds (per clip in demo_world.json, counts.clip_kinds): normal single source; mismatched (the object is
 silent, the audio is another category's, from an unseen source at its own distance); no-object audio (music
-or babble); two sources; sound-only. Loudness follows apparent size; a sounding object swells and shakes
-with its own sound envelope. Clips are real h264 + AAC mp4 written by the ffmpeg CLI.
+or babble); two sources; sound-only. Mismatched clips come in three variants (counts.clip_variants): `random`
+(any other category is heard), `lookalike` (the heard category is the shown one's look-alike, `LOOKALIKE`:
+similar shape and colour, or a shared frequency band) and `crowd` (two or three silent objects on screen, the
+heard category none of them). Loudness follows apparent size; in a `pulsing` clip (counts.clip_pulsing, half
+of each kind) a sounding object swells and shakes with its own sound envelope, in the other half nothing on
+screen moves with the sound (as in most real footage). Clips are real h264 + AAC mp4 written by the ffmpeg CLI.
 
 Truth columns (one row per video frame, t = frame / FPS):
   category      primary object's category (for sound-only clips: the category of the sound)
@@ -47,8 +51,10 @@ MIN_SEGMENT_S = 1.0
 UNIT_RMS = 0.10  # level of a source at scale 1; 2 sources x PEAK_FACTOR x UNIT_RMS + noise stays < 1
 PEAK_FACTOR = 4.5  # unit waveforms are limited to PEAK_FACTOR x their RMS
 NOISE_RMS = 0.01  # -40 dBFS background noise, always present
-KIND_FRACTIONS = {"normal": 0.60, "mismatched": 0.12, "no_object": 0.10, "two_source": 0.12,
+KIND_FRACTIONS = {"normal": 0.52, "mismatched": 0.20, "no_object": 0.10, "two_source": 0.12,
                   "sound_only": 0.06}
+MISMATCH_VARIANTS = ("random", "lookalike", "crowd")  # dealt in turn over the mismatched clips
+PULSING_FRACTION = 0.5  # of each kind's clips, whose sounding objects swell and shake with their sound
 FFMPEG_ENCODE = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
                  "-g", "10", "-threads", "1", "-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "1",
                  "-movflags", "+faststart", "-fflags", "+bitexact", "-flags:v", "+bitexact",
@@ -78,6 +84,11 @@ CATEGORIES = (
     Category("orange cross", "cross", (250, 140, 20), "checker", "chirp", 600.0, 0.0),
     Category("white hexagon", "hexagon", (245, 245, 245), "dots", "square", 110.0, 2.5),
 )
+
+
+# each category's look-alike: round red/magenta (circle, ring), blue/cyan four-gons (square, diamond), pointed
+# green/yellow (triangle, star), and orange cross / white hexagon, whose sounds share the 550-1200 Hz band
+LOOKALIKE = (4, 5, 3, 2, 0, 1, 7, 6)
 
 
 @dataclass(frozen=True)
@@ -320,18 +331,25 @@ def _motion(rng: np.random.Generator, n: int, shrink: float = 1.0) -> tuple[np.n
     return scale.astype(np.float32), xy
 
 
-def _plan_tracks(rng: np.random.Generator, kind: str, cat: int, n: int) -> list[Track]:
-    """The sources of one clip; tracks[0] is the primary (its category is the clip's label)."""
+def _plan_tracks(rng: np.random.Generator, kind: str, cat: int, n: int, variant: str | None = None) -> list[Track]:
+    """The sources of one clip; tracks[0] is the primary (its category is the clip's label). `variant`: how a
+    mismatched clip is made (MISMATCH_VARIANTS)."""
     min_len = int(round(MIN_SEGMENT_S * FPS))
     st = _schedule(rng, n, min_len)
     other = int((cat + rng.integers(1, len(CATEGORIES))) % len(CATEGORIES))
+    if variant == "lookalike":
+        other = LOOKALIKE[cat]
     never = np.zeros(n, dtype=bool)
     if kind in ("normal", "two_source", "sound_only"):
         visible = never if kind == "sound_only" else st != 1
         tracks = [Track(cat, cat, visible, st != 2, *_motion(rng, n, 0.75 if kind == "two_source" else 1))]
     else:
-        tracks = [Track(cat, None, st != 1, never, *_motion(rng, n)),
+        tracks = [Track(cat, None, st != 1, never, *_motion(rng, n, 0.75 if variant == "crowd" else 1)),
                   Track(None, other if kind == "mismatched" else -1, never, st != 2, *_motion(rng, n))]
+    if variant == "crowd":  # one or two more silent objects, always on screen, of neither category
+        rest = [c for c in range(len(CATEGORIES)) if c not in (cat, other)]
+        for look in rng.choice(rest, size=int(rng.integers(1, 3)), replace=False).tolist():
+            tracks.append(Track(int(look), None, ~never, never, *_motion(rng, n, 0.6)))
     if kind == "two_source":
         st2 = _schedule(rng, n, min_len)
         while np.sum((st == 0) & (st2 == 0)) < min_len:
@@ -372,25 +390,48 @@ def _encode(frames: bytes, audio: np.ndarray, dst: Path) -> None:
         os.replace(mp4, dst)
 
 
-def _clip(raw_dir: Path, seed: int, index: int, kind: str, cat: int, n_frames: int) -> pa.Table:
+class ClipPlan(NamedTuple):
+    """What one clip is: its kind, its mismatch variant (mismatched clips only), its category, and whether
+    its sounding objects pulse with their sound."""
+
+    kind: str
+    variant: str | None
+    category: int
+    pulsing: bool
+
+
+def _clip(raw_dir: Path, seed: int, index: int, plan: ClipPlan, n_frames: int) -> pa.Table:
     """Plan one clip from its own generator (keyed by seed and index), encode it unless present."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
     clip_id = f"demo{index:05d}"
-    tracks = _plan_tracks(rng, kind, cat, n_frames)
+    tracks = _plan_tracks(rng, plan.kind, plan.category, n_frames, plan.variant)
     dst = raw_dir / f"{clip_id}.mp4"
     if not dst.exists():
         audio, pulses = _render_audio(rng, tracks)
+        if not plan.pulsing:
+            pulses = [np.zeros_like(p) for p in pulses]
         _encode(_render_video(rng, tracks, pulses), audio, dst)
-    return _truth(clip_id, cat, tracks)
+    return _truth(clip_id, plan.category, tracks)
 
 
-def _world_plan(seed: int, n_clips: int) -> tuple[list[str], np.ndarray]:
-    """Exact kind counts (rounded fractions, the rest normal) and balanced categories, shuffled by seed."""
+def _world_plan(seed: int, n_clips: int) -> list[ClipPlan]:
+    """Exact kind counts (rounded fractions, the rest normal) and balanced categories, shuffled by seed; the
+    mismatch variants dealt in turn over the mismatched clips, and half of each kind's clips (rounded down)
+    pulsing, chosen by seed."""
     counts = {k: int(round(f * n_clips)) for k, f in KIND_FRACTIONS.items() if k != "normal"}
     counts = {"normal": n_clips - sum(counts.values()), **counts}
     rng = np.random.default_rng(seed)
     kinds = rng.permutation(np.repeat(list(counts), list(counts.values()))).tolist()
-    return kinds, rng.permutation(np.arange(n_clips) % len(CATEGORIES))
+    cats = rng.permutation(np.arange(n_clips) % len(CATEGORIES))
+    pulsing = np.zeros(n_clips, dtype=bool)
+    variants: list[str | None] = [None] * n_clips
+    for kind in counts:
+        members = np.array([i for i, k in enumerate(kinds) if k == kind], dtype=np.int64)
+        pulsing[rng.permutation(members)[: int(PULSING_FRACTION * len(members))]] = True
+        if kind == "mismatched":
+            for j, i in enumerate(members.tolist()):
+                variants[i] = MISMATCH_VARIANTS[j % len(MISMATCH_VARIANTS)]
+    return [ClipPlan(kinds[i], variants[i], int(cats[i]), bool(pulsing[i])) for i in range(n_clips)]
 
 
 def _clip_list(raw_dir: Path, cats: np.ndarray, duration_s: float) -> pa.Table:
@@ -404,15 +445,20 @@ def _clip_list(raw_dir: Path, cats: np.ndarray, duration_s: float) -> pa.Table:
     }, schema=CLIP_LIST_SCHEMA)
 
 
-def _counts(kinds: list[str], truth: pa.Table) -> dict:
+def _counts(plans: list[ClipPlan], truth: pa.Table) -> dict:
     df = truth.to_pandas()
     good = good_pair_mask(df)
+    kinds = [p.kind for p in plans]
     return {
         "kinds": {k: kinds.count(k) for k in KIND_FRACTIONS}, "frames": len(df),
+        "mismatch_variants": {v: sum(p.variant == v for p in plans) for v in MISMATCH_VARIANTS},
+        "pulsing_clips": sum(p.pulsing for p in plans),
         "good_pair_frames": int(good.sum()), "good_pair_fraction": round(float(good.mean()), 4),
         "offscreen_sounding_frames": int((~df.visible & df.sounding).sum()),
         "visible_silent_frames": int((df.visible & ~df.sounding).sum()),
         "clip_kinds": {f"demo{i:05d}": k for i, k in enumerate(kinds)},
+        "clip_variants": {f"demo{i:05d}": p.variant for i, p in enumerate(plans) if p.variant is not None},
+        "clip_pulsing": {f"demo{i:05d}": p.pulsing for i, p in enumerate(plans)},
     }
 
 
@@ -421,6 +467,7 @@ def world_params(n_clips: int, seed: int, duration_s: float) -> dict:
     return json.loads(json.dumps({
         "n_clips": n_clips, "seed": seed, "duration_s": float(duration_s), "width": WIDTH, "height": HEIGHT,
         "fps": FPS, "sample_rate": SAMPLE_RATE, "sprite_max": SPRITE_MAX, "kind_fractions": KIND_FRACTIONS,
+        "mismatch_variants": MISMATCH_VARIANTS, "lookalike": LOOKALIKE, "pulsing_fraction": PULSING_FRACTION,
         "categories": [asdict(c) for c in CATEGORIES],
     }))
 
@@ -438,7 +485,8 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
                          "(--set demo.duration_s=...)")
     require_tools("ffmpeg")  # the demo world is encoded with the ffmpeg CLI
     raw = Path(out_dir).resolve() / "raw"
-    kinds, cats = _world_plan(seed, n_clips)
+    plans = _world_plan(seed, n_clips)
+    kinds = [p.kind for p in plans]
     world = DemoWorld(raw, raw / "demo_clips.parquet", raw / "truth.parquet", raw / "demo_world.json",
                       n_clips, n_frames, {k: kinds.count(k) for k in KIND_FRACTIONS})
     params = world_params(n_clips, seed, duration_s)
@@ -452,11 +500,12 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
             return world
     write_json(world.world_json, {"params": params})
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        truths = list(pool.map(lambda i: _clip(raw, seed, i, kinds[i], int(cats[i]), n_frames), range(n_clips)))
+        truths = list(pool.map(lambda i: _clip(raw, seed, i, plans[i], n_frames), range(n_clips)))
     truth = pa.concat_tables(truths)
     write_parquet(world.truth_path, truth, TRUTH_SCHEMA)
-    write_parquet(world.clips_path, _clip_list(raw, cats, duration_s), CLIP_LIST_SCHEMA)
-    write_json(world.world_json, {"params": params, "counts": _counts(kinds, truth)})
+    write_parquet(world.clips_path, _clip_list(raw, np.array([p.category for p in plans]), duration_s),
+                  CLIP_LIST_SCHEMA)
+    write_json(world.world_json, {"params": params, "counts": _counts(plans, truth)})
     return world
 
 

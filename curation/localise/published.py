@@ -11,8 +11,13 @@ which published models load and which do not.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,8 +29,14 @@ from curation import storage
 from curation.config import RunConfig, ScoreConfig
 from curation.decode import DecodedClip
 from curation.errors import CheckpointError
+from curation.localise.bank import build_bank, load_bank, null_threshold, sample_ids, save_bank
 from curation.localise.device import DeviceScorer, FrameScores, ModelInputs
 from curation.localise.model import AVLocalizer, CheckpointKeyError, ResNet18Trunk, SSLModelConfig, load_state_strict
+
+if TYPE_CHECKING:
+    from curation.results import ClipJob
+
+log = logging.getLogger(__name__)
 
 TEMPERATURE = 0.03  # the authors' tau: maps and scores are cosine / 0.03, as their test code reports them
 SAMPLE_RATE = 16000  # VGGSound's rate, the only one these models were trained at
@@ -110,6 +121,18 @@ class SLAVCLocalizer(nn.Module):
         self.aud_proj1, self.aud_proj2 = nn.Linear(widths[-1], dim), nn.Linear(widths[-1], dim)
         self.register_buffer("image_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def image_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Both projections' L2-normalised maps side by side, / sqrt(2): their dot product with `audio_vectors`
+        is the mean of the two cosines, `localise`'s map (what the reference bank compares)."""
+        feats = self.imgnet((images - self.image_mean) / self.image_std)
+        maps = (F.normalize(self.img_proj1(feats), dim=1), F.normalize(self.img_proj2(feats), dim=1))
+        return torch.cat(maps, dim=1) / 2**0.5
+
+    def audio_vectors(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        audio = torch.amax(self.audnet(spectrograms), dim=(2, 3))
+        vectors = (F.normalize(self.aud_proj1(audio), dim=1), F.normalize(self.aud_proj2(audio), dim=1))
+        return torch.cat(vectors, dim=1) / 2**0.5
 
     def localise(self, images: torch.Tensor, spectrograms: torch.Tensor) -> torch.Tensor:
         feats = self.imgnet((images - self.image_mean) / self.image_std)
@@ -217,7 +240,9 @@ def images(frames: np.ndarray) -> torch.Tensor:
 
 class PublishedScorer(DeviceScorer):
     """Scores frames with a published localiser: map = cosine / 0.03 over its 7 x 7 grid, score = the map's max.
-    There is no reference bank, so no contrastive score. Runs on `score.device` in `score.precision`."""
+    There is no reference bank of its own: with one built from the run's clips (`score.bank`,
+    `localise.bank.ensure_bank`) the contrastive score is the calibrated margin of `localise.bank`, in the same
+    units; without one there is none. Runs on `score.device` in `score.precision`."""
 
     def __init__(self, cfg: ScoreConfig):
         from curation.localise.checkpoint import file_digest
@@ -225,12 +250,24 @@ class PublishedScorer(DeviceScorer):
         torch.set_num_threads(1)  # one worker process per core
         self.model, self.layout = load_published(cfg.checkpoint, cfg.checkpoint_format)
         self.place([self.model], cfg.device, cfg.precision, cfg.batch_size)
-        self.model_id = f"ssl-{self.layout}-{file_digest(cfg.checkpoint)[:12]}"
+        digest = file_digest(cfg.checkpoint)
+        self.model_id = f"ssl-{self.layout}-{digest[:12]}"
+        self.threshold = null_threshold(load_bank(cfg.bank, digest), cfg.bank_quantile) if cfg.bank else None
+
+    def features(self, clip: DecodedClip, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image maps and audio vectors of the frames `idx` of `clip`, each scaled by 1 / sqrt(0.03), so their
+        dot products are the authors' cosine / 0.03 (what the bank stores)."""
+        specs = torch.from_numpy(spectrograms(clip.audio, clip.times[idx], clip.sample_rate)).to(self.device)
+        scale = TEMPERATURE ** -0.5
+        return (self.model.image_maps(self.device_images(resized(clip.frames[idx]))) * scale,
+                self.model.audio_vectors(specs) * scale)
 
     def forward(self, images: torch.Tensor, specs: torch.Tensor) -> FrameScores:
-        """The per-batch math: images in [0, 1] and spectrograms on the device -> per-frame map maximum and map."""
+        """The per-batch math: images in [0, 1] and spectrograms on the device -> per-frame map maximum, map, and
+        the margin over the bank's threshold when there is a bank."""
         loc = self.model.localise(images, specs) / TEMPERATURE
-        return FrameScores(loc.flatten(1).amax(dim=1), loc)
+        best = loc.flatten(1).amax(dim=1)
+        return FrameScores(best, loc, None if self.threshold is None else best - self.threshold)
 
     def batch(self, clip: DecodedClip, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         specs = torch.from_numpy(spectrograms(clip.audio, clip.times[rows], clip.sample_rate))
@@ -243,3 +280,53 @@ class PublishedScorer(DeviceScorer):
 
     def frame_audio(self, inputs: ModelInputs) -> torch.Tensor:
         return inputs.audio.to(self.device)
+
+
+def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path) -> RunConfig:
+    """The run's config with `score.bank` set when a published localiser scores with the margin: a bank built
+    once from `score.bank_clips` of the run's local or already-fetched clips (a sample fixed by clip id), one
+    moment each, with the scorer's own front end, and kept at `OUT/ssl/bank-<key>.pt` (reused by later runs).
+    Without 2 such clips there is no bank (a warning). An ssl-train checkpoint carries its own bank; other
+    scorers and settings pass through."""
+    from curation.decode import decode_clip
+    from curation.errors import ClipError
+    from curation.fetch.clip import fetch_job, raw_path
+    from curation.localise.checkpoint import file_digest
+
+    score = cfg.score
+    if (score.scorer != "ssl" or score.checkpoint_format not in ("ezvsl", "slavc") or score.contrast != "margin"
+            or score.bank or score.bank_clips == 0):
+        return cfg
+    raw_dir = Path(out) / "raw" if not storage.is_url(str(out)) else None
+    local = [j for j in jobs if j.path is not None or (raw_dir is not None and raw_path(raw_dir, j.clip_id).is_file())]
+    if len(local) < 2:  # e.g. a YouTube list not fetched yet: no margin, the raw score ranks and cuts clips
+        log.warning("reference bank: fewer than 2 local or fetched clips, so no margin (score_contrastive) in this "
+                    "run; fetch first (SCORER=none) and rerun for one")
+        return cfg
+    wanted = set(sample_ids([j.clip_id for j in local], score.bank_clips))
+    chosen = [j for j in local if j.clip_id in wanted]
+    digest = file_digest(score.checkpoint)
+    key = hashlib.sha256(json.dumps([digest, [j.clip_id for j in chosen], cfg.decode.__dict__]).encode()).hexdigest()
+    url = storage.join(str(out), "ssl", f"bank-{key[:12]}.pt")
+    if not storage.exists(url):
+        scorer = PublishedScorer(replace(score, bank=None))
+        with tempfile.TemporaryDirectory(prefix="s2s-bank-") as scratch:
+            fetch_dir = raw_dir or Path(scratch) / "raw"
+
+            def moments():
+                for job in chosen:
+                    try:
+                        fetched = fetch_job(job, fetch_dir, cfg.fetch)
+                        clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s,
+                                           cfg.decode, fetched.info)
+                    except ClipError as exc:
+                        log.info("reference bank: clip %s left out (%s)", job.clip_id, exc.kind)
+                        continue
+                    seed = int.from_bytes(hashlib.sha1(job.clip_id.encode()).digest()[:4], "big")
+                    yield clip, np.random.default_rng(seed).integers(len(clip.times), size=1)
+
+            local_file = Path(scratch) / "bank.pt"
+            save_bank(local_file, build_bank(moments(), scorer.features), digest)
+            storage.put_file(local_file, url)
+    log.info("reference bank: %s", url)
+    return replace(cfg, score=replace(score, bank=url))

@@ -95,11 +95,13 @@ class SynchronyScorer:
 
 
 class LearnedScorer(DeviceScorer):
-    """The EZ-VSL-style localisation model trained by ssl-train (published checkpoints: `curation.localise.published`):
+    """The EZ-VSL-style localisation model trained by ssl-train (published checkpoints: `localise.published`):
     raw score = the best map position's cosine similarity with the frame's own audio. The contrastive score
-    subtracts how well the frame matches other clips' audio on average (a frame that matches any sound is not
-    evidence) and how well the audio matches other clips' frames (silence or a generic sound that matches any
-    picture is not evidence either). Runs on `score.device` in `score.precision` (`curation.localise.device`)."""
+    compares that with the bank of other clips' moments stored with the model: by default the calibrated margin
+    of `localise.bank` (is this picture among the best matches of this sound, and this sound among the best
+    matches of this picture?); the older modes subtract the mean match of the frame with the bank's audio (a
+    frame that matches any sound is not evidence) and/or of the audio with the bank's frames. Runs on
+    `score.device` in `score.precision` (`curation.localise.device`)."""
 
     def __init__(self, cfg: ScoreConfig):
         import torch
@@ -110,13 +112,20 @@ class LearnedScorer(DeviceScorer):
         if not cfg.checkpoint:
             raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
         torch.set_num_threads(1)  # one worker process per core
+        from curation.localise.bank import load_bank, null_threshold
+
         self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
+        digest = file_digest(cfg.checkpoint)
+        if cfg.bank:  # a bank built from other clips replaces the one trained with the model
+            self.bank = load_bank(cfg.bank, digest)
         self.front = AudioFrontEnd(self.model.cfg).eval()
         self.place([self.model, self.front], cfg.device, cfg.precision, cfg.batch_size)
         if self.bank is not None:
             self.bank = {name: bank.to(self.device) for name, bank in self.bank.items()}
         self.contrast = cfg.contrast
-        self.model_id = f"ssl-native-{file_digest(cfg.checkpoint)[:12]}"
+        if self.bank is not None and cfg.contrast == "margin":
+            self.threshold = null_threshold(self.bank, cfg.bank_quantile)
+        self.model_id = f"ssl-native-{digest[:12]}"
 
     def _resized(self, frames: np.ndarray):
         """(T, H, W, 3) uint8 frames -> (T, 3, S, S) uint8 centre squares at the model's size.
@@ -138,13 +147,16 @@ class LearnedScorer(DeviceScorer):
         cfg = self.model.cfg
         return audio_windows(audio.to(self.device), times.to(self.device), cfg.window_s, cfg.sample_rate)
 
-    def _reference(self, image_maps, vectors):
-        """Mean max-over-map similarity of each frame with the audio bank and of each audio with the image bank."""
-        import torch
+    def _contrastive(self, own, image_maps, vectors):
+        """The own match against the bank: minus the calibrated threshold (`curation.localise.bank`, "margin"), or minus
+        the mean match of the frame with the bank's audio ("frame"), of the audio with the bank's frames
+        ("audio"), or both."""
+        from curation.localise.bank import bank_matches
 
-        frame_side = torch.einsum("bchw,kc->bkhw", image_maps, self.bank["audio"]).flatten(2).amax(dim=2).mean(1)
-        audio_side = torch.einsum("kchw,bc->bkhw", self.bank["image"], vectors).flatten(2).amax(dim=2).mean(1)
-        return {"frame": frame_side, "audio": audio_side, "both": (frame_side + audio_side) / 2}[self.contrast]
+        if self.contrast == "margin":
+            return own - self.threshold
+        audio_side, frame_side = (m.mean(dim=1) for m in bank_matches(image_maps, vectors, self.bank))
+        return own - {"frame": frame_side, "audio": audio_side, "both": (frame_side + audio_side) / 2}[self.contrast]
 
     def forward(self, images, waves) -> FrameScores:
         """The per-batch math: images (B, 3, S, S) in [0, 1] and audio windows (B, S) on the device -> per frame
@@ -153,7 +165,7 @@ class LearnedScorer(DeviceScorer):
         vectors = self.model.audio_vectors(self.front(waves))
         loc = self.model.localization(image_maps, vectors)
         best = loc.flatten(1).amax(dim=1)
-        contrast = best - self._reference(image_maps, vectors) if self.bank is not None else None
+        contrast = self._contrastive(best, image_maps, vectors) if self.bank is not None else None
         return FrameScores(best, loc, contrast)
 
     def batch(self, clip: DecodedClip, rows: slice):

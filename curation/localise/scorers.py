@@ -26,6 +26,8 @@ def load_scorer(cfg: ScoreConfig) -> Scorer | MomentsScorer:
     if cfg.scorer == "ssl":
         if cfg.checkpoint and storage.is_url(cfg.checkpoint):  # a model in OUT on an object store
             cfg = replace(cfg, checkpoint=storage.local_copy(cfg.checkpoint))
+        if cfg.bank and storage.is_url(cfg.bank):
+            cfg = replace(cfg, bank=storage.local_copy(cfg.bank))
         fmt = checkpoint_format(cfg.checkpoint) if cfg.checkpoint and cfg.checkpoint_format == "auto" \
             else cfg.checkpoint_format
         return PublishedScorer(replace(cfg, checkpoint_format=fmt)) if fmt in ("ezvsl", "slavc") else LearnedScorer(cfg)

@@ -386,9 +386,9 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
     if cfg.score.scorer != "ssl":
         return cfg, None
     if cfg.score.checkpoint:
-        from curation.localise.published import resolve_checkpoint
+        from curation.localise.published import ensure_bank, resolve_checkpoint
 
-        return resolve_checkpoint(cfg), file_digest(storage.local_copy(cfg.score.checkpoint))
+        return ensure_bank(resolve_checkpoint(cfg), jobs, out), file_digest(storage.local_copy(cfg.score.checkpoint))
     settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)
     name = hashlib.sha256(settings.encode()).hexdigest()[:12]
     if storage.is_url(str(out)):

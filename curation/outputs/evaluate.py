@@ -1,13 +1,16 @@
 """Truth-based measurement of a curation run on the demo world: how well scores find good pairs.
 
 A frame is a good pair when its object is visible, sounding and matched (`raw/truth.parquet`); a clip is a
-good clip when it has at least one good-pair frame. `python -m curation evaluate --out OUT` (a local folder or an
-object store: read and written through `curation.storage`).
+good clip when it has at least one good-pair frame. Per clip kind (`raw/demo_world.json`, with the mismatch
+variants as `mismatched:<variant>`): the share of clips kept and the precision of the frames written from them.
+`python -m curation evaluate --out OUT` (a local folder or an object store: read and written through
+`curation.storage`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -67,7 +70,38 @@ def truth_metrics(out: str | os.PathLike) -> dict:
         good_clip_recall=round(len(good_clips & ok_clips) / len(good_clips), 4) if good_clips else None,
         kept_clip_precision=round(len(good_clips & ok_clips) / len(ok_clips), 4) if ok_clips else None,
     )
+    world_json = storage.join(out, "raw", "demo_world.json")
+    if storage.exists(world_json):
+        by_kind = per_kind(joined, ok_clips, json.loads(storage.read_bytes(world_json))["counts"])
+        metrics["per_kind"] = by_kind
+        if "mismatched" in by_kind:
+            metrics["mismatched_kept_share"] = by_kind["mismatched"]["kept_share"]
     return metrics
+
+
+def clip_kind_names(counts: dict) -> dict[str, list[str]]:
+    """clip_id -> the groups it is counted in: its kind, and `mismatched:<variant>` for a mismatch variant."""
+    variants = counts.get("clip_variants", {})
+    return {cid: [kind] + ([f"{kind}:{variants[cid]}"] if cid in variants else [])
+            for cid, kind in counts["clip_kinds"].items()}
+
+
+def per_kind(joined: pd.DataFrame, ok_clips: set[str], counts: dict) -> dict[str, dict]:
+    """Per clip kind (and mismatch variant) of the demo world: clips, how many were kept and their share, the
+    frames written from them and the share of those that are good pairs (None when none was written)."""
+    groups: dict[str, list[str]] = {}
+    for cid, names in clip_kind_names(counts).items():
+        for name in names:
+            groups.setdefault(name, []).append(cid)
+    kept = joined[joined["selected"]]
+    result = {}
+    for name in sorted(groups):
+        ids = set(groups[name])
+        frames = kept[kept["clip_id"].isin(ids)]
+        result[name] = {"clips": len(ids), "kept_clips": len(ids & ok_clips),
+                        "kept_share": round(len(ids & ok_clips) / len(ids), 4), "kept_frames": len(frames),
+                        "kept_frame_precision": round(float(frames["good"].mean()), 4) if len(frames) else None}
+    return result
 
 
 def write_truth_metrics(out: str | os.PathLike) -> tuple[str, dict]:

@@ -11,13 +11,23 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from curation.demo import CATEGORIES, FPS, HEIGHT, WIDTH, generate_world, good_pair_mask
+from curation.demo import (
+    CATEGORIES,
+    FPS,
+    HEIGHT,
+    LOOKALIKE,
+    MISMATCH_VARIANTS,
+    WIDTH,
+    _plan_tracks,
+    generate_world,
+    good_pair_mask,
+)
 from manifests.schema import CLIP_LIST_SCHEMA, TRUTH_SCHEMA
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A modest world: 24 clips of 3 s hold every clip kind (exact rounded fractions)."""
+    """A modest world: 24 clips of 3 s hold every clip kind and mismatch variant (exact rounded fractions)."""
     return generate_world(tmp_path_factory.mktemp("demo"), n_clips=24, seed=0, duration_s=3.0)
 
 
@@ -97,6 +107,35 @@ def test_every_moment_kind_appears(world, truth):
     assert not t[t.kind == "sound_only"].visible.any()
     for _, clip in t[t.kind == "normal"].groupby("clip_id"):
         assert 0.3 <= clip.good.mean() < 1.0
+
+
+def test_mismatch_variants_and_pulsing_are_recorded_with_their_truth(world, truth):
+    counts = json.loads(world.world_json.read_text())["counts"]
+    kinds, variants = counts["clip_kinds"], counts["clip_variants"]
+    mismatched = sorted(cid for cid, kind in kinds.items() if kind == "mismatched")
+    assert counts["kinds"]["mismatched"] == 5 and sorted(variants) == mismatched  # round(0.2 * 24)
+    assert counts["mismatch_variants"] == {"random": 2, "lookalike": 2, "crowd": 1}
+    assert set(variants.values()) == set(MISMATCH_VARIANTS)
+    # half of each kind's clips (rounded down) pulse with their sound: 7 of 13 normal, 2 of 5 mismatched, ...
+    pulsing = pd.Series(counts["clip_pulsing"])
+    per_kind = pulsing.groupby(pd.Series(kinds)).agg(["sum", "size"])
+    assert (per_kind["sum"] == per_kind["size"] // 2).all() and counts["pulsing_clips"] == int(pulsing.sum())
+    sounding = truth[truth.sounding & truth.clip_id.isin(mismatched)]
+    for clip_id, clip in sounding.groupby("clip_id"):
+        assert not clip.matched.any() and (clip.sound_category != clip.category).all()
+        if variants[clip_id] == "lookalike":
+            assert (clip.sound_category == LOOKALIKE[int(clip.category.iloc[0])]).all()
+
+
+def test_lookalikes_pair_up_and_crowds_show_silent_objects_of_neither_category():
+    assert all(LOOKALIKE[LOOKALIKE[c]] == c != LOOKALIKE[c] for c in range(len(CATEGORIES)))
+    for seed in range(6):
+        tracks = _plan_tracks(np.random.default_rng(seed), "mismatched", 2, 40, "crowd")
+        heard = tracks[1].sound
+        extra = tracks[2:]
+        assert tracks[0].sound is None and tracks[1].look is None and heard not in (2, None)
+        assert 1 <= len(extra) <= 2 and all(tr.visible.all() and not tr.on.any() for tr in extra)
+        assert len({2, heard, *(tr.look for tr in extra)}) == 2 + len(extra)
 
 
 def test_loudness_follows_scale(world, truth):

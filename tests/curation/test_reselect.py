@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 from curation.config import load_config
-from curation.outputs.evaluate import average_precision, truth_metrics
+from curation.outputs.evaluate import average_precision, frames_with_truth, truth_metrics
 from curation.outputs.report import write_report
 from curation.pipeline import reselect, run
 
 BASE = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
         "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
         "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4, "ssl.threads": 1}
-NEW_SELECTION = {"select.top_k": 2, "select.min_gap_s": 1.0, "select.keep_quantile": 0.5}
+NEW_SELECTION = {"select.top_k": 2, "select.min_gap_s": 1.0, "select.keep_quantile": 0.5, "select.min_clip_score": None}
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,25 @@ def test_truth_metrics_and_report(first_run):
     assert metrics["frames"] == 12 * 30
     assert 0 <= metrics["ap_score"] <= 1 and 0 <= metrics["ap_score_contrastive"] <= 1
     assert metrics["kept_frames"] == pd.read_parquet(first_run / "manifests" / "frames.parquet")["selected"].sum()
+    by_kind = metrics["per_kind"]  # 12 clips: 7 normal, 2 mismatched (random, lookalike), 1 of each other kind
+    kinds = {k: v for k, v in by_kind.items() if ":" not in k}
+    assert {k: v["clips"] for k, v in kinds.items()} == {"normal": 7, "mismatched": 2, "no_object": 1,
+                                                          "two_source": 1, "sound_only": 1}
+    assert by_kind["mismatched:random"]["clips"] == by_kind["mismatched:lookalike"]["clips"] == 1
+    assert sum(v["kept_frames"] for v in kinds.values()) == metrics["kept_frames"]
+    assert sum(v["kept_clips"] for v in kinds.values()) == metrics["kept_clips"]
+    joined = frames_with_truth(first_run)
+    normal = json.loads((first_run / "raw" / "demo_world.json").read_text())["counts"]["clip_kinds"]
+    kept = joined[joined.selected & joined.clip_id.map(normal).eq("normal")]
+    assert by_kind["normal"]["kept_frames"] == len(kept)
+    if len(kept):
+        assert by_kind["normal"]["kept_frame_precision"] == round(float(kept.good.mean()), 4)
+    assert metrics["mismatched_kept_share"] == by_kind["mismatched"]["kept_share"]
     page = Path(write_report(first_run)).read_text()
     for heading in ("Status", "Scores", "Against the demo world's truth", "Best moments", "Worst moments",
                     "Keep rate per label"):
         assert f"<h2>{heading}" in page
+    assert "Per clip kind" in page and "mismatched:lookalike" in page
     assert page.count("data:image/png;base64,") == 3 and "<script" not in page
 
 

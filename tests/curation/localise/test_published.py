@@ -3,6 +3,7 @@ against scipy on real audio, and one-line errors for every kind of bad checkpoin
 
 import argparse
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -164,6 +165,9 @@ def test_slavc_checkpoint_scores_the_mean_of_its_two_maps(tmp_path):
                                  if not k.startswith("module.momentum_") and "_proj" + str(3 - i) not in k})
             maps.append(ref((images - model.image_mean) / model.image_std, specs) * 0.03)
         torch.testing.assert_close(model.localise(images, specs), (maps[0] + maps[1]) / 2, atol=1e-4, rtol=1e-4)
+        # the features a reference bank holds give the same map
+        joint = torch.einsum("bchw,bc->bhw", model.image_maps(images), model.audio_vectors(specs))
+        torch.testing.assert_close(joint, (maps[0] + maps[1]) / 2, atol=1e-4, rtol=1e-4)
     del state["module.momentum_aud_proj2.bias"]
     torch.save({"model": state}, path)
     with pytest.raises(CheckpointError, match=r"missing keys \(1\): momentum_aud_proj2.bias"):
@@ -211,3 +215,44 @@ def test_the_layout_asked_for_must_be_the_files(ezvsl_checkpoint):
 def test_a_published_format_without_a_file_is_a_config_error():
     with pytest.raises(ConfigError, match="score.checkpoint_format: ezvsl needs CHECKPOINT="):
         load_config(None, {"score.checkpoint_format": "ezvsl"})
+
+
+def test_published_checkpoint_scores_the_margin_with_a_bank_from_the_runs_clips(ezvsl_checkpoint, tmp_path):
+    from curation.demo import generate_world
+    from curation.localise.bank import load_bank, null_threshold
+    from curation.localise.checkpoint import file_digest
+    from curation.localise.published import ensure_bank, resolve_checkpoint
+    from curation.results import ClipJob
+
+    path, _ = ezvsl_checkpoint
+    world = generate_world(tmp_path, n_clips=3, seed=0, duration_s=3.0)
+    jobs = [ClipJob(f"demo{i:05d}", str(world.raw_dir / f"demo{i:05d}.mp4"), None, 0.0, 3.0) for i in range(3)]
+    cfg = resolve_checkpoint(load_config(None, {"out": str(tmp_path), "score.checkpoint": str(path),
+                                                "decode.fps": 1.0, "score.bank_clips": 2}))
+    remote = [ClipJob("yt", None, "https://example.invalid/yt.mp4", 0.0, 3.0)]  # nothing fetched: no bank
+    assert ensure_bank(cfg, remote, tmp_path).score.bank is None and not (tmp_path / "ssl").exists()
+    cfg = ensure_bank(cfg, jobs, tmp_path)
+    bank_file = tmp_path / "ssl" / cfg.score.bank.rsplit("/", 1)[-1]
+    assert bank_file.is_file() and bank_file.name.startswith("bank-")
+    built = bank_file.stat().st_mtime_ns
+    assert ensure_bank(cfg, jobs, tmp_path) == cfg  # a config with a bank passes through
+    again = ensure_bank(replace(cfg, score=replace(cfg.score, bank=None)), jobs, tmp_path)
+    assert again == cfg and bank_file.stat().st_mtime_ns == built  # the same clips and model: reused
+    bank = load_bank(bank_file, file_digest(path))
+    assert bank["image"].shape == (2, 512, 7, 7) and bank["audio"].shape == (2, 512)
+    scorer = PublishedScorer(cfg.score)
+    clip = decode_clip(jobs[0].path, 0.0, 3.0, cfg.decode)
+    result = scorer.score(clip)
+    assert result.contrastive is not None and result.contrastive.shape == result.scores.shape
+    # the margin: the own match minus the bank's chance pairings' quantile, in the authors' units (cosine / 0.03)
+    pairs = torch.einsum("kchw,jc->kjhw", bank["image"], bank["audio"]).flatten(2).amax(dim=2)
+    cross = pairs[~torch.eye(2, dtype=torch.bool)].double()
+    assert null_threshold(bank, cfg.score.bank_quantile) == pytest.approx(float(torch.quantile(cross, 0.96)))
+    assert scorer.threshold == pytest.approx(null_threshold(bank, 0.96))
+    np.testing.assert_allclose(result.contrastive, result.scores - scorer.threshold, rtol=1e-5, atol=1e-4)
+    with torch.inference_mode():  # the bank's features are the scorer's: a moment of clip 0 scores as it does
+        image_maps, vectors = scorer.features(clip, np.arange(len(clip.times)))
+    np.testing.assert_allclose(torch.einsum("tchw,tc->thw", image_maps, vectors).flatten(1).amax(dim=1).numpy(),
+                               result.scores, rtol=1e-4, atol=1e-3)
+    with pytest.raises(CheckpointError, match="another model"):
+        load_bank(bank_file, "0" * 64)
