@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import webdataset as wds
 from conftest import make_av
+from dask_cluster import cli_cluster
 
 from curation.config import SelectConfig, load_config
 from curation.pipeline import _client, run
@@ -123,32 +124,14 @@ def test_bad_inputs_are_recorded_per_clip_and_good_clips_still_written(tmp_path,
     assert len(samples) == 3
 
 
-def _dask_cli() -> str:
-    return str(Path(sys.executable).with_name("dask"))
-
-
 def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):
     out, _ = clean_run
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        procs.append(subprocess.Popen([_dask_cli(), "worker", address, "--nworkers", "2", "--nthreads", "1",
-                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    with cli_cluster(tmp_path, [["--nworkers", "2"]]) as (address, _):
         assert address.startswith("tcp://127.0.0.1:")
         summary = run(_demo_config(tmp_path / "out", **{"dask.scheduler": address}), progress=False)
-        kept = pd.read_parquet(out / "manifests" / "clips.parquet")["status"].eq("ok").sum()
-        assert summary.counts.get("ok", 0) == kept
-        assert _shard_hashes(tmp_path / "out") == _shard_hashes(out)
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(timeout=30)
+    kept = pd.read_parquet(out / "manifests" / "clips.parquet")["status"].eq("ok").sum()
+    assert summary.counts.get("ok", 0) == kept
+    assert _shard_hashes(tmp_path / "out") == _shard_hashes(out)
 
 
 def test_the_local_cluster_is_shut_down_after_a_run(clean_run):

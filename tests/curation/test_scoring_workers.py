@@ -2,9 +2,6 @@
 same clips, frames and JPEGs as the per-clip path, resume, failures as data, clear errors."""
 
 import json
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import webdataset as wds
+from dask_cluster import cli_cluster
 
 from curation.__main__ import main
 from curation.config import load_config
@@ -73,10 +71,6 @@ def test_scoring_on_a_resource_worker_keeps_the_per_clip_paths_clips_frames_and_
     assert record["config"]["dask"]["score_resource"] == "GPU" and record["scorer_frames_per_s_per_worker"] > 0
 
 
-def _dask_cli() -> str:
-    return str(Path(sys.executable).with_name("dask"))
-
-
 def test_dask_workers_one_with_the_resource_resume_a_partial_run_to_the_same_shards(runs, tmp_path):
     """`dask scheduler` + two `dask worker`s, one started with `--resources GPU=1`, finish a copy of the run from
     which a third of the clips' cache files are gone (as if a kill -9 had stopped it): only those are scored,
@@ -86,25 +80,10 @@ def test_dask_workers_one_with_the_resource_resume_a_partial_run_to_the_same_sha
     removed = sorted(_cache_dir(out).glob("*.npz"))[1::3]
     for path in removed:
         path.unlink()
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(scheduler_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        for extra in (["--resources", "GPU=1"], []):
-            procs.append(subprocess.Popen([_dask_cli(), "worker", address, "--nthreads", "1", "--no-dashboard",
-                                           *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    with cli_cluster(tmp_path, [["--resources", "GPU=1"], []]) as (address, _):
         summary = run(_config(out, **SPLIT, **{"dask.scheduler": address}), progress=False)
-        assert summary.counts.get("pending", 0) == 0 and all(p.exists() for p in removed)
-        pd.testing.assert_frame_equal(_manifest(out, "shards"), shards)
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(timeout=30)
+    assert summary.counts.get("pending", 0) == 0 and all(p.exists() for p in removed)
+    pd.testing.assert_frame_equal(_manifest(out, "shards"), shards)
 
 
 def test_a_cluster_without_a_scoring_worker_is_one_clear_error(tmp_path, monkeypatch):

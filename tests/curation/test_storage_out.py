@@ -9,12 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import webdataset as wds
 from conftest import make_av
+from dask_cluster import cli_cluster
 
 from curation.config import load_config
 from curation.errors import UsageError
@@ -50,33 +50,6 @@ def _hashes(s3, bucket: str) -> dict[str, str]:
     return dict(zip(shards["shard"], shards["sha256"], strict=True))
 
 
-def _cluster(tmp_path: Path, n_workers: int = 2) -> tuple[str, list[subprocess.Popen]]:
-    """`dask scheduler` and `dask worker`s, each worker in a scratch folder of its own (its cwd)."""
-    dask = str(Path(sys.executable).with_name("dask"))
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(scheduler_file)], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    deadline = time.monotonic() + 60
-    while not scheduler_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    address = json.loads(scheduler_file.read_text())["address"]
-    for i in range(n_workers):
-        cwd = tmp_path / f"worker{i}"
-        cwd.mkdir()
-        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1",
-                                       "--no-dashboard", "--local-directory", str(cwd)], cwd=cwd,
-                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    return address, procs
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-
-
 def _wait_for_cache_objects(s3, bucket: str, n: int, timeout_s: float = 120) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -110,8 +83,7 @@ def test_a_local_cluster_run_writes_everything_with_its_model_to_the_bucket_and_
 
 def test_a_dask_cluster_in_separate_folders_survives_a_worker_killed_mid_run(s3, local_hashes, tmp_path):
     out = _bucket(s3, "run-cluster")
-    address, procs = _cluster(tmp_path)
-    try:
+    with cli_cluster(tmp_path, [[], []]) as (address, procs):
         result = {}
         runner = threading.Thread(target=lambda: result.update(
             summary=run(_config(out, **{"dask.scheduler": address}), progress=False)))
@@ -122,8 +94,6 @@ def test_a_dask_cluster_in_separate_folders_survives_a_worker_killed_mid_run(s3,
         runner.join(timeout=300)
         assert result["summary"].counts.get("pending", 0) == 0
         assert _hashes(s3, "run-cluster") == local_hashes
-    finally:
-        _stop(procs)
 
 
 def test_a_run_killed_whole_resumes_from_the_bucket_to_the_same_shards(s3, local_hashes, tmp_path):
