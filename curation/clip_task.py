@@ -1,8 +1,8 @@
 """One clip through fetch -> decode -> score -> select, its result stored as one atomic cache file.
 
-The cache file (`OUT/cache/<config fingerprint>/<clip_id>.npz`) is what makes a run resumable: a rerun
-skips every clip that has one, and shards are assembled from these files only. Plain functions, no Dask:
-the pipeline maps `process_group` over groups of clips.
+A clip that has its cache file (`curation.results`) is done: a rerun skips it. Plain functions, no Dask: the
+pipeline maps `process_group` over groups of clips (`scoring_workers` splits the same work across CPU and
+scoring workers).
 """
 
 from __future__ import annotations
