@@ -77,13 +77,16 @@ def raw_path(raw_dir: Path, clip_id: str) -> Path:
     return raw_dir / f"{clip_id}.mp4"
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_into_place(src: str | Path, dst: Path,
+                    fallback: Callable[[str | Path, Path], object] = shutil.copyfile) -> None:
+    """`dst` becomes `src` at once: a hard link, or `fallback(src, tmp)` where one cannot be made (another file
+    system), under a temp name renamed over `dst`, so `dst` is never half there."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, tmp)
+        fallback(src, tmp)
     os.replace(tmp, dst)
 
 
@@ -254,7 +257,7 @@ def fetch_local(src: str | os.PathLike, clip_id: str, start_s: float, end_s: flo
     info = probe_media(src)  # classifies missing / empty / garbage / truncated / no audio / no video
     if info.video_codec == "h264" and src.suffix.lower() in (".mp4", ".m4v", ".mov"):
         if not dst.exists():
-            _link_or_copy(src, dst)
+            link_into_place(src, dst)
         return Fetched(dst, start_s, info)
     if not dst.exists():
         standardise([src], dst, start_s, end_s - start_s, cfg)

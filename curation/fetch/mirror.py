@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from curation import storage
 from curation.errors import SourceError
-from curation.fetch.clip import raw_path
+from curation.fetch.clip import link_into_place, raw_path
 from curation.results import ClipJob, ClipOutcome
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -232,15 +232,8 @@ def extract_archive(archive: str, wanted: dict[str, str], raw_dir: str, index_di
 # ---------------------------------------------------------------- the client's side: plan, then resolve
 
 
-def _link_in_place(src: str, dst: Path) -> None:
-    """`dst` names the loose clip `src`: a hard link, or a symlink across file systems (never a copy)."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        os.symlink(os.path.abspath(src), tmp)
-    os.replace(tmp, dst)
+def _symlink(src: str | Path, link: Path) -> None:
+    os.symlink(os.path.abspath(src), link)
 
 
 @dataclass(frozen=True)
@@ -270,7 +263,7 @@ def plan_source(source: Source, jobs: list[ClipJob], raw: str | Path) -> SourceP
             if storage.is_url(dst):
                 storage.put_file(source.clips[key], dst)
             else:
-                _link_in_place(source.clips[key], Path(dst))
+                link_into_place(source.clips[key], Path(dst), _symlink)  # a loose clip is never copied
         else:
             wanted[key] = job.clip_id
     indexes = read_indexes(storage.join(raw, "source_index"), source.archives)
