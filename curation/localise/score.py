@@ -12,6 +12,7 @@ import numpy as np
 
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
+from curation.localise.bank import bank_matches, load_bank, null_threshold
 from curation.localise.device import DeviceScorer, FrameScores, ModelInputs
 from curation.localise.result import ScoreResult
 
@@ -112,8 +113,6 @@ class LearnedScorer(DeviceScorer):
         if not cfg.checkpoint:
             raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
         torch.set_num_threads(1)  # one worker process per core
-        from curation.localise.bank import load_bank, null_threshold
-
         self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
         digest = file_digest(cfg.checkpoint)
         if cfg.bank:  # a bank built from other clips replaces the one trained with the model
@@ -151,8 +150,6 @@ class LearnedScorer(DeviceScorer):
         """The own match against the bank: minus the calibrated threshold (`curation.localise.bank`, "margin"), or minus
         the mean match of the frame with the bank's audio ("frame"), of the audio with the bank's frames
         ("audio"), or both."""
-        from curation.localise.bank import bank_matches
-
         if self.contrast == "margin":
             return own - self.threshold
         audio_side, frame_side = (m.mean(dim=1) for m in bank_matches(image_maps, vectors, self.bank))
