@@ -2,7 +2,8 @@
 
 A frame is a good pair when its object is visible, sounding and matched (`raw/truth.parquet`); a clip is a
 good clip when it has at least one good-pair frame. Per clip kind (`raw/demo_world.json`, with the mismatch
-variants as `mismatched:<variant>`): the share of clips kept and the precision of the frames written from them.
+variants as `mismatched:<variant>`): the share of clips kept and the precision of the frames written from them;
+per category of object: good-clip recall.
 `python -m curation evaluate --out OUT` (a local folder or an object store: read and written through
 `curation.storage`).
 """
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from curation import storage
+from curation.demo import CATEGORIES
 from curation.errors import UsageError
 from curation.provenance import read_run_record
 from manifests.io import json_bytes
@@ -70,6 +72,9 @@ def truth_metrics(out: str | os.PathLike) -> dict:
         good_clip_recall=round(len(good_clips & ok_clips) / len(good_clips), 4) if good_clips else None,
         kept_clip_precision=round(len(good_clips & ok_clips) / len(ok_clips), 4) if ok_clips else None,
     )
+    if good_clips:
+        metrics["recall_per_category"] = recall_per_category(joined, ok_clips)
+        metrics["min_category_recall"] = min(c["recall"] for c in metrics["recall_per_category"].values())
     world_json = storage.join(out, "raw", "demo_world.json")
     if storage.exists(world_json):
         by_kind = per_kind(joined, ok_clips, json.loads(storage.read_bytes(world_json))["counts"])
@@ -77,6 +82,18 @@ def truth_metrics(out: str | os.PathLike) -> dict:
         if "mismatched" in by_kind:
             metrics["mismatched_kept_share"] = by_kind["mismatched"]["kept_share"]
     return metrics
+
+
+def recall_per_category(joined: pd.DataFrame, ok_clips: set[str]) -> dict[str, dict]:
+    """Good-clip recall per category of the object in the clip's good-pair frames: one threshold for all clips
+    can cut a whole category whose matches the model scores lower than the others'."""
+    category = joined[joined["good"]].groupby("clip_id")["category"].first()
+    result = {}
+    for index, ids in category.groupby(category).groups.items():
+        kept = len(set(ids) & ok_clips)
+        result[CATEGORIES[int(index)].name] = {"good_clips": len(ids), "kept_clips": kept,
+                                               "recall": round(kept / len(ids), 4)}
+    return result
 
 
 def clip_kind_names(counts: dict) -> dict[str, list[str]]:

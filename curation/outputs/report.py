@@ -151,11 +151,15 @@ def build_report(out: str | os.PathLike) -> str:
     if storage.exists(storage.join(out, "raw", "truth.parquet")):
         metrics = truth_metrics(out)
         by_kind = metrics.pop("per_kind", None)
+        by_category = metrics.pop("recall_per_category", None)
         sections += ["<h2>Against the demo world's truth</h2>",
                      _table(pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()]))]
         if by_kind:
             sections += ["<h3>Per clip kind (kept share of the kind's clips, precision of the frames written)</h3>",
                          _table(pd.DataFrame([{"kind": k, **v} for k, v in by_kind.items()]))]
+        if by_category:
+            sections += ["<h3>Good-clip recall per object category</h3>",
+                         _table(pd.DataFrame([{"category": k, **v} for k, v in by_category.items()]))]
     sections += ["<h2>Best moments (highest clip scores)</h2>", _moments(clips, cache_dir, best=True),
                  "<h2>Worst moments (lowest clip scores)</h2>", _moments(clips, cache_dir, best=False),
                  "<h2>Data-quality filters</h2>", _filters(clips),

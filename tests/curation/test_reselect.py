@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from curation.config import load_config
+from curation.demo import CATEGORIES
 from curation.outputs.evaluate import average_precision, frames_with_truth, truth_metrics
 from curation.outputs.report import write_report
 from curation.pipeline import reselect, run
@@ -71,11 +72,19 @@ def test_truth_metrics_and_report(first_run):
     if len(kept):
         assert by_kind["normal"]["kept_frame_precision"] == round(float(kept.good.mean()), 4)
     assert metrics["mismatched_kept_share"] == by_kind["mismatched"]["kept_share"]
+    per_category = metrics["recall_per_category"]  # each good clip counted once, under its object's category
+    assert sum(c["good_clips"] for c in per_category.values()) == metrics["good_clips"]
+    kept_good = sum(c["kept_clips"] for c in per_category.values())
+    assert kept_good == round(metrics["good_clip_recall"] * metrics["good_clips"])
+    good_clip_names = {CATEGORIES[int(c)].name for c in joined[joined.good].groupby("clip_id").category.first()}
+    assert set(per_category) == good_clip_names
+    assert metrics["min_category_recall"] == min(c["recall"] for c in per_category.values())
     page = Path(write_report(first_run)).read_text()
     for heading in ("Status", "Scores", "Against the demo world's truth", "Best moments", "Worst moments",
                     "Keep rate per label"):
         assert f"<h2>{heading}" in page
     assert "Per clip kind" in page and "mismatched:lookalike" in page
+    assert "recall per object category" in page and all(name in page for name in per_category)
     assert page.count("data:image/png;base64,") == 3 and "<script" not in page
 
 
