@@ -94,6 +94,17 @@ class SSLConfig:
     # a mostly static camera, as the per-clip median background does
     background_swap: float = 1.0
     bank_size: int = 64  # moments of other clips kept with the model for the contrastive score
+    # share of each batch's clips drawn as groups of a clip and `hard_negative_group - 1` clips that look like it
+    # but sound different, as the model currently sees them (re-mined at every checkpoint step): hard negatives,
+    # so categories that look alike are told apart (0 = every clip at random)
+    hard_negatives: float = 0.0
+    hard_negative_group: int = 4
+    # from `clean_from` of the steps on, batches draw only the `clean_share` of clips whose sound and picture the
+    # model finds most in agreement against every other clip's (re-judged at every checkpoint step): the clips
+    # whose visible object is not what sounds stop teaching it that pairing (1 = every clip, always)
+    clean_share: float = 1.0
+    clean_from: float = 0.5
+    # also when hard negatives and cleaning are re-judged, so a resumed training re-judges with the same weights
     checkpoint_every: int = 100
     seed: int = 0
     threads: int = 2
@@ -274,6 +285,11 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.ssl.steps >= 1 and cfg.ssl.batch_size >= 4, "ssl.steps/batch_size: must be >= 1 / >= 4")
     need(cfg.ssl.train_fps > 0, "ssl.train_fps: must be > 0")
     need(0 <= cfg.ssl.background_swap <= 1, "ssl.background_swap: must be in 0..1")
+    need(0 <= cfg.ssl.hard_negatives <= 1, "ssl.hard_negatives: must be in 0..1")
+    need(0 < cfg.ssl.clean_share <= 1 and 0 <= cfg.ssl.clean_from < 1,
+         "ssl.clean_share / clean_from: must be in (0, 1] / [0, 1)")
+    need(2 <= cfg.ssl.hard_negative_group <= cfg.ssl.batch_size // 2,
+         "ssl.hard_negative_group: must be in 2..batch_size/2")
     need(0 < cfg.ssl.window_s <= cfg.decode.window_s, "ssl.window_s: must be > 0 and <= decode.window_s")
     need(cfg.ssl.max_clips is None or cfg.ssl.max_clips >= 4, "ssl.max_clips: must be >= 4 (or none)")
     need(cfg.ssl.buffer_clips >= 4, "ssl.buffer_clips: must be >= 4")

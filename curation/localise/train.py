@@ -235,12 +235,112 @@ def _swap_backgrounds(frames: torch.Tensor, clips: torch.Tensor, backgrounds: to
     return torch.where(swap[:, None, None, None], composed, frames)
 
 
+@dataclass(frozen=True)
+class ClipViews:
+    """What the model currently makes of each training clip, from its best-matching sampled frames: the sounding
+    object's image features and the sound's audio vector (C, dim) each, L2-normalised."""
+
+    objects: torch.Tensor
+    sounds: torch.Tensor
+
+    def neighbours(self, k: int, pool: int = 4) -> torch.Tensor:
+        """(C, k) hard negatives of each clip: of its `pool * k` most similar other clips by their objects, the `k`
+        whose sounds are least like its own. Clips that look alike but sound different, the pairing the model
+        confuses; clips of its own kind (alike in both) would only be false negatives."""
+        n = len(self.objects)
+        looks = self.objects @ self.objects.T
+        looks.fill_diagonal_(-float("inf"))
+        candidates = looks.topk(min(pool * k, n - 1), dim=1).indices
+        sounds_alike = torch.einsum("cd,ckd->ck", self.sounds, self.sounds[candidates])
+        pick = sounds_alike.topk(min(k, candidates.shape[1]), dim=1, largest=False).indices
+        return candidates.gather(1, pick)
+
+    def disagreement(self) -> torch.Tensor:
+        """(C,) for each clip, the larger of: the share of other clips' objects its sound matches better than its
+        own object, and the share of other clips' sounds its object matches better than its own sound. A clip whose
+        picture and sound belong together is near the top of both rankings; one whose visible object is not what
+        sounds (or that shows nothing that sounds) is not."""
+        similarity = self.sounds @ self.objects.T
+        own = similarity.diagonal()
+        others = max(1, len(own) - 1)
+        by_sound = (similarity > own[:, None]).sum(dim=1) / others
+        by_object = (similarity > own[None, :]).sum(dim=0) / others
+        return torch.maximum(by_sound, by_object)
+
+
+@torch.no_grad()
+def clip_views(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, per_clip: int = 8) -> ClipViews:
+    """`ClipViews` from `per_clip` evenly spaced frames of each clip, of which the better-matching half count:
+    per frame, the image-map vector where the frame's own audio window matches best, and that window's vector."""
+    rows = []
+    for c in range(len(data.audio)):
+        candidates = torch.nonzero(data.frame_clip == c).flatten()
+        rows.append(candidates[torch.linspace(0, len(candidates) - 1, per_clip).round().long()])
+    rows = torch.cat(rows)
+    device = next(model.parameters()).device
+    side, objects, sounds, matches = model.cfg.image_size, [], [], []
+    model.eval()
+    for chunk in rows.split(512):
+        images = F.interpolate(data.frames[chunk].float() / 255.0, size=(side, side), mode="bilinear",
+                               antialias=True, align_corners=False)
+        waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1],
+                                         model.cfg.window_s, model.cfg.sample_rate) for i in chunk.tolist()])
+        maps = model.image_maps(images.to(device)).flatten(2)
+        vectors = model.audio_vectors(front(waves.to(device)))
+        best = torch.einsum("bcp,bc->bp", maps, vectors).max(dim=1)
+        objects.append(maps[torch.arange(len(chunk)), :, best.indices].cpu())
+        sounds.append(vectors.cpu())
+        matches.append(best.values.cpu())
+    n = len(data.audio)
+    objects, sounds = torch.cat(objects).view(n, per_clip, -1), torch.cat(sounds).view(n, per_clip, -1)
+    top = torch.cat(matches).view(n, per_clip).topk(max(1, per_clip // 2), dim=1).indices[..., None]
+    return ClipViews(F.normalize(objects.gather(1, top.expand(-1, -1, objects.shape[2])).mean(dim=1), dim=1),
+                     F.normalize(sounds.gather(1, top.expand(-1, -1, sounds.shape[2])).mean(dim=1), dim=1))
+
+
+def _batch_clips(n_clips: int, cfg: SSLConfig, gen: torch.Generator, neighbours: torch.Tensor | None,
+                 eligible: torch.Tensor | None) -> torch.Tensor:
+    """The batch's B/2 clips, from the `eligible` ones (a bool mask; None = all): with `neighbours`, a
+    `hard_negatives` share of them in groups of a random clip and its nearest clips (each clip at most once), the
+    rest at random."""
+    order = torch.randperm(n_clips, generator=gen)
+    if eligible is not None:
+        order = order[eligible[order]]
+    n = min(cfg.batch_size // 2, len(order))
+    if neighbours is None or cfg.hard_negatives <= 0:
+        return order[:n]
+    n_hard = int(round(n * cfg.hard_negatives))
+    chosen: list[int] = []
+    taken = torch.zeros(n_clips, dtype=torch.bool) if eligible is None else ~eligible
+    for seed in order.tolist():
+        if len(chosen) >= n_hard:
+            break
+        if taken[seed]:
+            continue
+        group = [seed] + [c for c in neighbours[seed].tolist() if not taken[c]][: cfg.hard_negative_group - 1]
+        group = group[: n_hard - len(chosen)]
+        chosen += group
+        taken[group] = True
+    rest = order[~taken[order]][: n - len(chosen)]
+    return torch.cat([torch.tensor(chosen, dtype=torch.long), rest])
+
+
+def _agreeing(disagreement: torch.Tensor, share: float) -> torch.Tensor:
+    """Mask of the `share` of clips (at least 4) whose sound and picture disagree least (ties by index)."""
+    keep = max(4, math.ceil(share * len(disagreement)))
+    order = torch.sort(disagreement, stable=True).indices
+    mask = torch.zeros(len(disagreement), dtype=torch.bool)
+    mask[order[:keep]] = True
+    return mask
+
+
 def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen: torch.Generator,
-           scenes: tuple[torch.Tensor, torch.Tensor] | None = None):
+           scenes: tuple[torch.Tensor, torch.Tensor] | None = None, neighbours: torch.Tensor | None = None,
+           eligible: torch.Tensor | None = None):
     """B/2 clips, two frames each: the same clip appears twice, so clip identity alone cannot match.
-    `scenes` = (backgrounds, foreground masks) turns background swap on."""
-    n_clips = len(data.audio)
-    clips = torch.randperm(n_clips, generator=gen)[: cfg.batch_size // 2]
+    `scenes` = (backgrounds, foreground masks) turns background swap on; `neighbours` (`ClipViews.neighbours`)
+    hard negatives; `eligible` the clips a batch may hold."""
+    clips = _batch_clips(len(data.audio), cfg, gen, neighbours, eligible)
     frame_ids = []
     for c in clips.tolist():
         candidates = torch.nonzero(data.frame_clip == c).flatten()
@@ -326,11 +426,21 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
     bar = tqdm(total=cfg.ssl.steps, initial=step, desc="ssl-train", unit="step", disable=not progress)
     started = time.perf_counter()
     try:
+        neighbours, eligible, mined_on = None, None, None
         while step < cfg.ssl.steps:
             data, scenes = chunks.at(step)
+            cleaning = cfg.ssl.clean_share < 1 and step >= cfg.ssl.clean_from * cfg.ssl.steps
+            judge = step % cfg.ssl.checkpoint_every == 0 or mined_on is not data  # a resume starts on such a step
+            if (cfg.ssl.hard_negatives > 0 or cleaning) and judge:
+                views, mined_on = clip_views(model, front, data), data
+                if cfg.ssl.hard_negatives > 0:
+                    neighbours = views.neighbours(cfg.ssl.hard_negative_group - 1)
+                if cleaning:
+                    eligible = _agreeing(views.disagreement(), cfg.ssl.clean_share)
             model.train()
             gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step)
-            images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen, scenes)
+            images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen, scenes, neighbours,
+                                   eligible)
             lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -17,7 +17,10 @@ from curation.demo import generate_world
 from curation.localise.checkpoint import load_checkpoint
 from curation.localise.score import LearnedScorer
 from curation.localise.train import (
+    ClipViews,
     TrainingClips,
+    _agreeing,
+    _batch_clips,
     _Chunks,
     _swap_backgrounds,
     clip_backgrounds,
@@ -53,21 +56,25 @@ def test_training_loss_decreases_on_a_tiny_run(world, tmp_path):
     assert losses[-10:].mean() < losses[:10].mean() - 0.1
 
 
-def test_a_killed_training_resumes_to_the_same_weights(world, tmp_path):
+@pytest.mark.parametrize("judged", [{}, {"ssl.hard_negatives": 0.5, "ssl.hard_negative_group": 2,
+                                         "ssl.clean_share": 0.75, "ssl.clean_from": 0.3}],
+                         ids=["plain", "hard-negatives-and-cleaning"])
+def test_a_killed_training_resumes_to_the_same_weights(world, tmp_path, judged):
     out, cfg, data, _ = world
+    cfg = load_config(None, {"out": str(out), **TINY, **judged})
     whole = train(data, cfg, tmp_path / "whole" / "model.pt", progress=False)
     args = [sys.executable, "-m", "curation", "ssl-train", "--out", str(out), "--quiet",
             "--set=demo.clips=8", "--set=demo.seed=3", "--set=demo.duration_s=3.0",
-            *[f"--set={k}={v}".replace(" ", "") for k, v in TINY.items()]]
+            *[f"--set={k}={v}".replace(" ", "") for k, v in {**TINY, **judged}.items()]]
+    before = set((out / "ssl").glob("*/model.pt"))  # each parametrisation trains into its own settings' folder
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoints = out / "ssl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(checkpoints.glob("*/model.pt")) and proc.poll() is None:
+    while time.monotonic() < deadline and not set((out / "ssl").glob("*/model.pt")) - before and proc.poll() is None:
         time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read().decode()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    (partial,) = checkpoints.glob("*/model.pt")
+    (partial,) = set((out / "ssl").glob("*/model.pt")) - before
     assert load_checkpoint(partial)[2]["step"] < 30, "the run must be killed partway"
     train(data, cfg, partial, progress=False)
     steps = [json.loads(line)["step"] for line in (partial.parent / "loss.jsonl").read_text().splitlines()]
@@ -169,3 +176,49 @@ def test_background_swap_moves_the_foreground_onto_another_clips_backdrop():
     kept = _swap_backgrounds(frames, torch.tensor([0, 1, 2]), backgrounds, foreground[[0, 3, 7]], 0.0,
                              torch.Generator().manual_seed(0))
     assert torch.equal(kept, frames)
+
+
+def _views(pairs: list[tuple[int, int]]) -> ClipViews:
+    """Views of clips whose (object, sound) categories are `pairs`, each category its own direction (+ a little
+    per-clip spread so no two clips tie)."""
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.eye(8)
+    objects = torch.stack([basis[o] for o, _ in pairs]) + 0.05 * torch.rand(len(pairs), 8, generator=gen)
+    sounds = torch.stack([basis[s] for _, s in pairs]) + 0.05 * torch.rand(len(pairs), 8, generator=gen)
+    return ClipViews(torch.nn.functional.normalize(objects, dim=1), torch.nn.functional.normalize(sounds, dim=1))
+
+
+def test_the_clip_whose_object_is_not_what_sounds_disagrees_most_and_is_left_out():
+    views = _views([(0, 0), (0, 0), (1, 1), (1, 1), (2, 2), (2, 2), (3, 3), (0, 1)])  # the last: a 0 shown, a 1 heard
+    disagreement = views.disagreement()
+    assert int(disagreement.argmax()) == 7
+    assert disagreement[:7].max() < disagreement[7]
+    assert _agreeing(disagreement, 0.8).tolist() == [True] * 7 + [False]
+    assert _agreeing(disagreement, 0.1).sum() == 4  # never fewer than 4 clips to train on
+
+
+def test_hard_negatives_look_alike_but_sound_different():
+    # objects 0 and 1 look alike (close directions), sounds 0 and 1 do not; object 2 looks like neither
+    objects = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2, 0], [1.0, 0.25, 0], [1.0, 0.3, 0],
+                                                          [0.2, 1.0, 0], [0.25, 1.0, 0], [0, 0, 1.0]]), dim=1)
+    sounds = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0.1, 0], [0, 1.0, 0],
+                                                         [0, 1.0, 0.1], [0, 0, 1.0], [0, 0, 1.0]]), dim=1)
+    views = ClipViews(objects, sounds)
+    # clip 0's most alike pictures are clips 1 and 2; clip 1 sounds like it, clip 2 does not
+    assert views.neighbours(1, pool=2)[0].tolist() == [2]
+    assert views.neighbours(1, pool=1)[0].tolist() == [1]  # a pool of one: the nearest picture whatever it sounds
+
+
+def test_hard_negative_batches_group_each_clip_with_its_neighbours_and_draw_only_eligible_clips():
+    neighbours = torch.tensor([[c for c in range(4 * (k // 4), 4 * (k // 4) + 4) if c != k] for k in range(16)])
+    cfg = replace(load_config(None, {"ssl.batch_size": 16}).ssl, hard_negatives=1.0, hard_negative_group=4)
+    clips = _batch_clips(16, cfg, torch.Generator().manual_seed(1), neighbours, None)
+    assert len(clips) == 8 and len(set(clips.tolist())) == 8
+    assert [len({c // 4 for c in clips[i:i + 4].tolist()}) for i in (0, 4)] == [1, 1]  # two whole look-alike groups
+    eligible = torch.arange(16) % 2 == 0
+    for seed in range(5):
+        drawn = _batch_clips(16, cfg, torch.Generator().manual_seed(seed), neighbours, eligible)
+        assert len(drawn) == 8 and eligible[drawn].all() and len(set(drawn.tolist())) == 8
+    plain = replace(cfg, hard_negatives=0.0)
+    assert torch.equal(_batch_clips(16, plain, torch.Generator().manual_seed(1), neighbours, None),
+                       torch.randperm(16, generator=torch.Generator().manual_seed(1))[:8])
