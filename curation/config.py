@@ -93,6 +93,9 @@ class SSLConfig:
     # probability that a training frame's foreground is pasted on another clip's background (0 = off); assumes
     # a mostly static camera, as the per-clip median background does
     background_swap: float = 1.0
+    # brightness/contrast/saturation jitter of training frames, factors in 1 +- this (0 = none). Off: with it, every
+    # model trained on the demo world confused the blue square with the cyan diamond (docs/localisation.md)
+    colour_jitter: float = 0.0
     bank_size: int = 64  # moments of other clips kept with the model for the contrastive score
     # share of each batch's clips drawn as groups of a clip and `hard_negative_group - 1` clips that look like it
     # but sound different, as the model currently sees them (re-mined at every checkpoint step): hard negatives,
@@ -286,6 +289,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.ssl.train_fps > 0, "ssl.train_fps: must be > 0")
     need(0 <= cfg.ssl.background_swap <= 1, "ssl.background_swap: must be in 0..1")
     need(0 <= cfg.ssl.hard_negatives <= 1, "ssl.hard_negatives: must be in 0..1")
+    need(0 <= cfg.ssl.colour_jitter < 1, "ssl.colour_jitter: must be in [0, 1)")
     need(0 < cfg.ssl.clean_share <= 1 and 0 <= cfg.ssl.clean_from < 1,
          "ssl.clean_share / clean_from: must be in (0, 1] / [0, 1)")
     need(2 <= cfg.ssl.hard_negative_group <= cfg.ssl.batch_size // 2,

@@ -3,8 +3,9 @@
 No labels: a frame at time t and the audio window centred on t are a positive pair; every other audio in the
 batch is a negative, scored by the best-matching map position (multiple-instance InfoNCE, as EZ-VSL).
 Two moments of each clip share a batch, so the model cannot win by recognising the clip alone (its
-background): it must tell which moment's sound goes with which frame. Crops, flips and colour jitter break
-background identity further; a random gain keeps loudness from identifying a clip. Background swap removes
+background): it must tell which moment's sound goes with which frame. Crops and flips break background
+identity further (colour jitter is an option, off by default: it hides the colour that tells look-alike objects
+apart); a random gain keeps loudness from identifying a clip. Background swap removes
 the rest of it: each training frame keeps only its moving foreground, pasted on another clip's background, so
 a backdrop never predicts a sound (measured on the demo world, README "How the defaults were chosen").
 """
@@ -199,11 +200,12 @@ class _Chunks:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _augment_images(frames: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """Random resized crop (60-100 % of the side), horizontal flip and brightness/contrast/saturation jitter.
+def _augment_images(frames: torch.Tensor, size: int, gen: torch.Generator, colour_jitter: float) -> torch.Tensor:
+    """Random resized crop (60-100 % of the side) and horizontal flip; with `colour_jitter` > 0, brightness,
+    contrast and saturation scaled by factors in 1 +- colour_jitter (never hue).
 
-    Hue is left alone: colour is part of what an object looks like.
-    """
+    Off by default: the jitter blurs the colour that tells look-alike objects apart (measured on the demo world,
+    docs/localisation.md), and background swap already removes the clip identity it was meant to hide."""
     b = frames.shape[0]
     x = frames.float() / 255.0
     scale = 0.6 + 0.4 * torch.rand(b, generator=gen)
@@ -214,11 +216,12 @@ def _augment_images(frames: torch.Tensor, size: int, gen: torch.Generator) -> to
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    grey = x.mean(dim=1, keepdim=True)
-    jitter = 0.7 + 0.6 * torch.rand(b, 3, 1, 1, 1, generator=gen)
-    x = x * jitter[:, 0]
-    x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) * jitter[:, 1] + x.mean(dim=(1, 2, 3), keepdim=True)
-    x = grey + (x - grey) * jitter[:, 2]
+    if colour_jitter > 0:
+        grey = x.mean(dim=1, keepdim=True)
+        jitter = 1 - colour_jitter + 2 * colour_jitter * torch.rand(b, 3, 1, 1, 1, generator=gen)
+        x = x * jitter[:, 0]
+        x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) * jitter[:, 1] + x.mean(dim=(1, 2, 3), keepdim=True)
+        x = grey + (x - grey) * jitter[:, 2]
     return x.clamp(0, 1)
 
 
@@ -350,7 +353,7 @@ def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen:
     if scenes is not None:
         frames = _swap_backgrounds(frames, data.frame_clip[frame_ids], scenes[0], scenes[1][frame_ids],
                                    cfg.background_swap, gen)
-    images = _augment_images(frames, cfg.image_size, gen)
+    images = _augment_images(frames, cfg.image_size, gen, cfg.colour_jitter)
     jitter = (torch.rand(len(frame_ids), generator=gen) - 0.5) * 0.2  # +-0.1 s around the frame
     gain = 10 ** ((torch.rand(len(frame_ids), 1, generator=gen) - 0.5) * 12 / 20)  # +-6 dB
     waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1] + jitter[j:j + 1],

@@ -20,6 +20,7 @@ from curation.localise.train import (
     ClipViews,
     TrainingClips,
     _agreeing,
+    _augment_images,
     _batch_clips,
     _Chunks,
     _swap_backgrounds,
@@ -222,3 +223,12 @@ def test_hard_negative_batches_group_each_clip_with_its_neighbours_and_draw_only
     plain = replace(cfg, hard_negatives=0.0)
     assert torch.equal(_batch_clips(16, plain, torch.Generator().manual_seed(1), neighbours, None),
                        torch.randperm(16, generator=torch.Generator().manual_seed(1))[:8])
+
+
+def test_training_frames_keep_their_colours_unless_colour_jitter_is_asked_for():
+    blue, cyan = torch.tensor([40, 80, 230], dtype=torch.uint8), torch.tensor([40, 210, 220], dtype=torch.uint8)
+    frames = torch.stack([c[:, None, None].expand(3, 20, 20) for c in (blue, cyan) * 4])
+    plain = _augment_images(frames, 16, torch.Generator().manual_seed(0), colour_jitter=0.0)
+    assert torch.allclose(plain, (frames[:, :, :16, :16].float() / 255), atol=1e-5)  # only crops and flips
+    jittered = _augment_images(frames, 16, torch.Generator().manual_seed(0), colour_jitter=0.3)
+    assert (jittered - plain).abs().amax() > 0.05
