@@ -109,6 +109,10 @@ class SSLConfig:
     clean_from: float = 0.5
     # also when hard negatives and cleaning are re-judged, so a resumed training re-judges with the same weights
     checkpoint_every: int = 100
+    # trainings from different seeds (ssl.seed * restarts + k); the one whose loss ends lowest is kept. The same
+    # settings gave localisers of very different quality by seed alone, and the final loss ranked them
+    # (docs/localisation.md, "Mismatched pairs")
+    restarts: int = 2
     seed: int = 0
     threads: int = 2
     # at most this many clips train the model (a sample fixed by clip id); none = every usable clip
@@ -290,6 +294,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(0 <= cfg.ssl.background_swap <= 1, "ssl.background_swap: must be in 0..1")
     need(0 <= cfg.ssl.hard_negatives <= 1, "ssl.hard_negatives: must be in 0..1")
     need(0 <= cfg.ssl.colour_jitter < 1, "ssl.colour_jitter: must be in [0, 1)")
+    need(cfg.ssl.restarts >= 1, "ssl.restarts: must be >= 1")
     need(0 < cfg.ssl.clean_share <= 1 and 0 <= cfg.ssl.clean_from < 1,
          "ssl.clean_share / clean_from: must be in (0, 1] / [0, 1)")
     need(2 <= cfg.ssl.hard_negative_group <= cfg.ssl.batch_size // 2,

@@ -44,7 +44,7 @@ from curation.localise.model import (
 )
 from curation.results import ClipJob
 from curation.staging import stage_in
-from manifests.io import atomic_write_bytes
+from manifests.io import atomic_write_bytes, json_bytes
 
 log = logging.getLogger(__name__)
 _CROP_MARGIN = 1.15  # frames are kept this much larger than the model input, for random crops
@@ -469,6 +469,41 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
     return checkpoint
 
 
+def final_loss(loss_log: Path, steps: int) -> float:
+    """Mean training loss over the last tenth of the steps: what restarts are compared by."""
+    losses = [json.loads(line)["loss"] for line in loss_log.read_text().splitlines()]
+    return float(np.mean(losses[-max(1, steps // 10):]))
+
+
+def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
+                   progress: bool = True) -> Path:
+    """`ssl.restarts` trainings from seeds `seed * restarts + k`, each resumable in `restarts/<k>/`; the one whose
+    training loss ended lowest becomes `checkpoint` (its loss.jsonl beside it; `restarts.json` records them all).
+
+    The same objective on the same clips, so its final value ranks the restarts without labels: on the demo world
+    the lower loss was the better localiser in every pair compared (docs/localisation.md)."""
+    if cfg.ssl.restarts == 1:
+        return train(source, cfg, checkpoint, progress)
+    if isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all restarts
+        source = load_training_clips(list(source.chunks[0]), cfg, source.raw_dir, progress)
+    runs = []
+    for k in range(cfg.ssl.restarts):
+        seed = cfg.ssl.seed * cfg.ssl.restarts + k
+        path = checkpoint.parent / "restarts" / str(k) / "model.pt"
+        if not (path.exists() and load_checkpoint(path)[2]["step"] >= cfg.ssl.steps):
+            train(source, replace(cfg, ssl=replace(cfg.ssl, seed=seed, restarts=1)), path, progress)
+        runs.append({"restart": k, "seed": seed,
+                     "final_loss": round(final_loss(path.with_name("loss.jsonl"), cfg.ssl.steps), 5)})
+    best = min(runs, key=lambda run: (run["final_loss"], run["restart"]))
+    chosen = checkpoint.parent / "restarts" / str(best["restart"])
+    log.info("ssl-train: restart %d (seed %d) ended with the lowest loss, %.4f", best["restart"], best["seed"],
+             best["final_loss"])
+    atomic_write_bytes(checkpoint.with_name("loss.jsonl"), (chosen / "loss.jsonl").read_bytes())
+    atomic_write_bytes(checkpoint.with_name("restarts.json"), json_bytes({"chosen": best["restart"], "runs": runs}))
+    atomic_write_bytes(checkpoint, (chosen / "model.pt").read_bytes())  # last: its presence means finished
+    return checkpoint
+
+
 def _model_on_store(cfg: RunConfig, jobs: list[ClipJob], out: str, name: str, progress: bool) -> tuple[str, str]:
     """ensure_model's training with OUT on an object store: the client downloads the training clips (at most
     `ssl.max_clips`) into a scratch folder, trains there, and uploads the finished checkpoint and its loss log
@@ -481,8 +516,10 @@ def _model_on_store(cfg: RunConfig, jobs: list[ClipJob], out: str, name: str, pr
         if not local.exists() or load_checkpoint(local)[2]["step"] < cfg.ssl.steps:
             staged = [replace(j, path=stage_in(j.clip_id, j.path, out, Path(scratch))[0])
                       for j in _sample(jobs, cfg.ssl.max_clips)]
-            train(training_set(staged, cfg, Path(scratch) / "raw"), cfg, local, progress)
+            train_restarts(training_set(staged, cfg, Path(scratch) / "raw"), cfg, local, progress)
             storage.put_file(local.with_name("loss.jsonl"), storage.join(out, "ssl", name, "loss.jsonl"))
+            if local.with_name("restarts.json").exists():
+                storage.put_file(local.with_name("restarts.json"), storage.join(out, "ssl", name, "restarts.json"))
             storage.put_file(local, url)
         return url, file_digest(local)
 
@@ -509,6 +546,6 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
     else:
         checkpoint = Path(out) / "ssl" / name / "model.pt"
         if not (checkpoint.exists() and load_checkpoint(checkpoint)[2]["step"] >= cfg.ssl.steps):
-            train(training_set(jobs, cfg, Path(out) / "raw"), cfg, checkpoint, progress)
+            train_restarts(training_set(jobs, cfg, Path(out) / "raw"), cfg, checkpoint, progress)
         digest = file_digest(checkpoint)
     return replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native")), digest

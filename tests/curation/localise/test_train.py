@@ -26,8 +26,10 @@ from curation.localise.train import (
     _swap_backgrounds,
     clip_backgrounds,
     ensure_model,
+    final_loss,
     load_training_clips,
     train,
+    train_restarts,
     training_set,
 )
 from curation.results import ClipJob
@@ -35,7 +37,7 @@ from manifests.readers import read_clip_table
 
 TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
         "ssl.batch_size": 8, "ssl.steps": 30, "ssl.bank_size": 4, "ssl.threads": 1, "ssl.checkpoint_every": 10,
-        "ssl.lr": 0.003}
+        "ssl.lr": 0.003, "ssl.restarts": 1}
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +137,11 @@ def test_checkpoint_round_trip_gives_identical_scores(world, tmp_path):
 
 def test_ensure_model_trains_once_and_reuses(world):
     out, cfg, _, jobs = world
+    cfg = replace(cfg, ssl=replace(cfg.ssl, restarts=2))
     resolved, digest = ensure_model(cfg, jobs, out, progress=False)
     checkpoint = Path(resolved.score.checkpoint)
     assert checkpoint.is_file() and checkpoint.is_relative_to(out / "ssl")
+    assert len(json.loads(checkpoint.with_name("restarts.json").read_text())["runs"]) == 2
     stamp = checkpoint.stat().st_mtime_ns
     again, digest_again = ensure_model(cfg, jobs, out, progress=False)
     assert digest_again == digest and checkpoint.stat().st_mtime_ns == stamp
@@ -232,3 +236,20 @@ def test_training_frames_keep_their_colours_unless_colour_jitter_is_asked_for():
     assert torch.allclose(plain, (frames[:, :, :16, :16].float() / 255), atol=1e-5)  # only crops and flips
     jittered = _augment_images(frames, 16, torch.Generator().manual_seed(0), colour_jitter=0.3)
     assert (jittered - plain).abs().amax() > 0.05
+
+
+def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
+    _, cfg, data, _ = world
+    cfg = replace(cfg, ssl=replace(cfg.ssl, restarts=2, seed=1))  # seeds 2 and 3
+    chosen = train_restarts(data, cfg, tmp_path / "model.pt", progress=False)
+    record = json.loads((tmp_path / "restarts.json").read_text())
+    assert [run["seed"] for run in record["runs"]] == [2, 3]
+    losses = {run["restart"]: run["final_loss"] for run in record["runs"]}
+    k = record["chosen"]
+    assert k == min(losses, key=losses.get) and losses[0] != losses[1]
+    assert chosen.read_bytes() == (tmp_path / "restarts" / str(k) / "model.pt").read_bytes()
+    assert final_loss(tmp_path / "loss.jsonl", cfg.ssl.steps) == pytest.approx(losses[k], abs=1e-5)
+    single = train(data, replace(cfg, ssl=replace(cfg.ssl, restarts=1, seed=2 + k)), tmp_path / "single" / "model.pt",
+                   progress=False)  # a restart is exactly the training with its seed
+    a, b = load_checkpoint(single)[0].state_dict(), load_checkpoint(chosen)[0].state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
