@@ -112,7 +112,7 @@ class SSLConfig:
     # trainings from different seeds (ssl.seed * restarts + k); the one whose loss ends lowest is kept. The same
     # settings gave localisers of very different quality by seed alone, and the final loss ranked them
     # (docs/localisation.md, "Mismatched pairs")
-    restarts: int = 2
+    restarts: int = 3
     seed: int = 0
     threads: int = 2
     # at most this many clips train the model (a sample fixed by clip id); none = every usable clip
