@@ -107,7 +107,8 @@ class SSLConfig:
     # whose visible object is not what sounds stop teaching it that pairing (1 = every clip, always)
     clean_share: float = 1.0
     clean_from: float = 0.5
-    # also when hard negatives and cleaning are re-judged, so a resumed training re-judges with the same weights
+    # steps between checkpoints; hard negatives and cleaning are re-judged on the same steps, so a resumed
+    # training re-judges with the same weights
     checkpoint_every: int = 100
     # trainings from different seeds (ssl.seed * restarts + k); the one whose loss ends lowest is kept. The same
     # settings gave localisers of very different quality by seed alone, and the final loss ranked them
