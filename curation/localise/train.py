@@ -271,6 +271,20 @@ class ClipViews:
         return torch.maximum(by_sound, by_object)
 
 
+def _moment_features(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, frames: torch.Tensor,
+                     window_s: float, chunk: int = 512):
+    """Per `chunk` of `frames` (indices into `data.frames`): their image maps (B, D, H, W) and the audio vectors
+    (B, D) of the windows centred on them, from the model in eval mode."""
+    side, device = model.cfg.image_size, next(model.parameters()).device
+    model.eval()
+    for rows in frames.split(chunk):
+        images = F.interpolate(data.frames[rows].float() / 255.0, size=(side, side), mode="bilinear",
+                               antialias=True, align_corners=False)
+        waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1], window_s,
+                                         model.cfg.sample_rate) for i in rows.tolist()])
+        yield model.image_maps(images.to(device)), model.audio_vectors(front(waves.to(device)))
+
+
 @torch.no_grad()
 def clip_views(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, per_clip: int = 8) -> ClipViews:
     """`ClipViews` from `per_clip` evenly spaced frames of each clip, of which the better-matching half count:
@@ -279,19 +293,11 @@ def clip_views(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, pe
     for c in range(len(data.audio)):
         candidates = torch.nonzero(data.frame_clip == c).flatten()
         rows.append(candidates[torch.linspace(0, len(candidates) - 1, per_clip).round().long()])
-    rows = torch.cat(rows)
-    device = next(model.parameters()).device
-    side, objects, sounds, matches = model.cfg.image_size, [], [], []
-    model.eval()
-    for chunk in rows.split(512):
-        images = F.interpolate(data.frames[chunk].float() / 255.0, size=(side, side), mode="bilinear",
-                               antialias=True, align_corners=False)
-        waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1],
-                                         model.cfg.window_s, model.cfg.sample_rate) for i in chunk.tolist()])
-        maps = model.image_maps(images.to(device)).flatten(2)
-        vectors = model.audio_vectors(front(waves.to(device)))
+    objects, sounds, matches = [], [], []
+    for maps, vectors in _moment_features(model, front, data, torch.cat(rows), model.cfg.window_s):
+        maps = maps.flatten(2)
         best = torch.einsum("bcp,bc->bp", maps, vectors).max(dim=1)
-        objects.append(maps[torch.arange(len(chunk)), :, best.indices].cpu())
+        objects.append(maps[torch.arange(len(maps)), :, best.indices].cpu())
         sounds.append(vectors.cpu())
         matches.append(best.values.cpu())
     n = len(data.audio)
@@ -374,20 +380,12 @@ def _reference_banks(model: AVLocalizer, front: AudioFrontEnd, data: TrainingCli
                      gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Audio vectors and image maps of `size` moments, each from a different clip where possible: what the
     contrastive score compares a frame's (and an audio window's) own match against."""
-    clips = torch.randperm(len(data.audio), generator=gen)[:size]
-    waves, frames = [], []
-    for c in clips.tolist():
+    frames = []
+    for c in torch.randperm(len(data.audio), generator=gen)[:size].tolist():
         candidates = torch.nonzero(data.frame_clip == c).flatten()
-        frame = int(candidates[torch.randint(len(candidates), (1,), generator=gen)])
-        frames.append(frame)
-        waves.append(audio_windows(data.audio[c], data.frame_t[frame:frame + 1], window_s, model.cfg.sample_rate))
-    model.eval()
-    side = model.cfg.image_size
-    images = F.interpolate(data.frames[frames].float() / 255.0, size=(side, side), mode="bilinear",
-                           antialias=True, align_corners=False)
-    device = next(model.parameters()).device
-    return {"audio": model.audio_vectors(front(torch.cat(waves).to(device))).cpu(),
-            "image": model.image_maps(images.to(device)).cpu()}
+        frames.append(int(candidates[torch.randint(len(candidates), (1,), generator=gen)]))
+    maps, vectors = zip(*_moment_features(model, front, data, torch.tensor(frames), window_s), strict=True)
+    return {"audio": torch.cat(vectors).cpu(), "image": torch.cat(maps).cpu()}
 
 
 def _truncate_log(loss_log: Path, step: int) -> None:
