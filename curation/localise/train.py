@@ -272,16 +272,16 @@ class ClipViews:
 
 
 def _moment_features(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, frames: torch.Tensor,
-                     window_s: float, chunk: int = 512):
+                     chunk: int = 512):
     """Per `chunk` of `frames` (indices into `data.frames`): their image maps (B, D, H, W) and the audio vectors
-    (B, D) of the windows centred on them, from the model in eval mode."""
+    (B, D) of the model's windows centred on them, from the model in eval mode."""
     side, device = model.cfg.image_size, next(model.parameters()).device
     model.eval()
     for rows in frames.split(chunk):
         images = F.interpolate(data.frames[rows].float() / 255.0, size=(side, side), mode="bilinear",
                                antialias=True, align_corners=False)
-        waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1], window_s,
-                                         model.cfg.sample_rate) for i in rows.tolist()])
+        waves = torch.cat([audio_windows(data.audio[int(data.frame_clip[i])], data.frame_t[i:i + 1],
+                                         model.cfg.window_s, model.cfg.sample_rate) for i in rows.tolist()])
         yield model.image_maps(images.to(device)), model.audio_vectors(front(waves.to(device)))
 
 
@@ -294,7 +294,7 @@ def clip_views(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, pe
         candidates = torch.nonzero(data.frame_clip == c).flatten()
         rows.append(candidates[torch.linspace(0, len(candidates) - 1, per_clip).round().long()])
     objects, sounds, matches = [], [], []
-    for maps, vectors in _moment_features(model, front, data, torch.cat(rows), model.cfg.window_s):
+    for maps, vectors in _moment_features(model, front, data, torch.cat(rows)):
         maps = maps.flatten(2)
         best = torch.einsum("bcp,bc->bp", maps, vectors).max(dim=1)
         objects.append(maps[torch.arange(len(maps)), :, best.indices].cpu())
@@ -376,7 +376,7 @@ def mil_infonce(maps: torch.Tensor, vectors: torch.Tensor, temperature: float) -
 
 
 @torch.no_grad()
-def _reference_banks(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, size: int, window_s: float,
+def _reference_banks(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, size: int,
                      gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Audio vectors and image maps of `size` moments, each from a different clip where possible: what the
     contrastive score compares a frame's (and an audio window's) own match against."""
@@ -384,7 +384,7 @@ def _reference_banks(model: AVLocalizer, front: AudioFrontEnd, data: TrainingCli
     for c in torch.randperm(len(data.audio), generator=gen)[:size].tolist():
         candidates = torch.nonzero(data.frame_clip == c).flatten()
         frames.append(int(candidates[torch.randint(len(candidates), (1,), generator=gen)]))
-    maps, vectors = zip(*_moment_features(model, front, data, torch.tensor(frames), window_s), strict=True)
+    maps, vectors = zip(*_moment_features(model, front, data, torch.tensor(frames)), strict=True)
     return {"audio": torch.cat(vectors).cpu(), "image": torch.cat(maps).cpu()}
 
 
@@ -458,7 +458,7 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
                                     "seconds": round(time.perf_counter() - started, 2)}) + "\n")
             done = step == cfg.ssl.steps
             if done or step % cfg.ssl.checkpoint_every == 0:
-                bank = _reference_banks(model, front, data, cfg.ssl.bank_size, mcfg.window_s,
+                bank = _reference_banks(model, front, data, cfg.ssl.bank_size,
                                         torch.Generator().manual_seed(cfg.ssl.seed)) if done else None
                 save_checkpoint(checkpoint, model, optimizer, step, bank, cfg.ssl)
     finally:
