@@ -33,14 +33,15 @@ def _clip_moments(joined: pd.DataFrame, cfg: SelectConfig) -> tuple[dict[str, fl
     return scores, picked
 
 
-def _bank(score) -> dict:
-    """The run's reference bank: the ssl-train checkpoint's own, or a published localiser's bank file."""
+def _banks(score) -> list[dict]:
+    """The run's reference banks: each ensemble model's own from the ssl-train checkpoint, or a published
+    localiser's bank file."""
     from curation.localise.bank import load_bank
-    from curation.localise.checkpoint import file_digest, load_checkpoint
+    from curation.localise.checkpoint import file_digest, load_members
 
     if score.bank:
-        return load_bank(score.bank, file_digest(score.checkpoint))
-    return load_checkpoint(score.checkpoint)[1]
+        return [load_bank(score.bank, file_digest(score.checkpoint))]
+    return [bank for _, bank in load_members(score.checkpoint, score.ensemble)]
 
 
 def measure(out: Path, drops: list[float], seeds: int, quantiles: list[float]) -> dict:
@@ -57,9 +58,10 @@ def measure(out: Path, drops: list[float], seeds: int, quantiles: list[float]) -
     scores, picked = _clip_moments(joined, cfg)
     thresholds = {}
     if quantiles and run_cfg.score.contrast == "margin" and cfg.clip_score == "score_contrastive":
-        bank = _bank(run_cfg.score)
-        own = null_threshold(bank, run_cfg.score.bank_quantile)
-        thresholds = {q: null_threshold(bank, q) - own for q in quantiles}  # in units of the run's margin
+        banks = _banks(run_cfg.score)  # the margin is the ensemble's mean of each model's own margin
+        own = np.mean([null_threshold(bank, run_cfg.score.bank_quantile) for bank in banks])
+        thresholds = {q: float(np.mean([null_threshold(bank, q) for bank in banks]) - own)
+                      for q in quantiles}  # in units of the run's margin
     good_clips = sorted(set(joined.loc[joined["good"], "clip_id"]))
     rules = {"quantile": replace(cfg, min_clip_score=None), "threshold": replace(cfg, keep_quantile=None),
              "default": cfg, **{f"threshold q{q}": replace(cfg, min_clip_score=x) for q, x in thresholds.items()}}

@@ -50,7 +50,7 @@ def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     pre-decoded, pre-resized inputs, in batches of BARE_BATCH."""
     from curation.localise.model import audio_windows
 
-    model, front, cfg = scorer.model, scorer.front, scorer.model.cfg
+    models, front, cfg = scorer.models, scorer.front, scorer.model.cfg
     images = torch.cat([scorer.device_images(scorer._resized(c.frames)) for c in clips])
     waves = torch.cat([audio_windows(torch.from_numpy(c.audio), torch.from_numpy(c.times), cfg.window_s,
                                      cfg.sample_rate) for c in clips])
@@ -58,8 +58,9 @@ def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     @torch.inference_mode()
     def forward_all() -> None:
         for lo in range(0, len(images), BARE_BATCH):
-            maps = model.image_maps(images[lo:lo + BARE_BATCH])
-            model.localization(maps, model.audio_vectors(front(waves[lo:lo + BARE_BATCH])))
+            spectrograms = front(waves[lo:lo + BARE_BATCH])
+            for model in models:  # every model of an ensemble (score.ensemble)
+                model.localization(model.image_maps(images[lo:lo + BARE_BATCH]), model.audio_vectors(spectrograms))
 
     return len(images), _best_of_2(forward_all)
 

@@ -55,6 +55,12 @@ class ScoreConfig:
     # ("audio"), or both. 0.96 chosen on demo world seed 0 (docs/localisation.md, "Mismatched pairs")
     contrast: str = "margin"
     bank_quantile: float = 0.96
+    # an ssl-train checkpoint made with restarts carries them all: the scorer averages the scores and margins of
+    # its `ensemble` lowest-loss models (fewer when it holds fewer; 1 = the chosen model alone). Published
+    # checkpoints are one model. Costs one forward pass per model. 3, chosen on demo world seed 0: models from
+    # different seeds confuse different look-alikes and lose different categories (docs/localisation.md,
+    # "Ensembles of the restarts")
+    ensemble: int = 3
     # a published localiser's reference bank: built from this many of the run's clips, one moment each (0: none,
     # no contrastive score); an ssl-train checkpoint carries its own (ssl.bank_size). `bank`: a bank file
     # (curation.localise.bank.save_bank) for this model, used instead
@@ -110,9 +116,9 @@ class SSLConfig:
     # steps between checkpoints; hard negatives and cleaning are re-judged on the same steps, so a resumed
     # training re-judges with the same weights
     checkpoint_every: int = 100
-    # trainings from different seeds (ssl.seed * restarts + k); the one whose loss ends lowest is kept. The same
-    # settings gave localisers of very different quality by seed alone, and the final loss ranked them
-    # (docs/localisation.md, "Mismatched pairs")
+    # trainings from different seeds (ssl.seed * restarts + k); the one whose loss ends lowest is the checkpoint's
+    # model and carries the others as ensemble members (score.ensemble scores with several). The same settings
+    # gave localisers of very different quality by seed alone (docs/localisation.md, "Mismatched pairs")
     restarts: int = 3
     seed: int = 0
     threads: int = 2
@@ -244,7 +250,7 @@ class RunConfig:
         score = dict(dataclasses.asdict(self.score), checkpoint_format=fmt)
         if self.score.scorer != "moments":
             del score["moments"], score["moments_first_frame"]
-        for key, default in (("device", "cpu"), ("precision", "fp32")):
+        for key, default in (("device", "cpu"), ("precision", "fp32"), ("ensemble", 1)):
             if score[key] == default:
                 del score[key]
         if self.dask.score_resource:  # batches across clips: a clip's scores may differ from per-clip batches' in
@@ -277,6 +283,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.score.contrast in CONTRASTS, f"score.contrast: must be one of {', '.join(CONTRASTS)}")
     need(cfg.score.batch_size >= 1, "score.batch_size: must be >= 1")
     need(0 <= cfg.score.bank_quantile <= 1, "score.bank_quantile: must be in 0..1")
+    need(cfg.score.ensemble >= 1, "score.ensemble: must be >= 1")
     need(cfg.score.bank_clips >= 0, "score.bank_clips: must be >= 0")
     need(cfg.score.scorer != "moments" or bool(cfg.score.moments), "score.moments: SCORER=moments needs MOMENTS=")
     need(cfg.score.checkpoint_format in ("auto", "native") or bool(cfg.score.checkpoint),

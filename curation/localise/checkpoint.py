@@ -1,7 +1,9 @@
 """The native localiser's checkpoint file (written by `ssl-train`, read by the scorer and by resume).
 
 One torch file: the format tag, the model's config and CPU weights, the optimizer, the step, the reference
-banks the contrastive score compares against, and the training config. Read with `weights_only=True`.
+banks the contrastive score compares against, and the training config. Read with `weights_only=True`. A file
+that `ssl-train` chose among restarts also carries the other restarts (`ensemble`: model config, weights and
+bank of each, lowest final loss first), so the scorer can average several models (`score.ensemble`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,27 @@ def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tens
     model = AVLocalizer(SSLModelConfig.from_dict(blob["model_config"]))
     load_state_strict(model, blob["model"], str(path))
     return model.eval(), blob["bank"], blob
+
+
+def with_ensemble(blob: dict, others: list[dict]) -> bytes:
+    """The bytes of checkpoint `blob` carrying `others` (checkpoint blobs of the other restarts, best first) as
+    ensemble members: their model configs, weights and banks (no optimizer)."""
+    members = [{"model_config": o["model_config"], "model": o["model"], "bank": o["bank"]} for o in others]
+    buf = io.BytesIO()
+    torch.save({**blob, "ensemble": members}, buf)
+    return buf.getvalue()
+
+
+def load_members(path: str | Path, count: int) -> list[tuple[AVLocalizer, dict[str, torch.Tensor] | None]]:
+    """The checkpoint's model and at most `count - 1` of the ensemble members it carries (fewer when it holds
+    fewer), each with its reference bank, best first."""
+    model, bank, blob = load_checkpoint(path)
+    members = [(model, bank)]
+    for k, member in enumerate(blob.get("ensemble", [])[: count - 1]):
+        other = AVLocalizer(SSLModelConfig.from_dict(member["model_config"]))
+        load_state_strict(other, member["model"], f"{path} (ensemble member {k + 1})")
+        members.append((other.eval(), member["bank"]))
+    return members
 
 
 def file_digest(path: str | Path) -> str:

@@ -101,30 +101,39 @@ class LearnedScorer(DeviceScorer):
     compares that with the bank of other clips' moments stored with the model: by default the calibrated margin
     of `localise.bank` (is this picture among the best matches of this sound, and this sound among the best
     matches of this picture?); the older modes subtract the mean match of the frame with the bank's audio (a
-    frame that matches any sound is not evidence) and/or of the audio with the bank's frames. Runs on
+    frame that matches any sound is not evidence) and/or of the audio with the bank's frames. With
+    `score.ensemble` > 1, the checkpoint's best restarts each score the frame against their own banks and the
+    scores, maps and margins are averaged: models from different seeds err on different categories. Runs on
     `score.device` in `score.precision` (`curation.localise.device`)."""
 
     def __init__(self, cfg: ScoreConfig):
         import torch
 
-        from curation.localise.checkpoint import file_digest, load_checkpoint
+        from curation.errors import CheckpointError
+        from curation.localise.checkpoint import file_digest, load_members
         from curation.localise.model import AudioFrontEnd
 
         if not cfg.checkpoint:
             raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
         torch.set_num_threads(1)  # one worker process per core
-        self.model, self.bank, _ = load_checkpoint(cfg.checkpoint)
+        members = load_members(cfg.checkpoint, cfg.ensemble)
         digest = file_digest(cfg.checkpoint)
         if cfg.bank:  # a bank built from other clips replaces the one trained with the model
-            self.bank = load_bank(cfg.bank, digest)
+            if len(members) > 1:
+                raise CheckpointError(f"score.bank is one model's bank, and {cfg.checkpoint} scores as an ensemble of "
+                                      f"{len(members)}: leave score.bank empty or set score.ensemble = 1")
+            members = [(members[0][0], load_bank(cfg.bank, digest))]
+        self.models = [model for model, _ in members]
+        self.model = self.models[0]
         self.front = AudioFrontEnd(self.model.cfg).eval()
-        self.place([self.model, self.front], cfg.device, cfg.precision, cfg.batch_size)
-        if self.bank is not None:
-            self.bank = {name: bank.to(self.device) for name, bank in self.bank.items()}
+        self.place([*self.models, self.front], cfg.device, cfg.precision, cfg.batch_size)
+        self.banks = [None if bank is None else {name: b.to(self.device) for name, b in bank.items()}
+                      for _, bank in members]
         self.contrast = cfg.contrast
-        if self.bank is not None and cfg.contrast == "margin":
-            self.threshold = null_threshold(self.bank, cfg.bank_quantile)
-        self.model_id = f"ssl-native-{digest[:12]}"
+        if cfg.contrast == "margin":
+            self.thresholds = [None if bank is None else null_threshold(bank, cfg.bank_quantile) for bank in self.banks]
+        ensemble = f"-ens{len(members)}" if len(members) > 1 else ""
+        self.model_id = f"ssl-native-{digest[:12]}{ensemble}"
 
     def _resized(self, frames: np.ndarray):
         """(T, H, W, 3) uint8 frames -> (T, 3, S, S) uint8 centre squares at the model's size.
@@ -146,24 +155,35 @@ class LearnedScorer(DeviceScorer):
         cfg = self.model.cfg
         return audio_windows(audio.to(self.device), times.to(self.device), cfg.window_s, cfg.sample_rate)
 
-    def _contrastive(self, own, image_maps, vectors):
-        """The own match against the bank: minus the calibrated threshold (`curation.localise.bank`, "margin"), or minus
-        the mean match of the frame with the bank's audio ("frame"), of the audio with the bank's frames
-        ("audio"), or both."""
+    def _contrastive(self, k: int, own, image_maps, vectors):
+        """Model k's own match against its bank: minus the calibrated threshold (`curation.localise.bank`,
+        "margin"), or minus the mean match of the frame with the bank's audio ("frame"), of the audio with the
+        bank's frames ("audio"), or both."""
         if self.contrast == "margin":
-            return own - self.threshold
-        audio_side, frame_side = (m.mean(dim=1) for m in bank_matches(image_maps, vectors, self.bank))
+            return own - self.thresholds[k]
+        audio_side, frame_side = (m.mean(dim=1) for m in bank_matches(image_maps, vectors, self.banks[k]))
         return own - {"frame": frame_side, "audio": audio_side, "both": (frame_side + audio_side) / 2}[self.contrast]
 
     def forward(self, images, waves) -> FrameScores:
         """The per-batch math: images (B, 3, S, S) in [0, 1] and audio windows (B, S) on the device -> per frame
-        the map's best position, the map, and the contrastive score."""
-        image_maps = self.model.image_maps(images)
-        vectors = self.model.audio_vectors(self.front(waves))
-        loc = self.model.localization(image_maps, vectors)
-        best = loc.flatten(1).amax(dim=1)
-        contrast = self._contrastive(best, image_maps, vectors) if self.bank is not None else None
-        return FrameScores(best, loc, contrast)
+        the map's best position, the map, and the contrastive score, each the mean over the ensemble's models."""
+        spectrograms = self.front(waves)
+        best, maps, contrast = [], [], []
+        for k, model in enumerate(self.models):
+            image_maps = model.image_maps(images)
+            vectors = model.audio_vectors(spectrograms)
+            loc = model.localization(image_maps, vectors)
+            best.append(loc.flatten(1).amax(dim=1))
+            maps.append(loc)
+            if self.banks[k] is not None:
+                contrast.append(self._contrastive(k, best[-1], image_maps, vectors))
+        if len(self.models) == 1:
+            return FrameScores(best[0], maps[0], contrast[0] if contrast else None)
+        import torch
+
+        whole = len(contrast) == len(self.models)
+        return FrameScores(torch.stack(best).mean(dim=0), torch.stack(maps).mean(dim=0),
+                           torch.stack(contrast).mean(dim=0) if whole else None)
 
     def batch(self, clip: DecodedClip, rows: slice):
         """`forward`'s inputs for some of a clip's frames (the per-clip path)."""

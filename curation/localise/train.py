@@ -33,7 +33,7 @@ from curation.config import ConfigError, RunConfig, SSLConfig
 from curation.decode import decode_clip
 from curation.errors import ClipError
 from curation.fetch.clip import fetch_job, raw_path
-from curation.localise.checkpoint import file_digest, load_checkpoint, save_checkpoint
+from curation.localise.checkpoint import file_digest, load_checkpoint, save_checkpoint, with_ensemble
 from curation.localise.model import (
     AudioFrontEnd,
     AVLocalizer,
@@ -476,7 +476,8 @@ def final_loss(loss_log: Path, steps: int) -> float:
 def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
                    progress: bool = True) -> Path:
     """`ssl.restarts` trainings from seeds `seed * restarts + k`, each resumable in `restarts/<k>/`; the one whose
-    training loss ended lowest becomes `checkpoint` (its loss.jsonl beside it; `restarts.json` records them all).
+    training loss ended lowest becomes `checkpoint` (its loss.jsonl beside it; `restarts.json` records them all),
+    carrying the others, by loss, as ensemble members (`score.ensemble` scores with several).
 
     The same objective on the same clips, so its final value ranks the restarts without labels: of six single
     trainings on the demo world, the three with the lowest loss kept >= 93 % of good clips at >= 0.96 precision,
@@ -493,13 +494,18 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
             train(source, replace(cfg, ssl=replace(cfg.ssl, seed=seed, restarts=1)), path, progress)
         runs.append({"restart": k, "seed": seed,
                      "final_loss": round(final_loss(path.with_name("loss.jsonl"), cfg.ssl.steps), 5)})
-    best = min(runs, key=lambda run: (run["final_loss"], run["restart"]))
+    runs_by_loss = sorted(runs, key=lambda run: (run["final_loss"], run["restart"]))
+    best = runs_by_loss[0]
     chosen = checkpoint.parent / "restarts" / str(best["restart"])
     log.info("ssl-train: restart %d (seed %d) ended with the lowest loss, %.4f", best["restart"], best["seed"],
              best["final_loss"])
     atomic_write_bytes(checkpoint.with_name("loss.jsonl"), (chosen / "loss.jsonl").read_bytes())
-    atomic_write_bytes(checkpoint.with_name("restarts.json"), json_bytes({"chosen": best["restart"], "runs": runs}))
-    atomic_write_bytes(checkpoint, (chosen / "model.pt").read_bytes())  # last: its presence means finished
+    record = {"chosen": best["restart"], "runs": runs, "by_loss": [run["restart"] for run in runs_by_loss]}
+    atomic_write_bytes(checkpoint.with_name("restarts.json"), json_bytes(record))
+    others = [load_checkpoint(checkpoint.parent / "restarts" / str(run["restart"]) / "model.pt")[2]
+              for run in runs_by_loss[1:]]
+    blob = load_checkpoint(chosen / "model.pt")[2]
+    atomic_write_bytes(checkpoint, with_ensemble(blob, others))  # last: its presence means finished
     return checkpoint
 
 

@@ -1,6 +1,7 @@
 """The calibrated cross-dataset margin (curation.localise.bank) on constructed embeddings: chance pairings of the bank's
 moments set the threshold, a matched clip clears it and a mismatched one does not, whatever the mix of clips;
-an ssl-train checkpoint's scorer uses its own bank or a given bank file of the same model."""
+an ssl-train checkpoint's scorer uses its own bank or a given bank file of the same model, and an ensemble
+checkpoint averages its models' scores and margins."""
 
 import pytest
 import torch
@@ -90,12 +91,48 @@ def test_an_ssl_train_checkpoint_scores_the_margin_with_its_own_bank_or_a_given_
                        sample_rate=16000, window_s=3.0)
     scorer = LearnedScorer(ScoreConfig(checkpoint=str(path)))
     result = scorer.score(clip)
-    assert scorer.threshold == null_threshold(own_bank, 0.96)
-    np.testing.assert_allclose(result.contrastive, result.scores - scorer.threshold, atol=1e-6)
+    assert scorer.thresholds[0] == null_threshold(own_bank, 0.96)
+    np.testing.assert_allclose(result.contrastive, result.scores - scorer.thresholds[0], atol=1e-6)
     other = {"image": own_bank["image"][:3] * -1, "audio": own_bank["audio"][:3]}
     save_bank(tmp_path / "bank.pt", other, file_digest(path))
     given = LearnedScorer(ScoreConfig(checkpoint=str(path), bank=str(tmp_path / "bank.pt")))
-    assert given.threshold == null_threshold(other, 0.96) != scorer.threshold
+    assert given.thresholds[0] == null_threshold(other, 0.96) != scorer.thresholds[0]
     save_bank(tmp_path / "stale.pt", other, "0" * 64)
     with pytest.raises(CheckpointError, match="another model"):
         LearnedScorer(ScoreConfig(checkpoint=str(path), bank=str(tmp_path / "stale.pt")))
+
+
+def test_an_ensemble_checkpoint_scores_the_mean_of_its_models_each_against_its_own_bank(tmp_path):
+    import numpy as np
+
+    from curation.config import SSLConfig
+    from curation.decode import DecodedClip
+    from curation.localise.checkpoint import load_checkpoint, save_checkpoint, with_ensemble
+    from curation.localise.model import AVLocalizer, SSLModelConfig
+    from curation.localise.score import LearnedScorer
+
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = AVLocalizer(SSLModelConfig(widths=(4, 8, 8, 16), image_maxpool=False, image_size=32, dim=16,
+                                           window_s=0.5, hop=640, n_mels=16)).eval()
+        bank = {"image": torch.nn.functional.normalize(torch.randn(6, 16, 2, 2), dim=1),
+                "audio": torch.nn.functional.normalize(torch.randn(6, 16), dim=1)}
+        paths.append(tmp_path / f"restart{seed}.pt")
+        save_checkpoint(paths[-1], model, None, 1, bank, SSLConfig())
+    blobs = [load_checkpoint(p)[2] for p in paths]
+    ensemble = tmp_path / "model.pt"
+    ensemble.write_bytes(with_ensemble(blobs[0], blobs[1:]))
+    clip = DecodedClip(frames=np.random.default_rng(0).integers(0, 255, (5, 36, 64, 3), dtype=np.uint8),
+                       times=np.arange(5) / 2, audio=np.random.default_rng(1).normal(0, 0.1, 48000).astype(np.float32),
+                       sample_rate=16000, window_s=3.0)
+    singles = [LearnedScorer(ScoreConfig(checkpoint=str(p))).score(clip) for p in paths]
+    for count in (1, 2, 3, 5):  # more than it holds: all three
+        used = singles[:count]
+        result = LearnedScorer(ScoreConfig(checkpoint=str(ensemble), ensemble=count)).score(clip)
+        for field in ("scores", "contrastive", "maps"):
+            expected = np.mean([getattr(r, field) for r in used], axis=0)
+            np.testing.assert_allclose(getattr(result, field), expected, atol=1e-6)
+    assert not np.allclose(singles[0].contrastive, singles[1].contrastive)  # the members differ
+    with pytest.raises(CheckpointError, match="one model's bank"):
+        LearnedScorer(ScoreConfig(checkpoint=str(ensemble), ensemble=2, bank=str(paths[0])))

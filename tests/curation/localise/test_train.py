@@ -14,7 +14,7 @@ import torch
 from curation.config import load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
-from curation.localise.checkpoint import load_checkpoint
+from curation.localise.checkpoint import load_checkpoint, load_members
 from curation.localise.score import LearnedScorer
 from curation.localise.train import (
     ClipViews,
@@ -247,9 +247,16 @@ def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
     losses = {run["restart"]: run["final_loss"] for run in record["runs"]}
     k = record["chosen"]
     assert k == min(losses, key=losses.get) and losses[0] != losses[1]
-    assert chosen.read_bytes() == (tmp_path / "restarts" / str(k) / "model.pt").read_bytes()
+    assert record["by_loss"] == [k, 1 - k]
     assert final_loss(tmp_path / "loss.jsonl", cfg.ssl.steps) == pytest.approx(losses[k], abs=1e-5)
     single = train(data, replace(cfg, ssl=replace(cfg.ssl, restarts=1, seed=2 + k)), tmp_path / "single" / "model.pt",
                    progress=False)  # a restart is exactly the training with its seed
     a, b = load_checkpoint(single)[0].state_dict(), load_checkpoint(chosen)[0].state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a)
+    # the chosen file carries the other restart as an ensemble member, with its bank
+    (best, best_bank), (other, other_bank) = load_members(chosen, 3)
+    restart = load_checkpoint(tmp_path / "restarts" / str(1 - k) / "model.pt")
+    assert all(torch.equal(other.state_dict()[name], restart[0].state_dict()[name]) for name in a)
+    assert torch.equal(other_bank["audio"], restart[1]["audio"]) and not torch.equal(other_bank["audio"],
+                                                                                      best_bank["audio"])
+    assert len(load_members(chosen, 1)) == 1
