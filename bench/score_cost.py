@@ -1,6 +1,7 @@
-"""What the cross-clip score costs the scorer: `LearnedScorer.score` with each `score.contrast` against the bare
-model (its resize, image maps, audio vectors, localisation) on the same decoded clips, one process, one torch
-thread, interleaved, best of `--repeats`. Writes `<out>/score_cost.json`.
+"""What the cross-clip score and the ensemble cost the scorer: `LearnedScorer.score` with each `score.contrast`
+(at `--ensemble` models, the default's), and with the margin from the chosen model alone (`margin, 1 model`),
+against the bare model(s) (resize, image maps, audio vectors, localisation, for every model scored) on the same
+decoded clips, one process, one torch thread, interleaved, best of `--repeats`. Writes `<out>/score_cost.json`.
 Run: `python -m bench.score_cost --checkpoint MODEL --raw work/demo/raw`.
 """
 
@@ -27,21 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", required=True, help="a folder of demo clips (demo*.mp4)")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ensemble", type=int, default=ScoreConfig.ensemble, help="models scored (score.ensemble)")
     parser.add_argument("--out", default="work/bench")
     args = parser.parse_args(argv)
     paths = sorted(Path(args.raw).glob("demo*.mp4"))[: args.clips]
     clips = [decode_clip(p, 0.0, 8.0, DecodeConfig()) for p in paths]
-    scorers = {c: LearnedScorer(ScoreConfig(checkpoint=args.checkpoint, contrast=c)) for c in CONTRASTS}
+    scorers = {c: LearnedScorer(ScoreConfig(checkpoint=args.checkpoint, contrast=c, ensemble=args.ensemble))
+               for c in CONTRASTS}
+    scorers["margin, 1 model"] = LearnedScorer(ScoreConfig(checkpoint=args.checkpoint, ensemble=1))
     torch.set_num_threads(1)
     bare = scorers["margin"]
 
     def bare_forward() -> None:
         with torch.inference_mode():
             for clip in clips:
-                maps = bare.model.image_maps(bare._images(clip.frames))
+                images = bare.device_images(bare._resized(clip.frames))
                 waves = audio_windows(torch.from_numpy(clip.audio), torch.from_numpy(clip.times),
                                       bare.model.cfg.window_s, bare.model.cfg.sample_rate)
-                bare.model.localization(maps, bare.model.audio_vectors(bare.front(waves))).flatten(1).amax(dim=1)
+                spectrograms = bare.front(waves)
+                for model in bare.models:
+                    model.localization(model.image_maps(images), model.audio_vectors(spectrograms)).flatten(1).amax(1)
 
     work = {"bare": bare_forward, **{c: (lambda s=s: [s.score(clip) for clip in clips]) for c, s in scorers.items()}}
     best = dict.fromkeys(work, float("inf"))
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             run()
             best[name] = min(best[name], time.perf_counter() - started)
     frames = sum(len(c.times) for c in clips)
-    result = {"frames": frames, "repeats": args.repeats,
+    result = {"frames": frames, "repeats": args.repeats, "models": len(bare.models),
               "frames_per_s": {name: round(frames / s, 1) for name, s in best.items()},
               "over_bare": {name: round(best["bare"] / s, 3) for name, s in best.items()}}
     write_json(Path(args.out) / "score_cost.json", result)
