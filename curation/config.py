@@ -59,7 +59,7 @@ class ScoreConfig:
     # its `ensemble` lowest-loss models (fewer when it holds fewer; 1 = the chosen model alone). Published
     # checkpoints are one model. Costs one forward pass per model. 3, chosen on demo world seed 0: models from
     # different seeds confuse different look-alikes and lose different categories (docs/localisation.md,
-    # "Ensembles of the restarts")
+    # "Session 10: ensembles of the restarts")
     ensemble: int = 3
     # a published localiser's reference bank: built from this many of the run's clips, one moment each (0: none,
     # no contrastive score); an ssl-train checkpoint carries its own (ssl.bank_size). `bank`: a bank file
