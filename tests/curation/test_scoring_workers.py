@@ -22,7 +22,7 @@ from curation.scoring_workers import GroupScores, finish_group, model_inputs, pr
 DEMO = {"demo.clips": 8, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
         "write.samples_per_shard": 5, "score.batch_size": 48,
         "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
-        "ssl.batch_size": 8, "ssl.steps": 20, "ssl.bank_size": 4, "ssl.threads": 1}
+        "ssl.batch_size": 8, "ssl.steps": 20, "ssl.bank_size": 4, "ssl.threads": 1, "ssl.restarts": 1}
 SPLIT = {"dask.score_resource": "GPU"}
 
 

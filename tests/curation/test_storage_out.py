@@ -24,7 +24,7 @@ from curation.pipeline import run
 WORLD = {"demo.clips": 8, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 1,
          "write.samples_per_shard": 3, "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16,
          "ssl.n_mels": 16, "ssl.hop": 640, "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4,
-         "ssl.threads": 1}
+         "ssl.threads": 1, "ssl.restarts": 1}
 
 
 def _config(out: str, **extra):
