@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bench.ssl import bare_forward
 from curation.config import CONTRASTS, DecodeConfig, ScoreConfig
 from curation.decode import decode_clip
 from curation.localise.model import audio_windows
@@ -39,17 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     bare = scorers["margin"]
 
-    def bare_forward() -> None:
+    def bare_models() -> None:
         with torch.inference_mode():
             for clip in clips:
                 images = bare.device_images(bare._resized(clip.frames))
                 waves = audio_windows(torch.from_numpy(clip.audio), torch.from_numpy(clip.times),
                                       bare.model.cfg.window_s, bare.model.cfg.sample_rate)
-                spectrograms = bare.front(waves)
-                for model in bare.models:
-                    model.localization(model.image_maps(images), model.audio_vectors(spectrograms)).flatten(1).amax(1)
+                bare_forward(bare, images, waves)
 
-    work = {"bare": bare_forward, **{c: (lambda s=s: [s.score(clip) for clip in clips]) for c, s in scorers.items()}}
+    work = {"bare": bare_models, **{c: (lambda s=s: [s.score(clip) for clip in clips]) for c, s in scorers.items()}}
     best = dict.fromkeys(work, float("inf"))
     for _ in range(args.repeats):
         for name, run in work.items():

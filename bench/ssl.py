@@ -45,12 +45,20 @@ def _best_of_2(work: Callable[[], object]) -> float:
     return best
 
 
+def bare_forward(scorer: LearnedScorer, images: torch.Tensor, waves: torch.Tensor) -> list[torch.Tensor]:
+    """The bare model work the scorer is measured against: the audio front end, then image maps, audio vectors
+    and the localisation map of every model it scores with (each model of an ensemble, `score.ensemble`)."""
+    spectrograms = scorer.front(waves)
+    return [model.localization(model.image_maps(images), model.audio_vectors(spectrograms))
+            for model in scorer.models]
+
+
 def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     """(frames, best-of-2 seconds) of the bare model (image maps + audio vectors + localisation) on
     pre-decoded, pre-resized inputs, in batches of BARE_BATCH."""
     from curation.localise.model import audio_windows
 
-    models, front, cfg = scorer.models, scorer.front, scorer.model.cfg
+    cfg = scorer.model.cfg
     images = torch.cat([scorer.device_images(scorer._resized(c.frames)) for c in clips])
     waves = torch.cat([audio_windows(torch.from_numpy(c.audio), torch.from_numpy(c.times), cfg.window_s,
                                      cfg.sample_rate) for c in clips])
@@ -58,9 +66,7 @@ def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     @torch.inference_mode()
     def forward_all() -> None:
         for lo in range(0, len(images), BARE_BATCH):
-            spectrograms = front(waves[lo:lo + BARE_BATCH])
-            for model in models:  # every model of an ensemble (score.ensemble)
-                model.localization(model.image_maps(images[lo:lo + BARE_BATCH]), model.audio_vectors(spectrograms))
+            bare_forward(scorer, images[lo:lo + BARE_BATCH], waves[lo:lo + BARE_BATCH])
 
     return len(images), _best_of_2(forward_all)
 

@@ -17,7 +17,6 @@ import io
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +24,6 @@ import torch
 from curation.decode import DecodedClip
 from curation.errors import CheckpointError
 from manifests.io import atomic_write_bytes
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 BANK_FORMAT = "s2s-bank-v1"

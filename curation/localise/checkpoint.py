@@ -33,12 +33,19 @@ def save_checkpoint(path: Path, model: AVLocalizer, optimizer, step: int, bank: 
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tensor] | None, dict]:
-    """A checkpoint written by `ssl-train`: the model (eval mode), its reference banks, and the raw blob."""
+def checkpoint_blob(path: str | Path) -> dict:
+    """The raw blob of a checkpoint written by `ssl-train` (weights, banks, step, config), without building a
+    model: what reading its step or carrying it into another checkpoint needs."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an ssl-train checkpoint (format {CHECKPOINT_FORMAT}): for a published "
                               "EZ-VSL / FNAC / SLAVC checkpoint set score.checkpoint_format = auto")
+    return blob
+
+
+def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tensor] | None, dict]:
+    """A checkpoint written by `ssl-train`: the model (eval mode), its reference banks, and the raw blob."""
+    blob = checkpoint_blob(path)
     model = AVLocalizer(SSLModelConfig.from_dict(blob["model_config"]))
     load_state_strict(model, blob["model"], str(path))
     return model.eval(), blob["bank"], blob

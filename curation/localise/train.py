@@ -33,7 +33,7 @@ from curation.config import ConfigError, RunConfig, SSLConfig
 from curation.decode import decode_clip
 from curation.errors import ClipError
 from curation.fetch.clip import fetch_job, raw_path
-from curation.localise.checkpoint import file_digest, load_checkpoint, save_checkpoint, with_ensemble
+from curation.localise.checkpoint import checkpoint_blob, file_digest, save_checkpoint, with_ensemble
 from curation.localise.model import (
     AudioFrontEnd,
     AVLocalizer,
@@ -412,7 +412,7 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
     torch.manual_seed(cfg.ssl.seed)
     model = AVLocalizer(mcfg)
     front = AudioFrontEnd(mcfg)
-    blob = load_checkpoint(checkpoint)[2] if checkpoint.exists() else None
+    blob = checkpoint_blob(checkpoint) if checkpoint.exists() else None
     if blob is not None:
         load_state_strict(model, blob["model"], str(checkpoint))
     model, front = model.to(device), front.to(device)
@@ -490,7 +490,7 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     for k in range(cfg.ssl.restarts):
         seed = cfg.ssl.seed * cfg.ssl.restarts + k
         path = checkpoint.parent / "restarts" / str(k) / "model.pt"
-        if not (path.exists() and load_checkpoint(path)[2]["step"] >= cfg.ssl.steps):
+        if not (path.exists() and checkpoint_blob(path)["step"] >= cfg.ssl.steps):
             train(source, replace(cfg, ssl=replace(cfg.ssl, seed=seed, restarts=1)), path, progress)
         runs.append({"restart": k, "seed": seed,
                      "final_loss": round(final_loss(path.with_name("loss.jsonl"), cfg.ssl.steps), 5)})
@@ -502,9 +502,9 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     atomic_write_bytes(checkpoint.with_name("loss.jsonl"), (chosen / "loss.jsonl").read_bytes())
     record = {"chosen": best["restart"], "runs": runs, "by_loss": [run["restart"] for run in runs_by_loss]}
     atomic_write_bytes(checkpoint.with_name("restarts.json"), json_bytes(record))
-    others = [load_checkpoint(checkpoint.parent / "restarts" / str(run["restart"]) / "model.pt")[2]
+    others = [checkpoint_blob(checkpoint.parent / "restarts" / str(run["restart"]) / "model.pt")
               for run in runs_by_loss[1:]]
-    blob = load_checkpoint(chosen / "model.pt")[2]
+    blob = checkpoint_blob(chosen / "model.pt")
     atomic_write_bytes(checkpoint, with_ensemble(blob, others))  # last: its presence means finished
     return checkpoint
 
@@ -518,7 +518,7 @@ def _model_on_store(cfg: RunConfig, jobs: list[ClipJob], out: str, name: str, pr
         local = Path(scratch) / "ssl" / name / "model.pt"
         if storage.exists(url):
             storage.get_file(url, local)
-        if not local.exists() or load_checkpoint(local)[2]["step"] < cfg.ssl.steps:
+        if not local.exists() or checkpoint_blob(local)["step"] < cfg.ssl.steps:
             staged = [replace(j, path=stage_in(j.clip_id, j.path, out, Path(scratch))[0])
                       for j in _sample(jobs, cfg.ssl.max_clips)]
             train_restarts(training_set(staged, cfg, Path(scratch) / "raw"), cfg, local, progress)
@@ -550,7 +550,7 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
         checkpoint, digest = _model_on_store(cfg, jobs, str(out), name, progress)
     else:
         checkpoint = Path(out) / "ssl" / name / "model.pt"
-        if not (checkpoint.exists() and load_checkpoint(checkpoint)[2]["step"] >= cfg.ssl.steps):
+        if not (checkpoint.exists() and checkpoint_blob(checkpoint)["step"] >= cfg.ssl.steps):
             train_restarts(training_set(jobs, cfg, Path(out) / "raw"), cfg, checkpoint, progress)
         digest = file_digest(checkpoint)
     return replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native")), digest
