@@ -105,7 +105,8 @@ class SSLConfig:
     bank_size: int = 64  # moments of other clips kept with the model for the contrastive score
     # share of each batch's clips drawn as groups of a clip and `hard_negative_group - 1` clips that look like it
     # but sound different, as the model currently sees them (re-mined at every checkpoint step): hard negatives,
-    # so categories that look alike are told apart (0 = every clip at random)
+    # meant to tell look-alike categories apart; at 0.5 they raised AP but kept more look-alikes on demo world 1
+    # (docs/localisation.md, "Session 11"), so off (0 = every clip at random)
     hard_negatives: float = 0.0
     hard_negative_group: int = 4
     # from `clean_from` of the steps on, batches draw only the `clean_share` of clips whose sound and picture the
