@@ -18,7 +18,6 @@ import torch
 from bench.ssl import bare_forward
 from curation.config import CONTRASTS, DecodeConfig, ScoreConfig
 from curation.decode import decode_clip
-from curation.localise.model import audio_windows
 from curation.localise.score import LearnedScorer
 from manifests.io import write_json
 
@@ -43,10 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     def bare_models() -> None:
         with torch.inference_mode():
             for clip in clips:
-                images = bare.device_images(bare._resized(clip.frames))
-                waves = audio_windows(torch.from_numpy(clip.audio), torch.from_numpy(clip.times),
-                                      bare.model.cfg.window_s, bare.model.cfg.sample_rate)
-                bare_forward(bare, images, waves)
+                bare_forward(bare, *bare.batch(clip, slice(None)))
 
     work = {"bare": bare_models, **{c: (lambda s=s: [s.score(clip) for clip in clips]) for c, s in scorers.items()}}
     best = dict.fromkeys(work, float("inf"))

@@ -56,12 +56,8 @@ def bare_forward(scorer: LearnedScorer, images: torch.Tensor, waves: torch.Tenso
 def _forward_seconds(scorer: LearnedScorer, clips: list) -> tuple[int, float]:
     """(frames, best-of-2 seconds) of the bare model (image maps + audio vectors + localisation) on
     pre-decoded, pre-resized inputs, in batches of BARE_BATCH."""
-    from curation.localise.model import audio_windows
-
-    cfg = scorer.model.cfg
-    images = torch.cat([scorer.device_images(scorer._resized(c.frames)) for c in clips])
-    waves = torch.cat([audio_windows(torch.from_numpy(c.audio), torch.from_numpy(c.times), cfg.window_s,
-                                     cfg.sample_rate) for c in clips])
+    inputs = [scorer.batch(c, slice(None)) for c in clips]
+    images, waves = (torch.cat(parts) for parts in zip(*inputs, strict=True))
 
     @torch.inference_mode()
     def forward_all() -> None:

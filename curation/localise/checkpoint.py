@@ -43,12 +43,17 @@ def checkpoint_blob(path: str | Path) -> dict:
     return blob
 
 
+def _built(entry: dict, where: str) -> AVLocalizer:
+    """The model (eval mode) of a checkpoint blob or ensemble member: its config, its weights loaded strictly."""
+    model = AVLocalizer(SSLModelConfig.from_dict(entry["model_config"]))
+    load_state_strict(model, entry["model"], where)
+    return model.eval()
+
+
 def load_checkpoint(path: str | Path) -> tuple[AVLocalizer, dict[str, torch.Tensor] | None, dict]:
     """A checkpoint written by `ssl-train`: the model (eval mode), its reference banks, and the raw blob."""
     blob = checkpoint_blob(path)
-    model = AVLocalizer(SSLModelConfig.from_dict(blob["model_config"]))
-    load_state_strict(model, blob["model"], str(path))
-    return model.eval(), blob["bank"], blob
+    return _built(blob, str(path)), blob["bank"], blob
 
 
 def with_ensemble(blob: dict, others: list[dict]) -> bytes:
@@ -66,9 +71,7 @@ def load_members(path: str | Path, count: int) -> list[tuple[AVLocalizer, dict[s
     model, bank, blob = load_checkpoint(path)
     members = [(model, bank)]
     for k, member in enumerate(blob.get("ensemble", [])[: count - 1]):
-        other = AVLocalizer(SSLModelConfig.from_dict(member["model_config"]))
-        load_state_strict(other, member["model"], f"{path} (ensemble member {k + 1})")
-        members.append((other.eval(), member["bank"]))
+        members.append((_built(member, f"{path} (ensemble member {k + 1})"), member["bank"]))
     return members
 
 
