@@ -86,6 +86,9 @@ class SSLConfig:
     window_s: float = 0.5
     image_maxpool: bool = False
     image_size: int = 64
+    # width of the model's per-pixel colour branch (0 = none): without it, some seeds merged the blue square with
+    # the cyan diamond of the demo world and kept mismatched clips (docs/localisation.md, "Session 12")
+    colour_branch: int = 16
     dim: int = 64
     n_fft: int = 512
     hop: int = 320  # 20 ms
@@ -303,6 +306,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(0 <= cfg.ssl.background_swap <= 1, "ssl.background_swap: must be in 0..1")
     need(0 <= cfg.ssl.hard_negatives <= 1, "ssl.hard_negatives: must be in 0..1")
     need(0 <= cfg.ssl.colour_jitter < 1, "ssl.colour_jitter: must be in [0, 1)")
+    need(cfg.ssl.colour_branch >= 0, "ssl.colour_branch: must be >= 0")
     need(cfg.ssl.restarts >= 1, "ssl.restarts: must be >= 1")
     need(0 < cfg.ssl.clean_share <= 1 and 0 <= cfg.ssl.clean_from < 1,
          "ssl.clean_share / clean_from: must be in (0, 1] / [0, 1)")

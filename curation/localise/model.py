@@ -24,6 +24,9 @@ class SSLModelConfig:
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)  # torchvision ResNet-18; the CPU variant is narrower
     image_maxpool: bool = True  # the stem max-pool: 224 px -> 7x7 map with it, 112 px -> 7x7 without
     image_size: int = 224
+    # width of a per-pixel colour branch (two 1x1 convs) whose output, max-pooled to each map position, joins the
+    # trunk's features before the projection; 0 = none, the published EZ-VSL layout
+    colour_branch: int = 0
     dim: int = 512  # shared embedding size
     # audio front end: log magnitude spectrogram (n_mels = 0) or log-mel (n_mels > 0) of 16 kHz audio
     sample_rate: int = 16000
@@ -82,14 +85,23 @@ class ResNet18Trunk(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+def colour_branch(width: int) -> nn.Sequential:
+    """Per-pixel colour detectors: a small trunk at low resolution blurs hues that differ in one channel only
+    (the demo world's blue square and cyan diamond, docs/localisation.md); these see every pixel's colour."""
+    return nn.Sequential(nn.Conv2d(3, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                         nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+
+
 class AVLocalizer(nn.Module):
-    """EZ-VSL-style model: `imgnet`, `img_proj`, `audnet`, `aud_proj` (the published key prefixes)."""
+    """EZ-VSL-style model: `imgnet`, `img_proj`, `audnet`, `aud_proj` (the published key prefixes), and
+    `img_colour` where the config asks for a colour branch."""
 
     def __init__(self, cfg: SSLModelConfig):
         super().__init__()
         self.cfg = cfg
         self.imgnet = ResNet18Trunk(3, cfg.widths, cfg.image_maxpool)
-        self.img_proj = nn.Conv2d(cfg.widths[-1], cfg.dim, 1)
+        self.img_colour = colour_branch(cfg.colour_branch) if cfg.colour_branch else None
+        self.img_proj = nn.Conv2d(cfg.widths[-1] + cfg.colour_branch, cfg.dim, 1)
         self.audnet = ResNet18Trunk(1, cfg.widths, True)
         self.aud_proj = nn.Linear(cfg.widths[-1], cfg.dim)
         self.register_buffer("image_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
@@ -99,7 +111,11 @@ class AVLocalizer(nn.Module):
         """uint8 or [0,1] float images (B, 3, H, W) -> L2-normalised maps (B, dim, h, w)."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         x = (x - self.image_mean) / self.image_std
-        return F.normalize(self.img_proj(self.imgnet(x)), dim=1)
+        features = self.imgnet(x)
+        if self.img_colour is not None:
+            colours = F.adaptive_max_pool2d(self.img_colour(x), features.shape[-2:])
+            features = torch.cat([features, colours], dim=1)
+        return F.normalize(self.img_proj(features), dim=1)
 
     def audio_vectors(self, spectrograms: torch.Tensor) -> torch.Tensor:
         """(B, 1, F, T) log spectrograms -> L2-normalised vectors (B, dim)."""

@@ -87,8 +87,8 @@ def clip_backgrounds(data: TrainingClips) -> tuple[torch.Tensor, torch.Tensor]:
 
 def model_config(ssl: SSLConfig, sample_rate: int) -> SSLModelConfig:
     return SSLModelConfig(widths=ssl.widths, image_maxpool=ssl.image_maxpool, image_size=ssl.image_size,
-                          dim=ssl.dim, sample_rate=sample_rate, window_s=ssl.window_s, n_fft=ssl.n_fft, hop=ssl.hop,
-                          n_mels=ssl.n_mels)
+                          colour_branch=ssl.colour_branch, dim=ssl.dim, sample_rate=sample_rate,
+                          window_s=ssl.window_s, n_fft=ssl.n_fft, hop=ssl.hop, n_mels=ssl.n_mels)
 
 
 def _decode_for_training(job: ClipJob, cfg: RunConfig, raw_dir: Path, side: int):

@@ -21,11 +21,13 @@ from curation.pipeline import reselect, run, run_jobs
 from curation.staging import stage_inputs
 from manifests.readers import read_vggsound
 
-# one small demo world, its model trained by the local run and given to the bucket's run as CHECKPOINT
+# one small demo world, its model trained by the local run and given to the bucket's run as CHECKPOINT; the share
+# cap alone selects, so every command has kept clips and shards to compare
 WORLD = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
          "write.samples_per_shard": 4, "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16,
          "ssl.n_mels": 16, "ssl.hop": 640, "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4,
-         "ssl.threads": 1, "ssl.restarts": 1}
+         "ssl.threads": 1, "ssl.restarts": 1,
+         "select.min_clip_score": None}
 NEW_SELECTION = {"select.top_k": 2, "select.min_gap_s": 1.0, "select.keep_quantile": 0.5}
 
 

@@ -28,3 +28,17 @@ def test_small_variant_without_maxpool_keeps_a_fine_map():
     assert maps.shape == (1, 16, 6, 6)
     assert AudioFrontEnd(cfg)(torch.randn(1, 48000)).shape == (1, 1, 32, 151)
 
+
+
+def test_colour_branch_adds_only_its_own_keys_and_keeps_the_published_layout_when_off():
+    small = dict(widths=(8, 8, 16, 16), image_maxpool=False, image_size=32, dim=16, hop=320, n_mels=32)
+    plain = AVLocalizer(SSLModelConfig(**small)).state_dict()
+    coloured = AVLocalizer(SSLModelConfig(**small, colour_branch=6)).state_dict()
+    assert not any(k.startswith("img_colour") for k in plain)
+    assert {k for k in coloured if k not in plain} == {k for k in coloured if k.startswith("img_colour.")}
+    assert plain["img_proj.weight"].shape == (16, 16, 1, 1) and coloured["img_proj.weight"].shape == (16, 22, 1, 1)
+    # a config saved before the branch existed (no key) builds the plain model
+    saved = SSLModelConfig(**small).to_dict()
+    del saved["colour_branch"]
+    assert SSLModelConfig.from_dict(saved).colour_branch == 0
+
