@@ -484,13 +484,14 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     the other three <= 76 % (docs/localisation.md)."""
     if cfg.ssl.restarts == 1:
         return train(source, cfg, checkpoint, progress)
-    if isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all restarts
+    paths = [checkpoint.parent / "restarts" / str(k) / "model.pt" for k in range(cfg.ssl.restarts)]
+    unfinished = [not (path.exists() and checkpoint_blob(path)["step"] >= cfg.ssl.steps) for path in paths]
+    if any(unfinished) and isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all
         source = load_training_clips(list(source.chunks[0]), cfg, source.raw_dir, progress)
     runs = []
-    for k in range(cfg.ssl.restarts):
+    for k, path in enumerate(paths):
         seed = cfg.ssl.seed * cfg.ssl.restarts + k
-        path = checkpoint.parent / "restarts" / str(k) / "model.pt"
-        if not (path.exists() and checkpoint_blob(path)["step"] >= cfg.ssl.steps):
+        if unfinished[k]:
             train(source, replace(cfg, ssl=replace(cfg.ssl, seed=seed, restarts=1)), path, progress)
         runs.append({"restart": k, "seed": seed,
                      "final_loss": round(final_loss(path.with_name("loss.jsonl"), cfg.ssl.steps), 5)})

@@ -19,6 +19,7 @@ from curation.localise.score import LearnedScorer
 from curation.localise.train import (
     ClipViews,
     TrainingClips,
+    TrainingSet,
     _agreeing,
     _augment_images,
     _batch_clips,
@@ -260,3 +261,9 @@ def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
     assert torch.equal(other_bank["audio"], restart[1]["audio"]) and not torch.equal(other_bank["audio"],
                                                                                       best_bank["audio"])
     assert len(load_members(chosen, 1)) == 1
+    # finished restarts are assembled again without decoding or training (a clip list that cannot be read)
+    first = chosen.read_bytes()
+    chosen.unlink()
+    unreadable = TrainingSet(((ClipJob("gone", str(tmp_path / "gone.mp4"), None, 0.0, 1.0),),),
+                             tmp_path / "raw")
+    assert train_restarts(unreadable, cfg, tmp_path / "model.pt", progress=False).read_bytes() == first
