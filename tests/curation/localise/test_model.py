@@ -29,7 +29,6 @@ def test_small_variant_without_maxpool_keeps_a_fine_map():
     assert AudioFrontEnd(cfg)(torch.randn(1, 48000)).shape == (1, 1, 32, 151)
 
 
-
 def test_colour_branch_adds_only_its_own_keys_and_keeps_the_published_layout_when_off():
     small = dict(widths=(8, 8, 16, 16), image_maxpool=False, image_size=32, dim=16, hop=320, n_mels=32)
     plain = AVLocalizer(SSLModelConfig(**small)).state_dict()
@@ -41,4 +40,3 @@ def test_colour_branch_adds_only_its_own_keys_and_keeps_the_published_layout_whe
     saved = SSLModelConfig(**small).to_dict()
     del saved["colour_branch"]
     assert SSLModelConfig.from_dict(saved).colour_branch == 0
-
