@@ -473,6 +473,11 @@ def final_loss(loss_log: Path, steps: int) -> float:
     return float(np.mean(losses[-max(1, steps // 10):]))
 
 
+def _finished(checkpoint: Path, steps: int) -> bool:
+    """A checkpoint that exists and has trained all `steps` (anything less is resumed)."""
+    return checkpoint.exists() and checkpoint_blob(checkpoint)["step"] >= steps
+
+
 def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
                    progress: bool = True) -> Path:
     """`ssl.restarts` trainings from seeds `seed * restarts + k`, each resumable in `restarts/<k>/`; the one whose
@@ -485,7 +490,7 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     if cfg.ssl.restarts == 1:
         return train(source, cfg, checkpoint, progress)
     paths = [checkpoint.parent / "restarts" / str(k) / "model.pt" for k in range(cfg.ssl.restarts)]
-    unfinished = [not (path.exists() and checkpoint_blob(path)["step"] >= cfg.ssl.steps) for path in paths]
+    unfinished = [not _finished(path, cfg.ssl.steps) for path in paths]
     if any(unfinished) and isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all
         source = load_training_clips(list(source.chunks[0]), cfg, source.raw_dir, progress)
     runs = []
@@ -519,7 +524,7 @@ def _model_on_store(cfg: RunConfig, jobs: list[ClipJob], out: str, name: str, pr
         local = Path(scratch) / "ssl" / name / "model.pt"
         if storage.exists(url):
             storage.get_file(url, local)
-        if not local.exists() or checkpoint_blob(local)["step"] < cfg.ssl.steps:
+        if not _finished(local, cfg.ssl.steps):
             staged = [replace(j, path=stage_in(j.clip_id, j.path, out, Path(scratch))[0])
                       for j in _sample(jobs, cfg.ssl.max_clips)]
             train_restarts(training_set(staged, cfg, Path(scratch) / "raw"), cfg, local, progress)
@@ -551,7 +556,7 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
         checkpoint, digest = _model_on_store(cfg, jobs, str(out), name, progress)
     else:
         checkpoint = Path(out) / "ssl" / name / "model.pt"
-        if not (checkpoint.exists() and checkpoint_blob(checkpoint)["step"] >= cfg.ssl.steps):
+        if not _finished(checkpoint, cfg.ssl.steps):
             train_restarts(training_set(jobs, cfg, Path(out) / "raw"), cfg, checkpoint, progress)
         digest = file_digest(checkpoint)
     return replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native")), digest
