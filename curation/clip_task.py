@@ -26,7 +26,15 @@ from curation.localise.moments import MomentsScorer
 from curation.localise.scorers import load_scorer
 from curation.outputs.shards import encode_flac, encode_jpeg
 from curation.quality import measure, signals_dict
-from curation.results import ClipJob, ClipOutcome, cache_path, read_cached, read_outcome, write_cached
+from curation.results import (
+    ClipJob,
+    ClipOutcome,
+    cache_path,
+    cached_outcome,
+    read_cached,
+    read_outcome,
+    write_cached,
+)
 from curation.select import select_moments
 from curation.staging import stage_in, stage_out
 from manifests.io import atomic_write_bytes
@@ -73,7 +81,7 @@ def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, raw_d
     quality = signals_dict(measure(clip.frames, clip.audio, clip.sample_rate))
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
                           seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults,
-                          quality=quality)
+                          quality=quality, audio_tiled=clip.audio_tiled)
     return outcome, arrays
 
 
@@ -91,10 +99,11 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
 
 def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
                  gate: FetchGate | None = None) -> ClipOutcome:
-    """Process one clip unless its cache file exists; every failure becomes a recorded outcome."""
+    """Process one clip unless its cache file exists (and holds under `decode.short_clips`); every failure becomes
+    a recorded outcome."""
     path = cache_path(cache_dir, job.clip_id)
-    if storage.exists(path):
-        return replace(read_outcome(path), from_cache=True)
+    if (cached := cached_outcome(path, cfg.decode.short_clips)) is not None:
+        return cached
     started = time.perf_counter()
     try:
         outcome, arrays, model_id = _score_clip(job, cfg, raw_dir, started, gate)
@@ -140,8 +149,8 @@ def warm_up(cfg: RunConfig) -> str:
 def _process_staged(job: ClipJob, cfg: RunConfig, out: str, scratch: Path, cache_dir: str,
                     gate: FetchGate | None) -> ClipOutcome:
     """`process_clip` with OUT on an object store: the clip's raw files pass through the task's scratch folder."""
-    if storage.exists(cache_path(cache_dir, job.clip_id)):
-        return replace(read_outcome(cache_path(cache_dir, job.clip_id)), from_cache=True)
+    if (cached := cached_outcome(cache_path(cache_dir, job.clip_id), cfg.decode.short_clips)) is not None:
+        return cached
     path, present = stage_in(job.clip_id, job.path, out, scratch)
     try:
         return process_clip(replace(job, path=path), cfg, scratch / "raw", cache_dir, gate)

@@ -21,6 +21,7 @@ CHECKPOINT_FORMATS = ("auto", "native", "ezvsl", "slavc")
 CONTRASTS = ("margin", "frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
 PRECISIONS = ("fp32", "bf16")
+SHORT_CLIPS = ("tile", "reject")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,11 @@ class DecodeConfig:
     fps: float = 10.0  # the paper's frame rate (its top-10 frame indices are at 10 fps)
     short_side: int = 224  # frames are resized so the short side has this many pixels, aspect kept
     sample_rate: int = 16000
-    window_s: float = 3.0  # audio window centred on each frame; clips shorter than this are `too_short`
+    window_s: float = 3.0  # audio window centred on each frame
+    # a clip with less audio than `window_s`: `tile` scores it with its waveform repeated to fill each window, as
+    # the EZ-VSL and Sound2Scene loaders do (np.tile), and records `audio_tiled` in clips.parquet; `reject`
+    # fails it as `too_short` (the behaviour before this option existed)
+    short_clips: str = "tile"
 
 
 @dataclass(frozen=True)
@@ -259,7 +264,13 @@ class RunConfig:
                 del score[key]
         if self.dask.score_resource:  # batches across clips: a clip's scores may differ from per-clip batches' in
             score["batches"] = "across_clips"  # the last bits, so the two layouts never share cache files
-        parts = {"decode": dataclasses.asdict(self.decode), "score": score,
+        # decode.short_clips is never part of the key: it changes only clips with less audio than one window, so
+        # caches made before it existed (which failed those clips `too_short`) and caches of either setting keep
+        # every other clip. A cached outcome of a short clip is reused only where it holds under the run's setting
+        # (`curation.results.reusable`): a `too_short` failure is redone under `tile`, a tiled score under `reject`
+        decode = dataclasses.asdict(self.decode)
+        del decode["short_clips"]
+        parts = {"decode": decode, "score": score,
                  "top_k": self.select.top_k, "min_gap_s": self.select.min_gap_s,
                  "moment_window_s": self.select.moment_window_s, "clip_score": self.select.clip_score,
                  "jpeg_quality": self.write.jpeg_quality, "model": model_digest}
@@ -280,6 +291,8 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(16 <= cfg.decode.short_side <= 2048, "decode.short_side: must be in 16..2048")
     need(cfg.decode.sample_rate >= 8000, "decode.sample_rate: must be >= 8000")
     need(cfg.decode.window_s > 0, "decode.window_s: must be > 0")
+    need(cfg.decode.short_clips in SHORT_CLIPS,
+         f"decode.short_clips: must be one of {', '.join(SHORT_CLIPS)}, got {cfg.decode.short_clips!r}")
     need(cfg.score.scorer in SCORERS, f"score.scorer: must be one of {', '.join(SCORERS)}")
     need(cfg.score.grid >= 1, "score.grid: must be >= 1")
     need(cfg.score.checkpoint_format in CHECKPOINT_FORMATS,

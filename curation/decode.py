@@ -38,19 +38,36 @@ class DecodedClip:
         return len(self.audio) / self.sample_rate
 
     def window_starts(self) -> np.ndarray:
-        """First sample of each frame's audio window: centred on the frame, shifted to stay inside the clip."""
+        """First sample of each frame's audio window: centred on the frame, shifted to stay inside the clip (0 for
+        every frame of a clip shorter than the window)."""
         width = self.window_samples
         centre = np.round(self.times * self.sample_rate).astype(np.int64)
-        return np.clip(centre - width // 2, 0, len(self.audio) - width)
+        return np.clip(centre - width // 2, 0, max(len(self.audio) - width, 0))
 
     @property
     def window_samples(self) -> int:
         return int(round(self.window_s * self.sample_rate))
 
+    @property
+    def audio_tiled(self) -> bool:
+        """The clip has less audio than one window (kept by `decode.short_clips = tile`): every window is the
+        waveform tiled to the window's length."""
+        return len(self.audio) < self.window_samples
+
     def audio_windows(self) -> np.ndarray:
-        """(T, window_samples) view of the audio, one window per frame (no copy)."""
-        view = np.lib.stride_tricks.sliding_window_view(self.audio, self.window_samples)
+        """(T, window_samples) view of the audio, one window per frame (no copy; a short clip's tiled copy)."""
+        audio = tile_audio(self.audio, self.window_samples)
+        view = np.lib.stride_tricks.sliding_window_view(audio, self.window_samples)
         return view[self.window_starts()]
+
+
+def tile_audio(audio: np.ndarray, width: int) -> np.ndarray:
+    """`audio` when it has at least `width` samples; else the waveform repeated and cut to exactly `width`, as the
+    EZ-VSL and Sound2Scene loaders do (`np.tile`). Every front end that cuts windows from a short clip tiles it
+    this way (`curation.localise.model.audio_windows`, `curation.localise.published.spectrograms`)."""
+    if len(audio) >= width or len(audio) == 0:
+        return audio
+    return np.tile(audio, width // len(audio) + 1)[:width]
 
 
 def _looks_like_container(path: Path) -> bool:
@@ -181,7 +198,9 @@ def read_frames(path: str | os.PathLike, start_s: float, times: np.ndarray, cfg:
 def decode_clip(path: str | os.PathLike, start_s: float, end_s: float, cfg: DecodeConfig,
                 info: MediaInfo | None = None) -> DecodedClip:
     """Decode [start_s, end_s) of `path` (`info`: its headers, if already probed); raises ClipError with a
-    specific kind for every bad input."""
+    specific kind for every bad input. A clip with less audio than `cfg.window_s` is kept with its own waveform
+    (its windows are tiled where they are cut, `DecodedClip.audio_tiled`) or fails `too_short`, by
+    `cfg.short_clips`."""
     path = Path(path)
     info = info or probe_media(path)
     audio = _read_audio(path, start_s, end_s, cfg.sample_rate)
@@ -189,8 +208,11 @@ def decode_clip(path: str | os.PathLike, start_s: float, end_s: float, cfg: Deco
     if got_s < (end_s - start_s) - _DURATION_TOLERANCE_S and info.duration_s - start_s > got_s + _DURATION_TOLERANCE_S:
         raise ClipError("truncated", f"header promises {info.duration_s:.2f} s but audio ends after "
                                      f"{start_s + got_s:.2f} s")
-    if got_s < cfg.window_s:
-        raise ClipError("too_short", f"clip has {got_s:.2f} s of audio, the scoring window is {cfg.window_s} s")
+    if got_s < cfg.window_s and cfg.short_clips == "reject":
+        raise ClipError("too_short", f"clip has {got_s:.2f} s of audio, the scoring window is {cfg.window_s} s "
+                                     "(decode.short_clips = reject)")
+    if len(audio) == 0:  # nothing to tile
+        raise ClipError("no_audio", f"the audio stream has no samples in [{start_s:.2f}, {end_s:.2f}) s")
     n_frames = max(1, math.floor(got_s * cfg.fps + 1e-6))
     times = np.arange(n_frames, dtype=np.float64) / cfg.fps
     frames = read_frames(path, start_s, times, cfg, info)

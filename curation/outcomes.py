@@ -29,6 +29,7 @@ OUTCOMES_SCHEMA = pa.schema([
     pa.field("score_s", pa.float64()),
     pa.field("score_page_faults", pa.int64()),
     pa.field("from_cache", pa.bool_()),
+    pa.field("audio_tiled", pa.bool_()),
     # the data-quality signals (curation.quality.Signals): null where the clip was not measured
     pa.field("motion", pa.float64()),
     pa.field("loud_db", pa.float64()),
@@ -38,7 +39,7 @@ OUTCOMES_SCHEMA = pa.schema([
     pa.field("env", pa.list_(pa.int8())),
     pa.field("spectrum", pa.list_(pa.int8())),
 ])
-_PLAIN = OUTCOMES_SCHEMA.names[:10]
+_PLAIN = OUTCOMES_SCHEMA.names[:11]
 BATCH_ROWS = 256  # outcomes converted at a time when more come at once (a task returns a few)
 COMPACT_EVERY = 256  # batches: merged into one then, so small per-batch buffers do not pile up
 

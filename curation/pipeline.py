@@ -401,6 +401,8 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
     out = storage.resolve(out)  # a local folder or an object store: read and written through curation.storage
     record = read_run_record(out)
     data = dict(record["config"], out=out)
+    # a run recorded before decode.short_clips existed failed its short clips `too_short`, as its cache holds them
+    data["decode"] = {"short_clips": "reject", **data.get("decode", {})}
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
         if section not in ("select", "write", "filters"):

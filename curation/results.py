@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,9 @@ class ClipOutcome:
     score_page_faults: int = 0  # minor page faults while scoring: memory handed back to the OS and faulted in again
     from_cache: bool = False  # read back from an earlier run's cache file, not processed now
     quality: dict | None = None  # the data-quality filters' signals (curation.quality.Signals, ~0.8 KB)
+    # scored with less audio than one window, tiled (decode.short_clips = tile); false in files cached before
+    # the option existed, which never scored such a clip
+    audio_tiled: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,3 +144,20 @@ def read_media(path: str) -> ClipMedia:
 def read_outcome(path: str) -> ClipOutcome:
     with _npz(path) as data:
         return ClipOutcome(**json.loads(data["meta"].tobytes())["outcome"])
+
+
+def reusable(outcome: ClipOutcome, short_clips: str) -> bool:
+    """Whether a cached outcome holds under `decode.short_clips`, which the cache key leaves out
+    (`RunConfig.clip_stage_fingerprint`): a clip with less audio than one window failed `too_short` under
+    `reject` (and before the option existed) and is scored, tiled, under `tile`. Every other outcome is the same
+    under both."""
+    return outcome.error_kind != "too_short" if short_clips == "tile" else not outcome.audio_tiled
+
+
+def cached_outcome(path: str, short_clips: str) -> ClipOutcome | None:
+    """The clip's cached outcome (marked `from_cache`) where its cache file exists and holds under
+    `decode.short_clips`; None where the clip is to be processed (again)."""
+    if not storage.exists(path):
+        return None
+    outcome = read_outcome(path)
+    return replace(outcome, from_cache=True) if reusable(outcome, short_clips) else None

@@ -31,7 +31,7 @@ from curation.localise.device import ModelInputs
 from curation.localise.result import ScoreResult
 from curation.localise.scorers import load_scorer
 from curation.quality import measure
-from curation.results import ClipJob, ClipOutcome, cache_path, read_outcome, write_cached
+from curation.results import ClipJob, ClipOutcome, cache_path, cached_outcome, write_cached
 from curation.staging import stage_in, stage_out
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ def prepare_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: 
             if gate is not None and gate.stopped():
                 break
             path = cache_path(cache_dir, job.clip_id)
-            if storage.exists(path):
-                done.append(replace(read_outcome(path), from_cache=True))
+            if (cached := cached_outcome(path, cfg.decode.short_clips)) is not None:
+                done.append(cached)
                 continue
             started = time.perf_counter()
             try:

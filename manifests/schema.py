@@ -32,6 +32,9 @@ CLIPS_SCHEMA = pa.schema(
         pa.field("clip_score", pa.float64()),
         pa.field("shard", pa.string()),
         pa.field("n_frames", pa.int32()),
+        # scored with less audio than one window (decode.short_clips = tile): windows cut from it are the waveform
+        # tiled, as the EZ-VSL / Sound2Scene loaders do; null where the clip was not scored
+        pa.field("audio_tiled", pa.bool_()),
         pa.field("label_index", pa.int32()),
         # data-quality filters (docs/quality_filters.md); null where the clip was not decoded
         pa.field("still", pa.bool_()),  # the video barely changes (a static image with sound)

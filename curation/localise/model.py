@@ -203,9 +203,11 @@ def square_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def audio_windows(audio: torch.Tensor, centres_s: torch.Tensor, window_s: float, rate: int) -> torch.Tensor:
-    """Windows of `window_s` centred on each time, shifted inward at the clip's edges (as decode does)."""
+    """Windows of `window_s` centred on each time, shifted inward at the clip's edges (as decode does). A clip
+    shorter than the window is tiled to its length, as the EZ-VSL and Sound2Scene loaders do (`np.tile`;
+    `curation.decode.tile_audio`), so every window is full; no audio at all gives silent windows."""
     width = int(round(window_s * rate))
     if len(audio) < width:
-        audio = F.pad(audio, (0, width - len(audio)))
+        audio = audio.repeat(width // len(audio) + 1)[:width] if len(audio) else audio.new_zeros(width)
     starts = torch.clamp(torch.round(centres_s * rate).long() - width // 2, 0, len(audio) - width)
     return audio.unfold(0, width, 1)[starts] if len(starts) else audio.new_zeros((0, width))

@@ -227,6 +227,7 @@ def _clip_table(clip_list: ClipList, outcomes: pa.Table, kept: pa.Array, shards:
         "error": pc.if_else(filtered, _by_clip(ids, {c: e for c, (_, e) in rejected.items()}, pa.string()),
                             o["error"]),
         "clip_score": o["clip_score"], "shard": _lookup(ids, shards)["shard"], "n_frames": o["n_frames"].fill_null(0),
+        "audio_tiled": pc.if_else(pa.array(scored), o["audio_tiled"], pa.scalar(None, pa.bool_())),
         "label_index": _label_indices(valid["label"], label_index), **_filter_columns(ids, verdicts)}
     bad = clip_list.failed_table()
     n_bad = bad.num_rows

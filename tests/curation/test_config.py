@@ -65,3 +65,12 @@ def test_each_device_option_that_changes_the_scores_keys_the_cache():
     keys = {load_config(None, extra).clip_stage_fingerprint() for extra in
             ({}, {"score.precision": "bf16"}, {"score.device": "cuda"}, {"dask.score_resource": "GPU"})}
     assert len(keys) == 4
+
+
+def test_short_clips_is_checked_and_leaves_the_cache_key_as_it_was():
+    with pytest.raises(ConfigError, match="decode.short_clips: must be one of tile, reject, got 'pad'"):
+        load_config(None, {"decode.short_clips": "pad"})
+    # the key of a default config from before the option existed: its cached clips are reused (a cached too_short
+    # failure is redone under `tile`, curation.results.reusable), under either setting
+    keys = {load_config(None, {"decode.short_clips": mode}).clip_stage_fingerprint() for mode in ("tile", "reject")}
+    assert keys == {"becb85653a5e"}

@@ -115,16 +115,29 @@ def test_bad_inputs_are_recorded_per_clip_and_good_clips_still_written(tmp_path,
     rows.append({"path": str(good[0]), "start_s": 3.0, "end_s": 1.0, "label": "tone", "split": "train"})
     clip_list = tmp_path / "clips.csv"
     pd.DataFrame(rows).to_csv(clip_list, index=False)
-    cfg = load_config(None, {"dataset": "csv", "meta": str(clip_list), "out": str(tmp_path / "out"),
-                             "dask.workers": 2, "select.keep_quantile": None, "score.scorer": "synchrony"})
-    summary = run(cfg, progress=False)
+    options = {"dataset": "csv", "meta": str(clip_list), "out": str(tmp_path / "out"), "dask.workers": 2,
+               "select.keep_quantile": None, "score.scorer": "synchrony", "decode.short_clips": "reject"}
+    summary = run(load_config(None, options), progress=False)
     clips = pd.read_parquet(tmp_path / "out" / "manifests" / "clips.parquet").set_index("label")
     for kind in bad_media:
         assert clips.loc[kind, "status"] == "failed" and clips.loc[kind, "error_kind"] == kind
     assert summary.error_kinds == {**{kind: 1 for kind in bad_media}, "invalid_time": 1}
     assert summary.counts == {"ok": 3, "failed": len(bad_media) + 1}
+    assert clips["audio_tiled"].isna().sum() == len(bad_media) + 1 and not clips["audio_tiled"].any()
     samples = list(wds.WebDataset(str(tmp_path / "out" / "shards" / "csv-train-000000.tar"), shardshuffle=False))
     assert len(samples) == 3
+
+    # by default a clip with less audio than the window is scored with its audio tiled (the 2-s clip, 3-s window):
+    # the rerun reuses every other clip's cached result (the cache key does not change) and redoes only that one
+    summary = run(load_config(None, {**options, "decode.short_clips": "tile"}), progress=False)
+    clips = pd.read_parquet(tmp_path / "out" / "manifests" / "clips.parquet").set_index("label")
+    short = clips.loc["too_short"]
+    assert short["status"] == "ok" and short["audio_tiled"] and short["n_frames"] == 20
+    assert pd.isna(short["error_kind"]) and summary.counts == {"ok": 4, "failed": len(bad_media)}
+    assert clips.loc["tone", "audio_tiled"].tolist() == [False, False, False, None]  # the last: an invalid row
+    frames = pd.read_parquet(tmp_path / "out" / "manifests" / "frames.parquet")
+    assert (frames["clip_id"] == short["clip_id"]).sum() == 20
+    assert len(list((tmp_path / "out" / "cache").iterdir())) == 1
 
 
 def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):

@@ -40,3 +40,20 @@ def test_colour_branch_adds_only_its_own_keys_and_keeps_the_published_layout_whe
     saved = SSLModelConfig(**small).to_dict()
     del saved["colour_branch"]
     assert SSLModelConfig.from_dict(saved).colour_branch == 0
+
+
+def test_audio_windows_tile_a_clip_shorter_than_the_window_as_the_published_loaders_do():
+    import numpy as np
+
+    from curation.localise.model import audio_windows
+
+    audio = torch.randn(3000)
+    windows = audio_windows(audio, torch.tensor([0.0, 0.09, 0.5]), 0.5, 16000)  # 8000-sample windows
+    tiled = torch.from_numpy(np.tile(audio.numpy(), 3)[:8000])  # np.tile up to the window, every window full
+    assert windows.shape == (3, 8000)
+    for window in windows:
+        assert torch.equal(window, tiled)
+    long = torch.randn(20000)  # longer than the window: centred, shifted inward at the edges, never tiled
+    assert torch.equal(audio_windows(long, torch.tensor([0.0, 0.5, 1.2]), 0.5, 16000),
+                       torch.stack([long[:8000], long[4000:12000], long[12000:]]))
+    assert torch.equal(audio_windows(torch.zeros(0), torch.tensor([0.0]), 0.5, 16000), torch.zeros(1, 8000))
