@@ -1,4 +1,5 @@
-"""Command line: `python -m curation {run,demo,ssl-train,select,report,export-moments}` (Make targets call these)."""
+"""Command line: `python -m curation {run,demo,ssl-train,ssl-export,select,report,export-moments}` (Make targets
+call these)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ssl_train(args: argparse.Namespace) -> int:
     from curation import storage
+    from curation.localise.distributed import leave
     from curation.localise.train import ensure_model
     from curation.pipeline import load_clip_list, run_jobs
 
@@ -45,9 +47,21 @@ def _ssl_train(args: argparse.Namespace) -> int:
     if cfg.score.checkpoint:
         raise ConfigError(["score.checkpoint: ssl-train trains a new model; leave it empty"])
     out = storage.resolve(cfg.out)  # a local folder or a bucket (the model goes to OUT/ssl/ in either)
-    resolved, digest = ensure_model(replace(cfg, score=replace(cfg.score, scorer="ssl")),
-                                    run_jobs(load_clip_list(cfg, out)), out, progress=not args.quiet)
-    print(f"model: {resolved.score.checkpoint} (sha256 {digest[:12]}); loss log beside it (loss.jsonl)")
+    try:
+        resolved, digest = ensure_model(replace(cfg, score=replace(cfg.score, scorer="ssl")),
+                                        run_jobs(load_clip_list(cfg, out)), out, progress=not args.quiet)
+    finally:
+        leave()
+    if digest is not None:  # under torchrun, rank 0 holds the model
+        print(f"model: {resolved.score.checkpoint} (sha256 {digest[:12]}); loss log beside it (loss.jsonl)")
+    return 0
+
+
+def _ssl_export(args: argparse.Namespace) -> int:
+    from curation.localise.export import export_ezvsl
+
+    path = export_ezvsl(args.checkpoint, args.to)
+    print(f"wrote {path} (EZ-VSL checkpoint: model, optimizer, epoch, best_cIoU, best_Auc)")
     return 0
 
 
@@ -141,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     ssl = sub.add_parser("ssl-train", help="train the localisation model on a clip list's clips (resumable)")
     _add_run_options(ssl)
     ssl.set_defaults(func=_ssl_train)
+
+    export_model = sub.add_parser("ssl-export", help="write an ssl-train model in a published localiser's format")
+    export_model.add_argument("--checkpoint", required=True, help="the ssl-train model.pt")
+    export_model.add_argument("--format", choices=["ezvsl"], default="ezvsl",
+                              help="ezvsl: EZ-VSL's best.pth, read by the authors' test code (published layout only)")
+    export_model.add_argument("--to", required=True, help="the file to write, e.g. best.pth")
+    export_model.set_defaults(func=_ssl_export)
 
     select = sub.add_parser("select", help="re-select moments and clips of a finished run, without re-scoring")
     select.add_argument("--out", default="work/demo", help="the run's output folder (a local path or s3://...)")

@@ -22,6 +22,7 @@ CONTRASTS = ("margin", "frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
 PRECISIONS = ("fp32", "bf16")
 SHORT_CLIPS = ("tile", "reject")
+PREPROCESSING = ("native", "ezvsl")
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,29 @@ class SSLConfig:
     # at most this many, each trained on for its share of the steps, so memory does not grow with the clip list
     buffer_clips: int = 2048
     device: str = "auto"  # `auto`: CUDA when this machine has it, else the CPU
+    # `bf16`: forward and loss under bfloat16 autocast (weights and optimizer stay float32); on CUDA the model and
+    # images are channels_last whatever the precision (docs/localisation.md, "A real-size localiser")
+    precision: str = "fp32"
+    # how frames and sound become model inputs: `native` (centre square, log-mel of `window_s`) or `ezvsl`, the
+    # published EZ-VSL inputs (whole frame stretched bicubic, 257 x 200 scipy spectrogram of 3 s), which a
+    # model of the published layout needs for `ssl-export --format ezvsl` (curation.localise.model)
+    preprocess: str = "native"
+    # a torchvision ResNet-18 state dict (e.g. ImageNet's resnet18-f37072fd.pth, given by the user, never
+    # downloaded) that initialises the image trunk, as EZ-VSL does; needs widths = [64, 128, 256, 512]
+    image_init: str | None = None
+
+    def settings(self) -> dict:
+        """The options as the name of a trained model's folder (OUT/ssl/<hash>) hashes them: options added after
+        that name was introduced count only when set away from their defaults, so an update never retrains a
+        model that is already there."""
+        settings = dict(self.__dict__)
+        for key, default in _LATER_SSL_OPTIONS.items():
+            if settings[key] == default:
+                del settings[key]
+        return settings
+
+
+_LATER_SSL_OPTIONS = {"precision": "fp32", "preprocess": "native", "image_init": None}
 
 
 @dataclass(frozen=True)
@@ -330,6 +354,15 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(cfg.ssl.buffer_clips >= 4, "ssl.buffer_clips: must be >= 4")
     need(cfg.ssl.device in ("auto", "cpu", "cuda") or cfg.ssl.device.startswith("cuda:"),
          "ssl.device: auto, cpu, cuda or cuda:N")
+    need(cfg.ssl.precision in PRECISIONS, f"ssl.precision: must be one of {', '.join(PRECISIONS)}")
+    need(cfg.ssl.preprocess in PREPROCESSING, f"ssl.preprocess: must be one of {', '.join(PREPROCESSING)}")
+    need(cfg.ssl.preprocess != "ezvsl" or (cfg.ssl.window_s == 3.0 and cfg.decode.sample_rate == 16000),
+         "ssl.preprocess = ezvsl: EZ-VSL's front end takes 3 s of 16 kHz audio (ssl.window_s = 3.0, "
+         "decode.sample_rate = 16000)")
+    need(cfg.ssl.image_init is None or tuple(cfg.ssl.widths) == (64, 128, 256, 512),
+         "ssl.image_init: a torchvision ResNet-18 file needs ssl.widths = [64, 128, 256, 512]")
+    need(cfg.ssl.image_init is None or Path(cfg.ssl.image_init).is_file(),
+         f"ssl.image_init: no such file {cfg.ssl.image_init!r}")
     need(cfg.select.top_k >= 1, "select.top_k: must be >= 1")
     need(cfg.select.min_gap_s >= 0, "select.min_gap_s: must be >= 0")
     need(cfg.select.moment_window_s >= 0, "select.moment_window_s: must be >= 0")

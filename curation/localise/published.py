@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import signal
 from torch import nn
 
 from curation import storage
@@ -31,7 +30,16 @@ from curation.decode import DecodedClip
 from curation.errors import CheckpointError
 from curation.localise.bank import build_bank, load_bank, null_threshold, sample_ids, save_bank
 from curation.localise.device import DeviceScorer, FrameScores, ModelInputs
-from curation.localise.model import AVLocalizer, CheckpointKeyError, ResNet18Trunk, SSLModelConfig, load_state_strict
+from curation.localise.model import (
+    AVLocalizer,
+    CheckpointKeyError,
+    EZVSLSpectrogram,
+    ResNet18Trunk,
+    SSLModelConfig,
+    audio_windows,
+    load_state_strict,
+    stretched,
+)
 
 if TYPE_CHECKING:
     from curation.results import ClipJob
@@ -209,28 +217,9 @@ def resolve_checkpoint(cfg: RunConfig) -> RunConfig:
     return replace(cfg, score=replace(score, checkpoint_format=found))
 
 
-def spectrograms(audio: np.ndarray, times: np.ndarray, rate: int) -> np.ndarray:
-    """EZ-VSL's audio front end for each frame: (T, 1, 257, 200) float32 at 16 kHz.
-
-    A 3-s window centred on the frame (shifted inward at the clip's edges; a clip shorter than 3 s is tiled, as
-    their loader does), clipped to [-1, 1], scipy's spectrogram (Tukey window, constant detrend, density),
-    log(S + 1e-7) / 12."""
-    width = int(round(WINDOW_S * rate))
-    x = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    if len(x) < width:
-        x = np.tile(x, width // max(len(x), 1) + 1)[:width] if len(x) else np.zeros(width, dtype=np.float32)
-    starts = np.clip(np.round(np.asarray(times) * rate).astype(np.int64) - width // 2, 0, len(x) - width)
-    windows = np.lib.stride_tricks.sliding_window_view(x, width)[starts]
-    _, _, spec = signal.spectrogram(windows, rate, nperseg=512, noverlap=274)
-    return (np.log(spec + 1e-7) / 12.0).astype(np.float32)[:, None]
-
-
 def resized(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 frames -> (T, 3, 224, 224) uint8: the whole frame resized bicubic (aspect not kept, as
-    their test transform `Resize((224, 224), BICUBIC)`). Resized as uint8, channels-last: within one grey level
-    of PIL's bicubic and ~15x faster than resizing floats."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    return F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
+    """(T, H, W, 3) uint8 frames -> (T, 3, 224, 224) uint8, their test transform `Resize((224, 224), BICUBIC)`."""
+    return stretched(frames, IMAGE_SIZE)
 
 
 def images(frames: np.ndarray) -> torch.Tensor:
@@ -249,7 +238,8 @@ class PublishedScorer(DeviceScorer):
 
         torch.set_num_threads(1)  # one worker process per core
         self.model, self.layout = load_published(cfg.checkpoint, cfg.checkpoint_format)
-        self.place([self.model], cfg.device, cfg.precision, cfg.batch_size)
+        self.front = EZVSLSpectrogram(SAMPLE_RATE).eval()
+        self.place([self.model, self.front], cfg.device, cfg.precision, cfg.batch_size)
         digest = file_digest(cfg.checkpoint)
         self.model_id = f"ssl-{self.layout}-{digest[:12]}"
         self.threshold = null_threshold(load_bank(cfg.bank, digest), cfg.bank_quantile) if cfg.bank else None
@@ -257,7 +247,7 @@ class PublishedScorer(DeviceScorer):
     def features(self, clip: DecodedClip, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Image maps and audio vectors of the frames `idx` of `clip`, each scaled by 1 / sqrt(0.03), so their
         dot products are the authors' cosine / 0.03 (what the bank stores)."""
-        specs = torch.from_numpy(spectrograms(clip.audio, clip.times[idx], clip.sample_rate)).to(self.device)
+        specs = self._spectrograms(torch.from_numpy(clip.audio), torch.from_numpy(clip.times[idx]))
         scale = TEMPERATURE ** -0.5
         return (self.model.image_maps(self.device_images(resized(clip.frames[idx]))) * scale,
                 self.model.audio_vectors(specs) * scale)
@@ -269,17 +259,21 @@ class PublishedScorer(DeviceScorer):
         best = loc.flatten(1).amax(dim=1)
         return FrameScores(best, loc, None if self.threshold is None else best - self.threshold)
 
+    def _spectrograms(self, audio: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """EZ-VSL's spectrogram of the 3-s window centred on each time (`EZVSLSpectrogram`), made on the device."""
+        return self.front(audio_windows(audio.to(self.device), times.to(self.device), WINDOW_S, SAMPLE_RATE))
+
     def batch(self, clip: DecodedClip, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        specs = torch.from_numpy(spectrograms(clip.audio, clip.times[rows], clip.sample_rate))
-        return self.device_images(resized(clip.frames[rows])), specs.to(self.device)
+        return (self.device_images(resized(clip.frames[rows])),
+                self._spectrograms(torch.from_numpy(clip.audio), torch.from_numpy(clip.times[rows])))
 
     def inputs(self, clip: DecodedClip) -> ModelInputs:
-        """The resized frames and one spectrogram per frame (scipy's, made on the CPU worker: 205 KB a frame)."""
-        specs = spectrograms(clip.audio, clip.times, clip.sample_rate)
-        return ModelInputs(resized(clip.frames), torch.from_numpy(specs), torch.from_numpy(clip.times))
+        """The resized frames and the clip's waveform: the spectrograms are made where the model runs (shipping
+        them cost 205 KB a frame, the waveform 64 KB a second of clip)."""
+        return ModelInputs(resized(clip.frames), torch.from_numpy(clip.audio), torch.from_numpy(clip.times))
 
     def frame_audio(self, inputs: ModelInputs) -> torch.Tensor:
-        return inputs.audio.to(self.device)
+        return self._spectrograms(inputs.audio, inputs.times)
 
 
 def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path) -> RunConfig:

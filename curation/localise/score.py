@@ -111,7 +111,7 @@ class LearnedScorer(DeviceScorer):
 
         from curation.errors import CheckpointError
         from curation.localise.checkpoint import file_digest, load_members
-        from curation.localise.model import AudioFrontEnd
+        from curation.localise.model import audio_front_end
 
         if not cfg.checkpoint:
             raise ValueError("score.checkpoint is required for the ssl scorer (train one with ssl-train)")
@@ -125,7 +125,7 @@ class LearnedScorer(DeviceScorer):
             members = [(members[0][0], load_bank(cfg.bank, digest))]
         self.models = [model for model, _ in members]
         self.model = self.models[0]
-        self.front = AudioFrontEnd(self.model.cfg).eval()
+        self.front = audio_front_end(self.model.cfg).eval()
         self.place([*self.models, self.front], cfg.device, cfg.precision, cfg.batch_size)
         self.banks = [None if bank is None else {name: b.to(self.device) for name, b in bank.items()}
                       for _, bank in members]
@@ -136,18 +136,11 @@ class LearnedScorer(DeviceScorer):
         self.model_id = f"ssl-native-{digest[:12]}{ensemble}"
 
     def _resized(self, frames: np.ndarray):
-        """(T, H, W, 3) uint8 frames -> (T, 3, S, S) uint8 centre squares at the model's size.
+        """(T, H, W, 3) uint8 frames -> (T, 3, S, S) uint8 model inputs, as the model was trained
+        (`curation.localise.model.model_images`)."""
+        from curation.localise.model import model_images
 
-        Resized while still uint8 and channels-last (torch's vectorised antialiasing path, about 10x faster
-        than resizing floats); only the small result is converted (`device_images`)."""
-        import torch
-        import torch.nn.functional as F
-
-        from curation.localise.model import square_frames
-
-        x = torch.from_numpy(np.ascontiguousarray(square_frames(frames))).permute(0, 3, 1, 2)
-        size = self.model.cfg.image_size
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return model_images(frames, self.model.cfg)
 
     def _windows(self, audio, times):
         from curation.localise.model import audio_windows

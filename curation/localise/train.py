@@ -12,6 +12,7 @@ a backdrop never predicts a sound (measured on the demo world, README "How the d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,13 +35,15 @@ from curation.decode import decode_clip
 from curation.errors import ClipError
 from curation.fetch.clip import fetch_job, raw_path
 from curation.localise.checkpoint import checkpoint_blob, file_digest, save_checkpoint, with_ensemble
+from curation.localise.distributed import World, join
 from curation.localise.model import (
-    AudioFrontEnd,
     AVLocalizer,
     SSLModelConfig,
+    audio_front_end,
     audio_windows,
     load_state_strict,
     square_frames,
+    stretched,
 )
 from curation.results import ClipJob
 from curation.staging import stage_in
@@ -88,7 +91,8 @@ def clip_backgrounds(data: TrainingClips) -> tuple[torch.Tensor, torch.Tensor]:
 def model_config(ssl: SSLConfig, sample_rate: int) -> SSLModelConfig:
     return SSLModelConfig(widths=ssl.widths, image_maxpool=ssl.image_maxpool, image_size=ssl.image_size,
                           colour_branch=ssl.colour_branch, dim=ssl.dim, sample_rate=sample_rate,
-                          window_s=ssl.window_s, n_fft=ssl.n_fft, hop=ssl.hop, n_mels=ssl.n_mels)
+                          window_s=ssl.window_s, n_fft=ssl.n_fft, hop=ssl.hop, n_mels=ssl.n_mels,
+                          preprocess=ssl.preprocess)
 
 
 def _decode_for_training(job: ClipJob, cfg: RunConfig, raw_dir: Path, side: int):
@@ -96,6 +100,8 @@ def _decode_for_training(job: ClipJob, cfg: RunConfig, raw_dir: Path, side: int)
     decode_cfg = replace(cfg.decode, fps=cfg.ssl.train_fps, short_side=side)
     clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, decode_cfg,
                        fetched.info)
+    if cfg.ssl.preprocess == "ezvsl":  # the whole frame, as the published inputs (curation.localise.model)
+        return stretched(clip.frames, side).permute(0, 2, 3, 1).numpy(), clip.times, clip.audio
     return square_frames(clip.frames), clip.times, clip.audio
 
 
@@ -121,14 +127,14 @@ def _sample(jobs: list[ClipJob], max_clips: int | None) -> list[ClipJob]:
     return [j for j in jobs if j.clip_id in chosen]
 
 
-def training_set(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path) -> TrainingSet:
+def training_set(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path, world: World | None = None) -> TrainingSet:
     """Local clips and clips already fetched into `raw_dir` (training never downloads: fetch a remote list
-    first, e.g. with `--scorer none`, then train), at most `ssl.max_clips` of them (`_sample`), dealt
-    round-robin into chunks."""
+    first, e.g. with `--scorer none`, then train), at most `ssl.max_clips` of them (`_sample`), under torchrun
+    this rank's share of them, dealt round-robin into chunks."""
     local = [j for j in jobs if j.path is not None or raw_path(raw_dir, j.clip_id).is_file()]
     if len(local) < len(jobs):
         log.info("ssl-train: %d clips not fetched yet are left out", len(jobs) - len(local))
-    local = _sample(local, cfg.ssl.max_clips)
+    local = (world or World()).share(_sample(local, cfg.ssl.max_clips))
     n_chunks = max(1, math.ceil(len(local) / cfg.ssl.buffer_clips))
     return TrainingSet(tuple(tuple(local[k::n_chunks]) for k in range(n_chunks)), raw_dir)
 
@@ -271,7 +277,7 @@ class ClipViews:
         return torch.maximum(by_sound, by_object)
 
 
-def _moment_features(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, frames: torch.Tensor,
+def _moment_features(model: AVLocalizer, front: torch.nn.Module, data: TrainingClips, frames: torch.Tensor,
                      chunk: int = 512):
     """Per `chunk` of `frames` (indices into `data.frames`): their image maps (B, D, H, W) and the audio vectors
     (B, D) of the model's windows centred on them, from the model in eval mode."""
@@ -286,7 +292,7 @@ def _moment_features(model: AVLocalizer, front: AudioFrontEnd, data: TrainingCli
 
 
 @torch.no_grad()
-def clip_views(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, per_clip: int = 8) -> ClipViews:
+def clip_views(model: AVLocalizer, front: torch.nn.Module, data: TrainingClips, per_clip: int = 8) -> ClipViews:
     """`ClipViews` from `per_clip` evenly spaced frames of each clip, of which the better-matching half count:
     per frame, the image-map vector where the frame's own audio window matches best, and that window's vector."""
     rows = []
@@ -376,7 +382,7 @@ def mil_infonce(maps: torch.Tensor, vectors: torch.Tensor, temperature: float) -
 
 
 @torch.no_grad()
-def _reference_banks(model: AVLocalizer, front: AudioFrontEnd, data: TrainingClips, size: int,
+def _reference_banks(model: AVLocalizer, front: torch.nn.Module, data: TrainingClips, size: int,
                      gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Audio vectors and image maps of `size` moments, each from a different clip where possible: what the
     contrastive score compares a frame's (and an audio window's) own match against."""
@@ -401,28 +407,102 @@ def _device(ssl: SSLConfig) -> torch.device:
     return torch.device(ssl.device)
 
 
-def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path, progress: bool = True) -> Path:
-    """Train (or resume) the localisation model; writes `checkpoint`, `loss.jsonl` beside it.
+def load_image_init(model: AVLocalizer, path: str) -> None:
+    """Initialise the image trunk from a torchvision ResNet-18 state dict (its classifier `fc.*` left out; every
+    other key must fit), as EZ-VSL starts from ImageNet weights. The file is the user's: nothing is downloaded."""
+    from curation.localise.published import safe_load
 
-    `source`: decoded clips, or a `TrainingSet` decoded chunk by chunk. Batches are drawn on the CPU from a
-    generator seeded by the step (a resumed run sees the same batches) and trained on `ssl.device`."""
-    torch.set_num_threads(cfg.ssl.threads)
+    blob = safe_load(path)
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
+    if not isinstance(state, dict):
+        raise ConfigError([f"ssl.image_init: {path} holds no state dict"])
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    load_state_strict(model.imgnet, state, f"{path} (ssl.image_init, a torchvision ResNet-18)")
+
+
+@dataclass
+class _Trainer:
+    """The model, its front end and optimizer on the training device, and how a step runs there: its precision,
+    memory layout and data-parallel world."""
+
+    model: AVLocalizer
+    net: torch.nn.Module  # the model, wrapped by DistributedDataParallel under torchrun
+    front: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    world: World
+    precision: str
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def loss(self, images: torch.Tensor, waves: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
+        """The global batch's MIL-InfoNCE (every rank's pairs gathered), scaled by the world size so that DDP's
+        mean of the ranks' gradients is its gradient; and the in-batch accuracy."""
+        images = images.to(self.device)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        spectrograms = self.front(waves.to(self.device))
+        with self.autocast():
+            maps, vectors = self.net(images, spectrograms)
+        loss, acc = mil_infonce(self.world.gather(maps.float()), self.world.gather(vectors.float()), temperature)
+        return loss * self.world.size, acc
+
+
+def _trainer(cfg: RunConfig, blob: dict | None, checkpoint: Path) -> _Trainer:
+    """Build the model (from `blob` when resuming, else seeded, from `ssl.image_init` when given) on the device."""
     device = _device(cfg.ssl)
+    world = join(device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     mcfg = model_config(cfg.ssl, cfg.decode.sample_rate)
     torch.manual_seed(cfg.ssl.seed)
     model = AVLocalizer(mcfg)
-    front = AudioFrontEnd(mcfg)
-    blob = checkpoint_blob(checkpoint) if checkpoint.exists() else None
     if blob is not None:
         load_state_strict(model, blob["model"], str(checkpoint))
-    model, front = model.to(device), front.to(device)
+    elif cfg.ssl.image_init:
+        load_image_init(model, cfg.ssl.image_init)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.ssl.lr, weight_decay=cfg.ssl.weight_decay)
     if blob is not None and blob["optimizer"] is not None:
         optimizer.load_state_dict(blob["optimizer"])
+    return _Trainer(model, net, audio_front_end(mcfg).to(device), optimizer, device, world, cfg.ssl.precision)
+
+
+def _local_batch_config(ssl: SSLConfig, world: World) -> SSLConfig:
+    """Each rank draws batch_size / world_size of the global batch (whole clip pairs)."""
+    if ssl.batch_size % (2 * world.size):
+        raise ConfigError([f"ssl.batch_size: {ssl.batch_size} pairs do not split into two moments per clip on "
+                           f"{world.size} ranks; use a multiple of {2 * world.size}"])
+    return replace(ssl, batch_size=ssl.batch_size // world.size)
+
+
+def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path, progress: bool = True) -> Path:
+    """Train (or resume) the localisation model; writes `checkpoint`, `loss.jsonl` beside it.
+
+    `source`: decoded clips, or a `TrainingSet` decoded chunk by chunk (under torchrun: this rank's share).
+    Batches are drawn on the CPU from a generator seeded by the step (and rank), so a resumed run sees the same
+    batches, and trained on `ssl.device`. Under torchrun rank 0 alone reads and writes the checkpoint and log."""
+    torch.set_num_threads(cfg.ssl.threads)
+    world = join(_device(cfg.ssl))
+    blob = world.from_main(checkpoint_blob(checkpoint) if world.is_main and checkpoint.exists() else None)
+    t = _trainer(cfg, blob, checkpoint)
+    local = _local_batch_config(cfg.ssl, t.world)
     step = int(blob["step"]) if blob is not None else 0
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     loss_log = checkpoint.with_name("loss.jsonl")
-    _truncate_log(loss_log, step)
+    if t.world.is_main:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_log(loss_log, step)
     chunks = _Chunks(source, cfg, progress)
     bar = tqdm(total=cfg.ssl.steps, initial=step, desc="ssl-train", unit="step", disable=not progress)
     started = time.perf_counter()
@@ -433,38 +513,50 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
             cleaning = cfg.ssl.clean_share < 1 and step >= cfg.ssl.clean_from * cfg.ssl.steps
             judge = step % cfg.ssl.checkpoint_every == 0 or mined_on is not data  # a resume starts on such a step
             if (cfg.ssl.hard_negatives > 0 or cleaning) and judge:
-                views, mined_on = clip_views(model, front, data), data
+                views, mined_on = clip_views(t.model, t.front, data), data
                 if cfg.ssl.hard_negatives > 0:
                     neighbours = views.neighbours(cfg.ssl.hard_negative_group - 1)
                 if cleaning:
                     eligible = _agreeing(views.disagreement(), cfg.ssl.clean_share)
-            model.train()
-            gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step)
-            images, waves = _batch(data, cfg.ssl, mcfg.window_s, mcfg.sample_rate, gen, scenes, neighbours,
-                                   eligible)
+            t.model.train()
+            gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step + t.world.rank * 2**40)
+            images, waves = _batch(data, local, t.model.cfg.window_s, t.model.cfg.sample_rate, gen, scenes,
+                                   neighbours, eligible)
             lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
-            for group in optimizer.param_groups:
+            for group in t.optimizer.param_groups:
                 group["lr"] = lr
-            loss, acc = mil_infonce(model.image_maps(images.to(device)), model.audio_vectors(front(waves.to(device))),
-                                    cfg.ssl.temperature)
-            optimizer.zero_grad(set_to_none=True)
+            loss, acc = t.loss(images, waves, cfg.ssl.temperature)
+            t.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            t.optimizer.step()
             step += 1
+            loss = loss.item() / t.world.size
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}", refresh=False)
-            with open(loss_log, "a") as f:
-                f.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "acc": round(acc, 4), "lr": lr,
-                                    "seconds": round(time.perf_counter() - started, 2)}) + "\n")
-            done = step == cfg.ssl.steps
-            if done or step % cfg.ssl.checkpoint_every == 0:
-                bank = _reference_banks(model, front, data, cfg.ssl.bank_size,
-                                        torch.Generator().manual_seed(cfg.ssl.seed)) if done else None
-                save_checkpoint(checkpoint, model, optimizer, step, bank, cfg.ssl)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", refresh=False)
+            if t.world.is_main:
+                _log_step(loss_log, step, loss, acc, lr, time.perf_counter() - started)
+            if step == cfg.ssl.steps or step % cfg.ssl.checkpoint_every == 0:
+                _save(t, cfg, checkpoint, step, data)
     finally:
         chunks.close()
     bar.close()
     return checkpoint
+
+
+def _log_step(loss_log: Path, step: int, loss: float, acc: float, lr: float, seconds: float) -> None:
+    with open(loss_log, "a") as f:
+        f.write(json.dumps({"step": step, "loss": round(loss, 5), "acc": round(acc, 4), "lr": lr,
+                            "seconds": round(seconds, 2)}) + "\n")
+
+
+def _save(t: _Trainer, cfg: RunConfig, checkpoint: Path, step: int, data: TrainingClips) -> None:
+    """Rank 0 writes the checkpoint (with the reference bank of its clips once finished); the others wait."""
+    if t.world.is_main:
+        done = step == cfg.ssl.steps
+        bank = _reference_banks(t.model, t.front, data, cfg.ssl.bank_size,
+                                torch.Generator().manual_seed(cfg.ssl.seed)) if done else None
+        save_checkpoint(checkpoint, t.model, t.optimizer, step, bank, cfg.ssl)
+    t.world.barrier()
 
 
 def final_loss(loss_log: Path, steps: int) -> float:
@@ -489,8 +581,9 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     the other three <= 76 % (docs/localisation.md)."""
     if cfg.ssl.restarts == 1:
         return train(source, cfg, checkpoint, progress)
+    world = join(_device(cfg.ssl))
     paths = [checkpoint.parent / "restarts" / str(k) / "model.pt" for k in range(cfg.ssl.restarts)]
-    unfinished = [not _finished(path, cfg.ssl.steps) for path in paths]
+    unfinished = world.from_main([world.is_main and not _finished(path, cfg.ssl.steps) for path in paths])
     if any(unfinished) and isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all
         source = load_training_clips(list(source.chunks[0]), cfg, source.raw_dir, progress)
     runs = []
@@ -498,8 +591,13 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
         seed = cfg.ssl.seed * cfg.ssl.restarts + k
         if unfinished[k]:
             train(source, replace(cfg, ssl=replace(cfg.ssl, seed=seed, restarts=1)), path, progress)
+        if not world.is_main:
+            continue
         runs.append({"restart": k, "seed": seed,
                      "final_loss": round(final_loss(path.with_name("loss.jsonl"), cfg.ssl.steps), 5)})
+    if not world.is_main:
+        world.barrier()  # rank 0 assembles the checkpoint
+        return checkpoint
     runs_by_loss = sorted(runs, key=lambda run: (run["final_loss"], run["restart"]))
     best = runs_by_loss[0]
     chosen = checkpoint.parent / "restarts" / str(best["restart"])
@@ -512,6 +610,7 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
               for run in runs_by_loss[1:]]
     blob = checkpoint_blob(chosen / "model.pt")
     atomic_write_bytes(checkpoint, with_ensemble(blob, others))  # last: its presence means finished
+    world.barrier()
     return checkpoint
 
 
@@ -550,13 +649,18 @@ def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
         from curation.localise.published import ensure_bank, resolve_checkpoint
 
         return ensure_bank(resolve_checkpoint(cfg), jobs, out), file_digest(storage.local_copy(cfg.score.checkpoint))
-    settings = json.dumps([cfg.ssl.__dict__, cfg.decode.sample_rate], default=list)
+    settings = json.dumps([cfg.ssl.settings(), cfg.decode.sample_rate], default=list)
     name = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    world = join(_device(cfg.ssl))
     if storage.is_url(str(out)):
+        if world.size > 1:
+            raise ConfigError(["out: ssl-train under torchrun writes its model to a local OUT (each rank decodes its "
+                               "own clips from OUT/raw); train into a local folder, then copy the model"])
         checkpoint, digest = _model_on_store(cfg, jobs, str(out), name, progress)
     else:
         checkpoint = Path(out) / "ssl" / name / "model.pt"
-        if not _finished(checkpoint, cfg.ssl.steps):
-            train_restarts(training_set(jobs, cfg, Path(out) / "raw"), cfg, checkpoint, progress)
-        digest = file_digest(checkpoint)
+        if not world.from_main(world.is_main and _finished(checkpoint, cfg.ssl.steps)):
+            train_restarts(training_set(jobs, cfg, Path(out) / "raw", world), cfg, checkpoint,
+                           progress and world.is_main)
+        digest = file_digest(checkpoint) if world.is_main else None
     return replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native")), digest

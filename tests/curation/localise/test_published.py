@@ -17,7 +17,8 @@ from torch import nn
 from curation.config import ConfigError, DecodeConfig, ScoreConfig, load_config
 from curation.decode import decode_clip
 from curation.errors import CheckpointError
-from curation.localise.published import PublishedScorer, SLAVCLocalizer, images, load_published, spectrograms
+from curation.localise.model import EZVSLSpectrogram, audio_windows
+from curation.localise.published import PublishedScorer, SLAVCLocalizer, images, load_published
 from curation.localise.scorers import load_scorer
 
 WAV = "FwVYUHKoLtQ_000034.wav"
@@ -80,6 +81,12 @@ def _ezvsl_spectrogram(x: np.ndarray, rate: int) -> np.ndarray:
     return np.log(spec + 1e-7) / 12.0
 
 
+def spectrograms(audio: np.ndarray, times: np.ndarray, rate: int) -> np.ndarray:
+    """The scorer's front end (torch, where the model runs) for the 3-s windows centred on `times`."""
+    windows = audio_windows(torch.from_numpy(audio), torch.from_numpy(times), 3.0, rate)
+    return EZVSLSpectrogram(rate)(windows).numpy()
+
+
 def test_front_end_matches_scipy_on_real_audio(shared_real):
     audio, rate = soundfile.read(shared_real / WAV, dtype="float32")
     times = np.array([0.0, 1.0, 5.0, 9.9])
@@ -89,6 +96,9 @@ def test_front_end_matches_scipy_on_real_audio(shared_real):
     expected = [audio[:48000], audio[:48000], audio[centre - 24000:centre + 24000], audio[-48000:]]
     for got, segment in zip(ours[:, 0], expected, strict=True):
         np.testing.assert_allclose(got, _ezvsl_spectrogram(segment, rate), rtol=1e-5, atol=1e-5)
+    quiet = 1e-4 * audio[:48000]  # the log of small powers: where float32 rounding would show first
+    np.testing.assert_allclose(spectrograms(quiet, np.array([1.5]), rate)[0, 0], _ezvsl_spectrogram(quiet, rate),
+                               rtol=1e-5, atol=1e-5)
     short = audio[rate:int(1.3 * rate)]  # shorter than the window: tiled, as their loader does
     np.testing.assert_allclose(spectrograms(short, np.array([0.1]), rate)[0, 0], _ezvsl_spectrogram(short, rate),
                                rtol=1e-5, atol=1e-5)

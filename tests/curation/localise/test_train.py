@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import signal
@@ -10,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from curation.config import load_config
+from curation.config import ConfigError, load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
+from curation.errors import CheckpointError
 from curation.localise.checkpoint import load_checkpoint, load_members
 from curation.localise.score import LearnedScorer
 from curation.localise.train import (
@@ -25,9 +28,11 @@ from curation.localise.train import (
     _batch_clips,
     _Chunks,
     _swap_backgrounds,
+    _trainer,
     clip_backgrounds,
     ensure_model,
     final_loss,
+    load_image_init,
     load_training_clips,
     train,
     train_restarts,
@@ -267,3 +272,63 @@ def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
     unreadable = TrainingSet(((ClipJob("gone", str(tmp_path / "gone.mp4"), None, 0.0, 1.0),),),
                              tmp_path / "raw")
     assert train_restarts(unreadable, cfg, tmp_path / "model.pt", progress=False).read_bytes() == first
+
+
+def test_a_model_is_found_under_the_settings_name_it_had_before_later_options(world):
+    """OUT/ssl/<hash>: options added later (precision, preprocess, image_init) count only away from their
+    defaults, so a model trained before they existed is reused, not retrained (70a4fba7fa4c: the demo defaults'
+    name when those options did not exist)."""
+    _, cfg, _, _ = world
+    default = load_config(None, {}).ssl
+    assert hashlib.sha256(json.dumps([default.settings(), 16000]).encode()).hexdigest()[:12] == "70a4fba7fa4c"
+    assert "preprocess" not in default.settings()
+    assert replace(default, preprocess="ezvsl").settings()["preprocess"] == "ezvsl"
+
+
+VGGSOUND_TOML = Path(__file__).resolve().parents[3] / "configs" / "vggsound.toml"
+TINY_TRUNKS = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.image_maxpool": False, "ssl.dim": 16,
+               "ssl.batch_size": 8, "ssl.steps": 4, "ssl.bank_size": 4, "ssl.threads": 1, "ssl.buffer_clips": 8,
+               "ssl.precision": "fp32", "ssl.device": "cpu"}
+
+
+def test_the_real_size_preset_trains_at_tiny_size_on_the_published_inputs(world, tmp_path):
+    out, _, _, jobs = world
+    cfg = load_config(VGGSOUND_TOML, {"dataset": "demo", "meta": None, "out": str(out), **TINY_TRUNKS})
+    assert (cfg.ssl.preprocess, cfg.ssl.window_s, cfg.ssl.temperature, cfg.ssl.colour_branch) == ("ezvsl", 3.0, 0.03, 0)
+    full = load_config(VGGSOUND_TOML, {"meta": "clips.csv"}).ssl
+    assert (full.widths, full.image_size, full.image_maxpool, full.dim) == ((64, 128, 256, 512), 224, True, 512)
+    checkpoint = train(training_set(jobs, cfg, out / "raw"), cfg, tmp_path / "model.pt", progress=False)
+    scorer = LearnedScorer(replace(cfg.score, checkpoint=str(checkpoint)))
+    assert scorer.model.cfg.preprocess == "ezvsl"
+    clip = decode_clip(jobs[0].path, 0.0, 3.0, cfg.decode)
+    images, waves = scorer.batch(clip, slice(0, 2))
+    assert images.shape == (2, 3, 32, 32) and scorer.front(waves).shape == (2, 1, 257, 200)
+    result = scorer.score(clip)
+    assert result.scores.shape == (len(clip.times),) and np.isfinite(result.scores).all()
+
+
+def test_a_bf16_training_step_runs_and_keeps_float32_weights(world, tmp_path):
+    _, cfg, data, _ = world
+    cfg = replace(cfg, ssl=replace(cfg.ssl, steps=2, precision="bf16"))
+    model, _, blob = load_checkpoint(train(data, cfg, tmp_path / "model.pt", progress=False))
+    assert blob["step"] == 2 and all(p.dtype == torch.float32 for p in model.parameters())
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_the_image_trunk_starts_from_a_given_torchvision_resnet18(world, tmp_path):
+    out, _, _, _ = world
+    torch.manual_seed(5)
+    imagenet = torchvision.models.resnet18(weights=None)  # built here, never downloaded
+    torch.save(imagenet.state_dict(), tmp_path / "resnet18.pth")
+    cfg = load_config(None, {"out": str(out), "ssl.widths": [64, 128, 256, 512], "ssl.colour_branch": 0,
+                             "ssl.image_init": str(tmp_path / "resnet18.pth")})
+    model = _trainer(cfg, None, tmp_path / "model.pt").model
+    theirs = imagenet.state_dict()
+    for key, value in model.imgnet.state_dict().items():
+        torch.testing.assert_close(value, theirs[key], rtol=0, atol=0)
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "resnet34.pth")
+    with pytest.raises(CheckpointError, match="missing keys|unexpected keys"):
+        load_image_init(model, str(tmp_path / "resnet34.pth"))
+    with pytest.raises(ConfigError, match="ssl.image_init"):
+        load_config(None, {"ssl.image_init": str(tmp_path / "resnet18.pth")})  # the CPU model's widths
