@@ -39,6 +39,9 @@ bench: $(STAMP)
 	$(VPY) -m bench.curation --out work/bench
 	$(VPY) -m bench.mirror --out work/bench
 	$(VPY) -m bench.ssl --out work/bench
+	$(VPY) -m bench.ssl_train --out work/bench
+	$(VPY) -m bench.ssl_train --model full --out work/bench
+	$(VPY) -m bench.ssl --model full --out work/bench
 	$(VPY) -m bench.fetch --out work/bench
 	$(VPY) -m bench.quality --out work/bench
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -22,9 +23,11 @@ from pathlib import Path
 
 import torch
 
-from curation.config import load_config
+from curation.config import SSLConfig, load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
+from curation.localise.checkpoint import save_checkpoint
+from curation.localise.model import AVLocalizer, SSLModelConfig
 from curation.localise.score import LearnedScorer
 from curation.localise.train import ensure_model
 from curation.pipeline import load_clip_list, run, run_jobs
@@ -107,10 +110,20 @@ def _isolated_in_processes(score_cfg, paths: list[Path], cfg, processes: int) ->
     return sum(r[0] for r in rates), sum(r[1] for r in rates)
 
 
+def _full_native_checkpoint(folder: Path) -> Path:
+    """A randomly initialised native model of the real-size preset (configs/vggsound.toml: EZ-VSL's ResNet-18
+    pair at 224 px, its inputs), for speed only: no reference bank, so no contrastive score."""
+    path = folder / "full_random_init.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_checkpoint(path, AVLocalizer(SSLModelConfig(preprocess="ezvsl")).eval(), None, 0, None, SSLConfig())
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="work/bench")
-    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--clips", type=int, help="demo clips curated (default 48; --model full: 12)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="times every figure is measured; the medians are reported (single runs scatter by "
                              "5-25 %% on a 2-core machine)")
@@ -122,24 +135,29 @@ def main(argv: list[str] | None = None) -> int:
     device.add_argument("--clips-per-task", type=int, default=16, help="clips a scoring task takes")
     device.add_argument("--checkpoint", help="a trained model to score with (default: train the CPU-sized one)")
     device.add_argument("--model", choices=("trained", "full"), default="trained",
-                        help="full: a randomly initialised EZ-VSL-size model (ResNet-18 pair, 224 px), speed only")
+                        help="full: a randomly initialised EZ-VSL-size model (ResNet-18 pair, 224 px), speed only; "
+                             "without --device, the native model of configs/vggsound.toml's preset in the CPU "
+                             "pipeline")
     device.add_argument("--workers", type=int, help="pipeline LocalCluster workers (default: one per core)")
     device.add_argument("--pipeline-repeats", type=int, default=1)
     args = parser.parse_args(argv)
+    args.clips = args.clips or (12 if args.model == "full" else 48)
     if args.device:
         from bench import ssl_device
 
         return ssl_device.main(args)
     out = Path(args.out).resolve()
-    world_out = out / "ssl_world"
-    given = {"score.checkpoint": str(Path(args.checkpoint).resolve())} if args.checkpoint else {}
+    world_out = out / ("ssl_world_full" if args.model == "full" else "ssl_world")
+    world_out.mkdir(parents=True, exist_ok=True)
+    checkpoint = _full_native_checkpoint(world_out) if args.model == "full" else args.checkpoint
+    given = {"score.checkpoint": str(Path(checkpoint).resolve())} if checkpoint else {}
     cfg = load_config(None, {"out": str(world_out), "demo.clips": args.clips, "demo.seed": 1, **given})
     generate_world(world_out, n_clips=args.clips, seed=1, duration_s=cfg.demo.duration_s)
     started = time.perf_counter()
     cfg, _ = ensure_model(cfg, run_jobs(load_clip_list(cfg, world_out)), world_out, progress=False)
     train_s = time.perf_counter() - started
     workers = cfg.dask.workers or 2
-    paths = sorted((world_out / "raw").glob("demo*.mp4"))[:16]
+    paths = sorted((world_out / "raw").glob("demo*.mp4"))[:4 if args.model == "full" else 16]
     clips = _decode(paths, cfg)
     scorer = LearnedScorer(cfg.score)  # sets one torch thread, as in a worker: the isolated run gets `workers`
     runs: dict[str, list[float]] = {"in_pipeline": [], "end_to_end": [], "isolated": [], "isolated_processes": [],
@@ -174,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         "in_pipeline_scorer_page_faults_per_clip": statistics.median(page_faults),
         "runs_frames_per_s": {name: [round(v, 1) for v in values] for name, values in runs.items()},
         "workers": workers, "torch_threads_isolated": workers, "isolated_processes": workers,
+        "model": scorer.model_id, "model_widths": list(scorer.model.cfg.widths),
+        "model_image_size": scorer.model.cfg.image_size, "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    write_json(out / "ssl.json", results)
+    write_json(out / ("ssl_full.json" if args.model == "full" else "ssl.json"), results)
     print(json.dumps(results, indent=2))
     return 0
 
