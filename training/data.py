@@ -37,6 +37,11 @@ def imagenet_input(images: torch.Tensor, size: int) -> torch.Tensor:
     x = images.float().add(1).div(2)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return imagenet_normalise(x)
+
+
+def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float images in [0, 1] -> ImageNet-normalised (T.Normalize(IMAGE_MEAN, IMAGE_STD))."""
     mean = torch.tensor(IMAGE_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGE_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -144,10 +149,12 @@ def held_moments(sample: dict, k: int) -> list[tuple[int, float | None]]:
     return [(i, t) for i, (name, t) in enumerate(zip(moment_names(k), times, strict=False)) if name in sample]
 
 
-def open_image(data: bytes, min_side: int) -> Image.Image:
-    """Decode a JPEG, letting libjpeg scale it down by 2/4/8 while keeping both sides >= min_side."""
+def open_image(data: bytes, min_side: int | None) -> Image.Image:
+    """Decode a JPEG, letting libjpeg scale it down by 2/4/8 while keeping both sides >= min_side (None: at
+    full resolution, as PIL's plain `Image.open(...).convert("RGB")`)."""
     img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (min_side, min_side))
+    if min_side is not None:
+        img.draft("RGB", (min_side, min_side))
     return img.convert("RGB")
 
 

@@ -1,9 +1,10 @@
 """The frozen stage-1 image encoder and its per-shard embedding cache.
 
-One `.npz` per shard under `OUT/stage1/cache/<encoder sha256[:16]>/`, named by the shard's file name and a
-hash of its size and mtime (of its URL for remote shards), holding every clip's key, label, split and the
-L2-normalised embeddings of its first `moments` frames (jpg, top2.jpg, ...). A new encoder or a changed shard
-gets new files; later stages read these instead of running the image encoder.
+One `.npz` per shard under `OUT/stage1/cache/<encoder sha256[:16]>/` (`<sha256[:16]>-r256b224/` for SwAV,
+whose frames are prepared the official way, `swav_resize`: caches of the earlier preparation are not reused),
+named by the shard's file name and a hash of its size and mtime (of its URL for remote shards), holding every
+clip's key, label, split and the L2-normalised embeddings of its first `moments` frames (jpg, top2.jpg, ...).
+A new encoder or a changed shard gets new files; later stages read these instead of running the image encoder.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from training import distributed
 from training.checkpoint import file_sha256, load_checkpoint
 from training.config import DataConfig
 from training.data import IMAGE_MEAN, IMAGE_STD, mapped, meta, moment_names, open_image, pipeline, selector
-from training.models.image_encoder import ImageEncoderConfig, build_image_encoder, embed
+from training.models.image_encoder import ImageEncoderConfig, build_image_encoder, embed, swav_resize
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,29 @@ def load_encoder(out: str | Path, device: torch.device) -> FrozenEncoder:
     return FrozenEncoder(model, cfg, file_sha256(path), model.out_dim)
 
 
-def embed_transform(image_size: int) -> T.Compose:
-    """The whole frame, squashed to image_size x image_size, ImageNet-normalised."""
-    return T.Compose([T.Resize((image_size, image_size), antialias=True), T.PILToTensor(),
-                      T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGE_MEAN, IMAGE_STD)])
+def embed_transform(cfg: ImageEncoderConfig) -> T.Compose:
+    """A decoded frame (PIL) -> the encoder's input: the whole frame, squashed to a square, ImageNet-normalised.
+    SwAV: `swav_resize` (256 x 256, then bicubic 224 x 224, as the official training); small: one antialiased
+    resize to image_size x image_size."""
+    if cfg.kind == "swav":
+        resize = [T.PILToTensor(), swav_resize]
+    else:
+        resize = [T.Resize((cfg.image_size, cfg.image_size), antialias=True), T.PILToTensor()]
+    return T.Compose([*resize, T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGE_MEAN, IMAGE_STD)])
 
 
-def _decode_moments(sample: dict, moments: int, image_size: int, transform: T.Compose) -> dict:
+def decode_side(cfg: ImageEncoderConfig) -> int | None:
+    """The smallest side a frame is decoded at (JPEG draft scaling): SwAV frames at full resolution, as the
+    official training opens them."""
+    return None if cfg.kind == "swav" else cfg.image_size
+
+
+def _decode_moments(sample: dict, moments: int, cfg: ImageEncoderConfig, transform: T.Compose) -> dict:
     names = moment_names(moments)
     present = np.array([name in sample for name in names])
-    blank = torch.zeros(3, image_size, image_size)
-    images = torch.stack([transform(open_image(sample[n], image_size)) if n in sample else blank for n in names])
+    blank = torch.zeros(3, cfg.image_size, cfg.image_size)
+    side = decode_side(cfg)
+    images = torch.stack([transform(open_image(sample[n], side)) if n in sample else blank for n in names])
     return {"images": images, "present": present, "key": sample["__key__"], "label": int(sample["cls"]),
             "split": str(meta(sample).get("split"))}
 
@@ -82,16 +95,15 @@ def shard_fingerprint(url: str) -> str:
 
 def cache_file(out: str | Path, encoder: FrozenEncoder, url: str, moments: int) -> Path:
     name = Path(url.split("?")[0]).name.removesuffix(".tar")
-    return (Path(out) / "stage1" / "cache" / encoder.sha256[:16]
-            / f"{name}.{shard_fingerprint(url)[:16]}.m{moments}.npz")
+    folder = encoder.sha256[:16] + (f"-{encoder.cfg.preprocessing}" if encoder.cfg.preprocessing else "")
+    return Path(out) / "stage1" / "cache" / folder / f"{name}.{shard_fingerprint(url)[:16]}.m{moments}.npz"
 
 
 @torch.no_grad()
 def embed_shard(encoder: FrozenEncoder, url: str, data_cfg: DataConfig, moments: int, batch_size: int,
                 device: torch.device) -> dict[str, np.ndarray]:
     """Embeddings of every clip's first `moments` frames in one shard (missing frames: zeros, present=False)."""
-    size = encoder.cfg.image_size
-    decode = partial(_decode_moments, moments=moments, image_size=size, transform=embed_transform(size))
+    decode = partial(_decode_moments, moments=moments, cfg=encoder.cfg, transform=embed_transform(encoder.cfg))
     pipe = pipeline([url], data_cfg, select=selector(data_cfg, "all"), steps=[mapped(decode, data_cfg)],
                     batch_size=batch_size, seed=None)
     keys, labels, splits, present, embs = [], [], [], [], []

@@ -11,6 +11,8 @@ Modes (one per call):
   --interpolate I  normalise((1-a) audio + a image) for a in --alphas; I = an image file or shard:<key>
   --edit I         an image's embedding moved along the volume direction (audio at +gain minus at -gain):
                    normalise(image + s (loud - quiet)) for s in --strengths
+Grid cells (--grid-scale): `linear` (default) maps the generator's [-1, 1] to 0..255; `official` stretches each
+image to its own min..max, as the official code's torchvision.utils.make_grid(normalize=True, scale_each=True).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from manifests.io import atomic_write_bytes
 from training.audio import fit_length
 from training.checkpoint import ResumeError
 from training.config import ConfigError, TrainConfig, load_config
-from training.data import imagenet_input, meta, open_image, resolve_shards
+from training.data import meta, open_image, resolve_shards
 from training.embedding_cache import FrozenEncoder, load_encoder
 from training.models.audio_encoder import AudioEncoder
 from training.models.biggan import BigGANGenerator
 from training.models.gan import Generator
-from training.models.image_encoder import embed
+from training.models.image_encoder import embed, encoder_input
 from training.models.official_audio import Sound2SceneAudioEncoder
 from training.official import load_official_audio_encoder, load_official_generator, load_official_swav, release_paths
 from training.recipes.stage2_gan import load_generator, to_uint8
@@ -65,7 +67,7 @@ class SoundToImage:
         if self.image is None:
             raise FileNotFoundError("image embeddings (--interpolate, --edit) need the SwAV weights "
                                     "swav.pth.tar in the --official folder")
-        x = imagenet_input(images.to(self.device), self.image.cfg.image_size)
+        x = encoder_input(images.to(self.device), self.image.cfg)
         return torch.cat([embed(self.image.model, c) for c in x.split(64)])
 
     @torch.no_grad()
@@ -130,10 +132,13 @@ def load_audio(spec: str, cfg: TrainConfig, audio_cfg) -> torch.Tensor:
     return torch.from_numpy(fit_length(wave.numpy(), audio_cfg, centre_s))
 
 
-def load_image(spec: str, cfg: TrainConfig, size: int) -> torch.Tensor:
-    """A file path or shard:<key> (its best frame) -> (3, size, size) in [-1, 1], squashed to a square."""
+def load_image(spec: str, cfg: TrainConfig, size: int | None) -> torch.Tensor:
+    """A file path or shard:<key> (its best frame) -> (3, size, size) in [-1, 1], squashed to a square; size None:
+    the whole frame at full resolution (3, H, W), for an encoder that prepares it itself (SwAV: swav_resize)."""
     data = _shard_sample(cfg, spec[6:])["jpg"] if spec.startswith("shard:") else Path(spec).read_bytes()
-    img = open_image(data, size).resize((size, size), Image.BICUBIC)
+    img = open_image(data, size)
+    if size is not None:
+        img = img.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div(127.5).sub(1)
 
 
@@ -162,40 +167,60 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return Path(path)
 
 
-def _rows(images: torch.Tensor) -> list[list[np.ndarray]]:
-    """(rows, cols, 3, R, R) -> rows of uint8 cells."""
-    return [list(to_uint8(r)) for r in images]
+GRID_SCALES = ("linear", "official")
+
+
+def stretch_each(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) -> (B, H, W, 3) uint8, each image stretched to its own range: the official grids'
+    torchvision.utils.make_grid(images, normalize=True, scale_each=True) (per image: clamp to [min, max], then
+    (x - min) / max(max - min, 1e-5)), saved as save_image does (x * 255 + 0.5, clamped, truncated)."""
+    x = images.detach().float().cpu()
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x.amax(dim=(1, 2, 3), keepdim=True)
+    x = (x - low) / (high - low).clamp_min(1e-5)
+    return x.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _rows(images: torch.Tensor, scale: str = "linear") -> list[list[np.ndarray]]:
+    """(rows, cols, 3, R, R) in [-1, 1] -> rows of uint8 cells: `linear` maps [-1, 1] to 0..255 (to_uint8);
+    `official` stretches each image to its own range (stretch_each)."""
+    if scale not in GRID_SCALES:
+        raise ValueError(f"grid scale {scale!r}: expected one of {', '.join(GRID_SCALES)}")
+    to_cells = stretch_each if scale == "official" else to_uint8
+    return [list(to_cells(r)) for r in images]
 
 
 # ---------------------------------------------------------------- the modes
-def grid_plain(m: SoundToImage, waves: torch.Tensor, names: list[str], n_z: int, seed: int) -> Image.Image:
+def grid_plain(m: SoundToImage, waves: torch.Tensor, names: list[str], n_z: int, seed: int,
+               scale: str = "linear") -> Image.Image:
     images = m.generate(m.embed_audio(waves), m.noise(n_z, seed))
-    return labelled_grid(_rows(images), names, [f"z{k}" for k in range(n_z)])
+    return labelled_grid(_rows(images, scale), names, [f"z{k}" for k in range(n_z)])
 
 
 def grid_gain(m: SoundToImage, waves: torch.Tensor, names: list[str], gains: list[float], n_z: int,
-              seed: int) -> Image.Image:
+              seed: int, scale: str = "linear") -> Image.Image:
     z = m.noise(n_z, seed)
     per_gain = torch.stack([m.generate(m.embed_audio(waves, g), z) for g in gains], dim=2)  # (B, Z, G, ...)
-    rows = _rows(per_gain.flatten(0, 1))
+    rows = _rows(per_gain.flatten(0, 1), scale)
     labels = [f"{name} z{k}" for name in names for k in range(n_z)]
     return labelled_grid(rows, labels, [f"{g:+g} dB" for g in gains])
 
 
-def grid_mix(m: SoundToImage, waves: torch.Tensor, names: list[str], n_z: int, seed: int) -> Image.Image:
+def grid_mix(m: SoundToImage, waves: torch.Tensor, names: list[str], n_z: int, seed: int,
+             scale: str = "linear") -> Image.Image:
     if waves.shape[0] != 2:
         raise ValueError("--mix needs exactly two audio inputs")
     mixed = torch.cat([waves, (waves[0] + waves[1]).clamp(-1, 1)[None]])
     images = m.generate(m.embed_audio(mixed), m.noise(n_z, seed))
-    return labelled_grid(_rows(images), [names[0], names[1], "mix"], [f"z{k}" for k in range(n_z)])
+    return labelled_grid(_rows(images, scale), [names[0], names[1], "mix"], [f"z{k}" for k in range(n_z)])
 
 
 def grid_interpolate(m: SoundToImage, waves: torch.Tensor, names: list[str], image: torch.Tensor,
-                     alphas: list[float], seed: int) -> Image.Image:
+                     alphas: list[float], seed: int, scale: str = "linear") -> Image.Image:
     a, v = m.embed_audio(waves), m.embed_images(image[None])
     z = m.noise(1, seed)
     cols = torch.stack([m.generate(F.normalize((1 - al) * a + al * v, dim=-1), z)[:, 0] for al in alphas], dim=1)
-    return labelled_grid(_rows(cols), names, [f"a={al:g}" for al in alphas])
+    return labelled_grid(_rows(cols, scale), names, [f"a={al:g}" for al in alphas])
 
 
 def volume_direction(m: SoundToImage, waves: torch.Tensor, gain_db: float) -> torch.Tensor:
@@ -204,12 +229,12 @@ def volume_direction(m: SoundToImage, waves: torch.Tensor, gain_db: float) -> to
 
 
 def grid_edit(m: SoundToImage, waves: torch.Tensor, image: torch.Tensor, strengths: list[float], gain_db: float,
-              n_z: int, seed: int) -> Image.Image:
+              n_z: int, seed: int, scale: str = "linear") -> Image.Image:
     direction = volume_direction(m, waves, gain_db)
     v = m.embed_images(image[None])[0]
     embs = F.normalize(torch.stack([v + s * direction for s in strengths]), dim=-1)
     images = m.generate(embs, m.noise(n_z, seed)).transpose(0, 1)  # rows = z, columns = strength
-    return labelled_grid(_rows(images), [f"z{k}" for k in range(n_z)], [f"s={s:+g}" for s in strengths])
+    return labelled_grid(_rows(images, scale), [f"z{k}" for k in range(n_z)], [f"s={s:+g}" for s in strengths])
 
 
 # ---------------------------------------------------------------- command line
@@ -236,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1])
     parser.add_argument("--strengths", type=float, nargs="+", default=[-2, -1, 0, 1, 2])
     parser.add_argument("--direction-gain-db", type=float, default=6.0, help="loud/quiet = +/- this gain")
+    parser.add_argument("--grid-scale", choices=GRID_SCALES, default="linear",
+                        help="grid cells: linear = [-1, 1] mapped to 0..255 (default); official = each image "
+                             "stretched to its own range, as make_grid(normalize=True, scale_each=True)")
     return parser
 
 
@@ -247,18 +275,22 @@ def run(cfg: TrainConfig, args: argparse.Namespace) -> Path:
     acfg = m.audio.cfg.audio
     waves = torch.stack([load_audio(a, cfg, acfg) for a in args.audio])
     names = [Path(a).stem if not a.startswith("shard:") else a[6:] for a in args.audio]
-    size = m.generator.cfg.resolution
+    # the image of --interpolate / --edit: SwAV prepares the whole frame itself (swav_resize); the small
+    # encoder's frames are first squashed to the generator's resolution
+    size = None if m.image is not None and m.image.cfg.kind == "swav" else m.generator.cfg.resolution
+    scale = args.grid_scale
     if args.gain_db:
-        grid = grid_gain(m, waves, names, args.gain_db, args.n_z, args.seed)
+        grid = grid_gain(m, waves, names, args.gain_db, args.n_z, args.seed, scale)
     elif args.mix:
-        grid = grid_mix(m, waves, names, args.n_z, args.seed)
+        grid = grid_mix(m, waves, names, args.n_z, args.seed, scale)
     elif args.interpolate:
-        grid = grid_interpolate(m, waves, names, load_image(args.interpolate, cfg, size), args.alphas, args.seed)
+        grid = grid_interpolate(m, waves, names, load_image(args.interpolate, cfg, size), args.alphas, args.seed,
+                                scale)
     elif args.edit:
         grid = grid_edit(m, waves, load_image(args.edit, cfg, size), args.strengths, args.direction_gain_db,
-                         args.n_z, args.seed)
+                         args.n_z, args.seed, scale)
     else:
-        grid = grid_plain(m, waves, names, args.n_z, args.seed)
+        grid = grid_plain(m, waves, names, args.n_z, args.seed, scale)
     return save_png(grid, args.out)
 
 

@@ -4,11 +4,13 @@ manipulation has its effect on the embeddings and on the images the grid shows."
 from __future__ import annotations
 
 import shutil
+from itertools import combinations
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchvision
 from PIL import Image
 from training_fixtures import tiny_config
 
@@ -53,28 +55,90 @@ def _run(_trained, tiny_shards, tmp_path, *extra: str) -> Image.Image:
     return Image.open(out)
 
 
+def _assert_varied(cells: np.ndarray, axis: int) -> None:
+    """(rows, cols, R, R, 3) grid cells: none is a flat colour, and along `axis` (0: down a column, 1: along a row)
+    every two cells differ, i.e. what that axis sweeps (the input, the gain, the mix, alpha, the strength)
+    changes the picture."""
+    flat = cells.reshape(*cells.shape[:2], -1).astype(int)
+    assert (flat.max(-1) - flat.min(-1) > 8).all(), "a grid cell is a flat colour"
+    swept = np.moveaxis(flat, axis, 0)
+    for i, j in combinations(range(swept.shape[0]), 2):
+        assert (np.abs(swept[i] - swept[j]).max(-1) > 2).all(), f"grid cells {i} and {j} along axis {axis} agree"
+
+
 def test_generate_from_files_and_shard(_trained, tiny_shards, tmp_path, wavs):
+    labels = ["low", "high", "tiny00050"]
     grid = _run(_trained, tiny_shards, tmp_path, "--audio", *wavs, "shard:tiny00050", "--n-z", "3")
-    assert grid.size == _grid_size(3, 3, ["low", "high", "tiny00050"])
+    assert grid.size == _grid_size(3, 3, labels)
+    _assert_varied(_cells(grid, labels, 3, 3), axis=0)  # one row per input
+    _assert_varied(_cells(grid, labels, 3, 3), axis=1)  # one column per z
 
 
 def test_gain_sweep(_trained, tiny_shards, tmp_path, wavs):
+    labels = ["low z0", "low z1"]
     grid = _run(_trained, tiny_shards, tmp_path, "--audio", wavs[0], "--gain-db", "-12", "-6", "0", "6",
                 "--n-z", "2")
-    assert grid.size == _grid_size(2, 4, ["low z0", "low z1"])
+    assert grid.size == _grid_size(2, 4, labels)
+    _assert_varied(_cells(grid, labels, 2, 4), axis=1)  # one column per gain
 
 
 def test_mix(_trained, tiny_shards, tmp_path, wavs):
+    labels = ["low", "high", "mix"]
     grid = _run(_trained, tiny_shards, tmp_path, "--audio", *wavs, "--mix", "--n-z", "2")
-    assert grid.size == _grid_size(3, 2, ["low", "high", "mix"])
+    assert grid.size == _grid_size(3, 2, labels)
+    _assert_varied(_cells(grid, labels, 3, 2), axis=0)  # a, b, a + b
 
 
 def test_interpolate_and_edit(_trained, tiny_shards, tmp_path, wavs):
     grid = _run(_trained, tiny_shards, tmp_path, "--audio", *wavs, "--interpolate", "shard:tiny00003",
                 "--alphas", "0", "0.5", "1")
     assert grid.size == _grid_size(2, 3, ["low", "high"])
+    cells = _cells(grid, ["low", "high"], 2, 3)
+    _assert_varied(cells[:, :2], axis=0)  # one row per input, until alpha = 1: the image's embedding alone
+    assert np.abs(cells[0, 2].astype(int) - cells[1, 2].astype(int)).max() <= 1
+    _assert_varied(cells, axis=1)  # one column per alpha
     grid = _run(_trained, tiny_shards, tmp_path, "--audio", *wavs, "--edit", "shard:tiny00003", "--n-z", "2")
     assert grid.size == _grid_size(2, 5, ["z0", "z1"])
+    _assert_varied(_cells(grid, ["z0", "z1"], 2, 5), axis=1)  # one column per strength
+
+
+def test_official_grid_scale_stretches_each_cell_to_its_own_range(_trained, tiny_shards, tmp_path, wavs, models):
+    labels = ["low", "high"]
+    official = _cells(_run(_trained, tiny_shards, tmp_path, "--audio", *wavs, "--n-z", "2", "--grid-scale",
+                           "official"), labels, 2, 2)
+    assert (official.min(axis=(2, 3, 4)) == 0).all() and (official.max(axis=(2, 3, 4)) == 255).all()
+    _assert_varied(official, axis=0)
+    # the cells are the command's images (as the default grid shows them), each stretched to its own range
+    cfg = tiny_config(tiny_shards, _trained)
+    waves = torch.stack([generate.load_audio(w, cfg, models.audio.cfg.audio) for w in wavs])
+    images = models.generate(models.embed_audio(waves), models.noise(2, 0))
+    default = _run(_trained, tiny_shards, tmp_path, "--audio", *wavs, "--n-z", "2")
+    _assert_grid_shows(default, labels, images)
+    linear = _cells(default, labels, 2, 2)
+    expected = generate.stretch_each(images.flatten(0, 1)).reshape(official.shape)
+    assert np.abs(official.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(official.astype(int) - linear.astype(int)).max() > 8  # not the default's mapping
+
+
+def test_official_grid_scale_is_make_grids_normalize_scale_each():
+    """Per image min-max, as torchvision.utils.make_grid(normalize=True, scale_each=True) then save_image's
+    uint8 conversion; the default `linear` keeps mapping [-1, 1] to 0..255."""
+    torch.manual_seed(0)
+    offsets = torch.linspace(-0.6, 0.6, 6).view(2, 3, 1, 1, 1)
+    images = offsets + 0.1 * torch.rand(2, 3, 3, RES, RES)  # low-contrast images (a range of ~26 grey levels)
+    images[1, 2, :, :4] = images[1, 2].max()  # one with a flat band at its maximum
+    official = np.stack([np.stack(row) for row in generate._rows(images, "official")])
+    assert official.shape == (2, 3, RES, RES, 3) and official.dtype == np.uint8
+    assert (official.min(axis=(2, 3, 4)) == 0).all() and (official.max(axis=(2, 3, 4)) == 255).all()
+    grid = torchvision.utils.make_grid(images.flatten(0, 1), nrow=3, padding=0, normalize=True, scale_each=True)
+    saved = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    expected = saved.reshape(2, RES, 3, RES, 3).transpose(0, 2, 1, 3, 4)
+    assert np.abs(official.astype(int) - expected.astype(int)).max() <= 1
+    linear = np.stack([np.stack(row) for row in generate._rows(images)])
+    assert np.array_equal(linear, stage2_gan.to_uint8(images.flatten(0, 1)).reshape(2, 3, RES, RES, 3))
+    assert ((linear.max(axis=(2, 3, 4)) - linear.min(axis=(2, 3, 4))) < 40).all()
+    with pytest.raises(ValueError, match="grid scale"):
+        generate._rows(images, "stretched")
 
 
 # The effect of each manipulation, on the trained tiny models. Floating-point tolerances: two code paths that
@@ -208,14 +272,29 @@ def test_gen_eval_writes_metrics_and_samples(_trained, tiny_shards, tmp_path):
     shutil.copytree(_trained, out)
     (out / "eval.json").write_text(json.dumps({"r_at_1": 0.5}))
     cfg = tiny_config(shards, out)
-    r = gen_eval.run(cfg, ProbeConfig(image_size=RES, width=4, steps=5, batch_size=8),
-                     GenEvalConfig(n_z=2, gains_db="-6,0,6", n_mix_pairs=3))
+    pcfg = ProbeConfig(image_size=RES, width=4, steps=60, batch_size=8)
+    # (60 probe steps, not 5: a 5-step probe names one category for every image, whatever the image)
+    r = gen_eval.run(cfg, pcfg, GenEvalConfig(n_z=2, gains_db="-6,0,6", n_mix_pairs=3))
     saved = json.loads((out / "eval.json").read_text())
     assert saved["r_at_1"] == 0.5  # other evaluations' keys are kept
     for key in ("fd_generated", "class_acc", "class_acc_image_cond", "size_spearman_image_cond",
                 "mix_image_cond_frames", "volume_size_spearman", "mix_both_rate", "probe_real_acc"):
         assert key in saved and key in r
-    assert 0 <= r["class_acc"] <= 1 and 0 <= r["mix_both_rate"] <= 1 and r["fd_generated"] >= 0
+    assert np.isfinite(r["fd_generated"]) and r["fd_generated"] > 0
+    # class_acc from its definition: the saved probe's most probable category of each image generated from an
+    # evaluation clip's audio (gen_eval.n_z per clip, its noise), against the clip's one sounding category (here
+    # its label); and mix_both_rate a fraction of the mix_pairs x n_z judged images
+    from training.data import resolve_shards
+    from training.demo_truth import find_truth
+    from training.probe import judge, load_or_train
+
+    m = generate.load_models(out, torch.device("cpu"))
+    waves, _, labels, _ = gen_eval.eval_audio(m, cfg, resolve_shards(cfg.data)[1])
+    probe, _ = load_or_train(cfg, pcfg, find_truth(cfg.data), *resolve_shards(cfg.data))
+    probs, _ = judge(probe, m.generate(m.embed_audio(waves), m.noise(2, 0)).flatten(0, 1), pcfg.image_size)
+    hits = probs.argmax(1).view(len(labels), 2) == torch.tensor(labels)[:, None]
+    assert r["class_acc"] == pytest.approx(hits.float().mean().item())
+    assert r["mix_both_rate"] * 6 == pytest.approx(round(r["mix_both_rate"] * 6))
     assert 0 <= r["gen_r_at_1"] <= r["gen_r_at_5"] <= r["gen_r_at_10"] == 1.0  # N = 10 candidates
     assert r["gen_r_at_k_protocol"]["candidates"] == 10 and "generated" in r["gen_r_at_k_protocol"]["query_features"]
     assert r["class_acc_clips"] == 16 and r["mix_pairs"] == 3 and r["generator_step"] == 2

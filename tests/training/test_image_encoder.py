@@ -1,15 +1,30 @@
+import io
 import random
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+import torchvision.transforms as T1
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+import webdataset as wds
+from PIL import Image, ImageDraw
 from training_fixtures import tiny_config
 
+from training import generate
 from training.checkpoint import ResumeError, read_jsonl
-from training.embedding_cache import cache_file, load_encoder
-from training.models.image_encoder import WeightsError, load_swav_weights, swav_resnet50
+from training.data import IMAGE_MEAN, IMAGE_STD, imagenet_input, imagenet_normalise
+from training.embedding_cache import cache_file, embed_transform, load_encoder
+from training.models.image_encoder import (
+    ImageEncoderConfig,
+    WeightsError,
+    embed,
+    encoder_input,
+    load_swav_weights,
+    swav_resize,
+    swav_resnet50,
+)
 from training.recipes import stage1_image
 from training.recipes.stage1_image import BackgroundSwap
 
@@ -47,14 +62,102 @@ def test_a_broken_swav_file_fails_naming_the_missing_trunk_keys(tmp_path):
 
 def test_stage1_with_swav_weights_caches_2048_d_unit_embeddings(tiny_shards, tmp_path):
     _swav_file(tmp_path / "swav.pth.tar")
+    shard = tiny_shards / "tiny-test-000000.tar"
     cfg = tiny_config(tiny_shards, tmp_path / "out", f"stage1.swav_weights={tmp_path / 'swav.pth.tar'}",
-                      "stage1.moments=1", "stage3.target_moments=1", f"data.shards={tiny_shards}/tiny-test-000000.tar")
+                      "stage1.moments=1", "stage3.target_moments=1", f"data.shards={shard}")
     result = stage1_image.run(cfg)
     with np.load(result.cache[0]) as z:
         emb, keys = z["emb"], z["keys"]
     assert emb.shape == (16, 1, 2048) and keys[0] == "tiny00048"
     assert np.allclose(np.linalg.norm(emb, axis=-1), 1, atol=1e-5)
-    assert load_encoder(cfg.out, torch.device("cpu")).cfg.kind == "swav"
+    encoder = load_encoder(cfg.out, torch.device("cpu"))
+    assert encoder.cfg.kind == "swav"
+    # the cached embedding is the encoder's on the official preparation of the full-resolution frame (the jpg),
+    # not on the earlier one (a single resize to 224). This random-weight ResNet-50 barely tells the two apart
+    # (7e-5 here, against 2e-8 for the same preparation in another batch), hence the relative test
+    sample = next(iter(wds.DataPipeline(wds.SimpleShardList([str(shard)]), wds.tarfile_to_samples())))
+    frame = T.PILToTensor()(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
+
+    def embedding(x: torch.Tensor) -> np.ndarray:
+        return embed(encoder.model, imagenet_normalise(x[None].float() / 255))[0].numpy()
+
+    official, straight = embedding(swav_resize(frame)), embedding(TF.resize(frame, [224, 224], antialias=True))
+    off_official, off_straight = np.abs(emb[0, 0] - official).max(), np.abs(emb[0, 0] - straight).max()
+    assert off_official < 1e-5 and off_official < off_straight / 100
+    # the cache is keyed by that preparation: a cache of the earlier one (the bare encoder hash) is not reused
+    assert result.cache[0].parent.name == f"{encoder.sha256[:16]}-r256b224"
+    stale = result.cache[0].parent.with_name(encoder.sha256[:16]) / result.cache[0].name
+    stale.parent.mkdir()
+    np.savez(stale, keys=keys, emb=np.zeros_like(emb))
+    result.cache[0].unlink()
+    again = stage1_image.run(cfg)
+    assert again.cache == result.cache
+    with np.load(again.cache[0]) as z:
+        assert np.abs(z["emb"][0, 0] - official).max() < 1e-5
+
+
+def _structured_frame() -> Image.Image:
+    """A 398 x 224 frame (the curated frames' short side): colour gradients, a 3-px checkerboard, 2-px stripes,
+    a 1-px line, a disc and text: every frequency where a resize can go wrong."""
+    h, w = 224, 398
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([x * 255 / (w - 1), y * 255 / (h - 1), ((x // 3 + y // 3) % 2) * 255], -1)
+    a[:, 300:] = ((x[:, 300:] // 2) % 2 * 255)[..., None]
+    a[60:160, 100] = 255
+    img = Image.fromarray(a.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((20, 20, 90, 200), fill=(250, 10, 10))
+    draw.text((120, 100), "Sound2Scene", fill=(0, 0, 0))
+    return img
+
+
+def _official(img: Image.Image) -> np.ndarray:
+    """The official training's PIL transforms before ToTensor: Resize((256, 256)), then bicubic to 224."""
+    resized = T1.Resize((224, 224), interpolation=T1.InterpolationMode.BICUBIC)(T1.Resize((256, 256))(img))
+    return np.asarray(resized).astype(int)
+
+
+def test_swav_resize_is_the_official_256_then_bicubic_224_preparation():
+    img = _structured_frame()
+    official = _official(img)
+    frame = T.PILToTensor()(img)
+    ours = swav_resize(frame)
+    assert ours.dtype == torch.uint8 and ours.shape == (3, 224, 224)
+    assert np.abs(ours.permute(1, 2, 0).numpy().astype(int) - official).max() <= 1
+    x = (frame.float() / 255).requires_grad_()
+    ours_float = swav_resize(x)
+    ours_float.sum().backward()  # differentiable: stage 2 trains the generator through it
+    assert x.grad is not None and ours_float.dtype == torch.float32
+    assert np.abs(ours_float.detach().mul(255).permute(1, 2, 0).numpy() - official).max() <= 2
+    batch = swav_resize(torch.stack([frame, frame.flip(-1)]))
+    assert batch.shape == (2, 3, 224, 224) and torch.equal(batch[0], ours)
+    # the earlier preparation, one resize straight to 224, is far from it (mean 8 grey levels on this frame)
+    straight = TF.resize(frame, [224, 224], antialias=True).permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(straight - official).mean() > 3
+
+
+def test_the_swav_encoder_prepares_frames_with_swav_resize_and_the_small_one_as_before(tmp_path):
+    img = _structured_frame()
+    frame = T.PILToTensor()(img)
+    swav, small = ImageEncoderConfig("swav", 224), ImageEncoderConfig("small", 32, 8)
+    # the embedding cache: decoded frames (PIL)
+    expected = imagenet_normalise(swav_resize(frame)[None].float() / 255)[0]
+    assert torch.allclose(embed_transform(swav)(img), expected, atol=1e-6)
+    before = T.Compose([T.Resize((32, 32), antialias=True), T.PILToTensor(), T.ToDtype(torch.float32, scale=True),
+                        T.Normalize(IMAGE_MEAN, IMAGE_STD)])
+    assert torch.equal(embed_transform(small)(img), before(img))
+    # generated or decoded images in [-1, 1] (stage 2's embedding consistency, generate's image embeddings)
+    images = frame[None].float() / 127.5 - 1
+    from_images = encoder_input(images, swav)
+    assert torch.allclose(from_images, imagenet_normalise(swav_resize(frame[None].float() / 255)), atol=1e-5)
+    assert (from_images - expected[None]).abs().max() < 2 / 255 / min(IMAGE_STD)  # within ~1 grey level
+    assert (from_images - imagenet_input(images, 224)).abs().mean() > 0.05  # not the straight resize
+    assert torch.equal(encoder_input(images, small), imagenet_input(images, 32))
+    # generate's --interpolate / --edit image: the whole frame for SwAV (size None), not squashed to the
+    # generator's resolution first
+    img.save(tmp_path / "frame.png")
+    assert torch.equal(generate.load_image(str(tmp_path / "frame.png"), None, None), images[0])
+    assert generate.load_image(str(tmp_path / "frame.png"), None, 32).shape == (3, 32, 32)
 
 
 def test_stage1_self_supervised_loss_decreases_and_embeddings_are_cached(stage1_out, tiny_shards):

@@ -1,6 +1,8 @@
 """Stage 1 image encoders: a frozen SwAV ResNet-50 (2048-d) from a user's weights file, or a small CNN trained
 self-supervised on the shard frames. Both map (batch, 3, S, S) ImageNet-normalised images to pooled features;
-embeddings are their L2-normalised values."""
+embeddings are their L2-normalised values. How a frame becomes that input depends on the kind: `swav_resize`
+(the official Sound2Scene preparation) for SwAV, a single squashing resize for the small encoder
+(`encoder_input`)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms.v2.functional as TF
 from torch import nn
+from torchvision.transforms.v2 import InterpolationMode
 
+from training.data import imagenet_input, imagenet_normalise
 from training.models.blocks import ResNetTrunk
 from training.models.weights import WeightsError as WeightsError  # re-exported: the error of every loader
 from training.models.weights import load_strict, read_weights
 
 SWAV_HEADS = ("projection_head.", "prototypes.")  # SwAV's training heads: not part of the trunk
-SWAV_IMAGE_SIZE = 224
+SWAV_RESIZE = 256  # the official first step: Resize((256, 256)), the whole frame squashed to a square
+SWAV_IMAGE_SIZE = 224  # then a bicubic resize to the network's input size
+SWAV_PREPROCESSING = "r256b224"  # names that preparation where it keys stored results (the embedding cache)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,11 @@ class ImageEncoderConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def preprocessing(self) -> str:
+        """A tag of how frames are prepared for this encoder, where it is not the original one ("" for small)."""
+        return SWAV_PREPROCESSING if self.kind == "swav" else ""
 
     @classmethod
     def from_dict(cls, d: dict) -> ImageEncoderConfig:
@@ -82,3 +94,32 @@ def build_image_encoder(cfg: ImageEncoderConfig) -> nn.Module:
 def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """L2-normalised pooled features of a batch of prepared images."""
     return F.normalize(model(images).float(), dim=-1)
+
+
+def swav_resize(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) frames, uint8 or float in [0, 1] -> (..., 3, 224, 224) of the same dtype, prepared as the
+    official Sound2Scene training prepares frames for its SwAV ResNet-50 (before ToTensor and Normalize):
+
+        transforms.Resize((256, 256))                                  # whole frame, aspect not kept
+        transforms.Resize(224, interpolation=InterpolationMode.BICUBIC)
+
+    i.e. torchvision's default Resize (bilinear, antialiased: PIL's filter) to 256 x 256, then an antialiased
+    bicubic resize (PIL's a = -0.5 kernel) to 224 x 224. The bicubic step runs as PIL's does, width then height,
+    each pass clamped to the pixel range (its overshoot at edges saturates). uint8 input is rounded after each
+    pass as the PIL images are: within 1 grey level of the PIL transforms; float input stays differentiable
+    (unrounded, within 1-2 levels)."""
+    x = TF.resize(images, [SWAV_RESIZE, SWAV_RESIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    for size in ([SWAV_RESIZE, SWAV_IMAGE_SIZE], [SWAV_IMAGE_SIZE, SWAV_IMAGE_SIZE]):
+        x = TF.resize(x, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if x.dtype != torch.uint8:  # uint8 passes are clamped by the conversion
+            x = x.clamp(0, 1)
+    return x
+
+
+def encoder_input(images: torch.Tensor, cfg: ImageEncoderConfig) -> torch.Tensor:
+    """(B, 3, H, W) images in [-1, 1] (generated or decoded) -> the encoder's ImageNet-normalised input:
+    `swav_resize` for SwAV; for the small encoder one antialiased bilinear resize to its image_size
+    (`imagenet_input`). Differentiable."""
+    if cfg.kind == "swav":
+        return imagenet_normalise(swav_resize(images.float().add(1).div(2)))
+    return imagenet_input(images, cfg.image_size)

@@ -36,10 +36,11 @@ from training import budget, cli, distributed
 from training.checkpoint import append_jsonl, check_resumable, load_checkpoint, save_checkpoint, truncate_log
 from training.config import TrainConfig
 from training.config_gan import Stage2Config
-from training.data import imagenet_input, mapped, meta, moment_names, open_image, pipeline, resolve_shards
+from training.data import mapped, meta, moment_names, open_image, pipeline, resolve_shards
 from training.embedding_cache import FrozenEncoder, ensure_cache, load_encoder, load_table
 from training.models.biggan import FEATURE_DIM, BigGANConfig, BigGANGenerator
 from training.models.gan import Discriminator, GANConfig, Generator, count_parameters, update_ema
+from training.models.image_encoder import encoder_input
 from training.models.weights import WeightsError
 from training.official import load_official_generator
 
@@ -142,7 +143,7 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
 # ---------------------------------------------------------------- embedding consistency
 def embedding_consistency(encoder: FrozenEncoder, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """Mean 1 - cos(frozen stage-1 embedding of `images` (in [-1, 1]), `cond`): differentiable in `images`."""
-    e = F.normalize(encoder.model(imagenet_input(images, encoder.cfg.image_size)).float(), dim=-1)
+    e = F.normalize(encoder.model(encoder_input(images, encoder.cfg)).float(), dim=-1)
     return (1 - (e * cond.float()).sum(dim=1)).mean()
 
 
