@@ -139,7 +139,7 @@ class SSLConfig:
     buffer_clips: int = 2048
     device: str = "auto"  # `auto`: CUDA when this machine has it, else the CPU
     # `bf16`: forward and loss under bfloat16 autocast (weights and optimizer stay float32); on CUDA the model and
-    # images are channels_last whatever the precision (docs/localisation.md, "A real-size localiser")
+    # images are channels_last whatever the precision (docs/real_size_localiser.md)
     precision: str = "fp32"
     # how frames and sound become model inputs: `native` (centre square, log-mel of `window_s`) or `ezvsl`, the
     # published EZ-VSL inputs (whole frame stretched bicubic, 257 x 200 scipy spectrogram of 3 s), which a
