@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import os
+import re
 
 import matplotlib
 
@@ -29,6 +30,7 @@ from curation.provenance import read_run_record  # noqa: E402
 from curation.results import cache_path, read_cached  # noqa: E402
 
 _N_MOMENTS = 8
+_CAPTION_WIDTH = 18  # characters a caption line holds in its 2.2-in panel at font size 7
 PEAK_LEVEL = 0.8  # the peak region: where the heat map is above 80 % of its range
 
 
@@ -85,20 +87,51 @@ def _overlay(ax, jpg: bytes, heat: np.ndarray | None, square: bool, title: str) 
     ax.axis("off")
 
 
+def _pieces(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` characters, broken after underscores or spaces where it can be."""
+    lines, line = [], ""
+    for token in re.findall(r"[^_ ]+[_ ]?|[_ ]", text):
+        if line and len(line) + len(token) > width:
+            lines.append(line.rstrip())
+            line = ""
+        while len(token) > width:  # a token longer than a line is cut
+            lines.append(token[:width])
+            token = token[width:]
+        line += token
+    return [*lines, line.rstrip()] if line.strip() else lines
+
+
+def caption(clip_id: str, label: str, score: float, t: float) -> str:
+    """A moment's caption in lines that fit its panel: the clip id broken at its underscores, the label in at
+    most two lines (shortened with an ellipsis), then the score and time."""
+    label_lines = _pieces(label, _CAPTION_WIDTH)
+    if len(label_lines) > 2:
+        label_lines = [label_lines[0], label_lines[1][:_CAPTION_WIDTH - 1] + "…"]
+    return "\n".join([*_pieces(clip_id, _CAPTION_WIDTH), *label_lines, f"score {score:.3f} t={t:.1f}s"])
+
+
+def moment_panels(panels: list[tuple[bytes, np.ndarray | None, bool, str]]):
+    """A figure of moments side by side: (frame JPEG, heat map or None, map over the centre square, caption)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.8), squeeze=False)
+    for ax, (jpg, heat, square, title) in zip(axes[0], panels, strict=True):
+        _overlay(ax, jpg, heat, square, title)
+    return fig
+
+
 def _moments(clips: pd.DataFrame, cache_dir: str, best: bool) -> str:
     scored = clips[clips["status"].isin(["ok", "rejected"])].sort_values("clip_score", ascending=not best)
     chosen = scored.head(_N_MOMENTS)
     if chosen.empty:
         return "<p>no scored clips</p>"
-    fig, axes = plt.subplots(1, len(chosen), figsize=(2.2 * len(chosen), 2.4), squeeze=False)
-    for ax, row in zip(axes[0], chosen.itertuples(), strict=True):
+    panels = []
+    for row in chosen.itertuples():
         cached = read_cached(cache_path(cache_dir, row.clip_id))
         first = int(cached.selected[0])
         heat = cached.maps[first] if cached.maps is not None else None
         # the self-trained model sees the frame's centre square; published ones (ssl-ezvsl-, ssl-slavc-) all of it
-        _overlay(ax, cached.jpgs[0], heat, cached.model_id.startswith("ssl-native"),
-                 f"{row.clip_id}\n{row.label}\nscore {row.clip_score:.3f} t={cached.times[first]:.1f}s")
-    return _png(fig)
+        panels.append((cached.jpgs[0], heat, cached.model_id.startswith("ssl-native"),
+                       caption(row.clip_id, row.label, row.clip_score, cached.times[first])))
+    return _png(moment_panels(panels))
 
 
 def _table(df: pd.DataFrame) -> str:
