@@ -47,7 +47,7 @@ class RuntimeConfig:
     channels_last: bool = False  # channels_last memory format (CUDA only)
     resume: bool = True  # continue from the checkpoints in `out` when present
     # torchrun process-group timeout (0: torch's default, 30 min): how long a rank may wait in one collective;
-    # no stage waits a stage's length (docs/training_budgets_ddp.md)
+    # no stage waits a stage's length (docs/training_budgets_ddp.md, "torchrun: every rank trains every stage")
     dist_timeout_s: float = 0.0
 
 
@@ -57,7 +57,9 @@ class Stage1Config:
     moments: int = 3  # frames embedded per clip: jpg, top2.jpg, ... (cached for later stages)
     image_size: int = 64  # small encoder input; the ResNet-50 always sees 224 px
     width: int = 16  # small encoder: channels of its first stage (x8 = embedding dimension)
-    steps: int = 300  # measured: a 1-NN label probe of the frames rises 0.51 -> 0.64 from 150 to 300 steps
+    # measured: a 1-NN label probe of the frames rises 0.51 -> 0.64 from 150 to 300 steps (docs/training.md,
+    # "Stage-1 encoder variants")
+    steps: int = 300
     batch_size: int = 64  # images per step (two augmented views each)
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -78,7 +80,7 @@ class AudioConfig:
     sample_rate: int = 16000
     # what the encoder hears: `seconds` of audio, tiled if the clip is shorter (like the official code), taken
     # from the clip's start (crop "clip": the official code's 10 s) or centred on the sample's best frame
-    # (crop "moment", json frame_t): the sound of the moment the target image shows (README "Audio front end")
+    # (crop "moment", json frame_t): the sound of the moment the target image shows (docs/training.md "Audio front end")
     seconds: float = 2.0
     crop: str = "moment"
     n_fft: int = 512  # 257 frequency bins

@@ -19,7 +19,8 @@ class Stage2Config:
     g_width: int = 24  # ~0.9 M generator parameters at 64 px (FINDINGS: twice the width is 3-4x slower)
     d_width: int = 16  # ~0.3 M discriminator parameters
     # the budget is a step count, so the same command gives the same model on any machine: 1,450 steps are what
-    # the README's `make train` reached (18 min on the 2-core reference machine; ~70-90 min where torch is 4-5x slower)
+    # `make train` reached in 18 min on the 2-core reference machine (~70-90 min where torch is 4-5x slower;
+    # docs/training_budgets_ddp.md, "Budgets are step counts")
     steps: int = 1450
     # a guard, not a budget (0: none): stop earlier with a warning in the log, budget.json and eval.json. 10x the
     # reference machine's time; a resumed run counts the time already spent
@@ -58,7 +59,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class GenEvalConfig:
-    """Evaluation by generation from held-out audio (README "Evaluating generated images")."""
+    """Evaluation by generation from held-out audio (docs/training.md "Evaluation by generation")."""
 
     n_z: int = 4  # samples per audio input
     gains_db: str = "-12,-7.5,-3,1.5,6"  # the volume sweep, comma-separated dB

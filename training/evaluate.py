@@ -1,6 +1,6 @@
 """`python -m training evaluate`: audio->image retrieval and the Fréchet distance on the evaluation split.
 
-Protocol (README "Evaluation"): every evaluation clip is a query. Its audio is embedded by the stage-3 encoder
+Protocol (docs/training.md "Evaluation"): every evaluation clip is a query. Its audio is embedded by the stage-3 encoder
 (best.pt); the candidates are its own best frame (`jpg`) and N-1 other evaluation clips' best frames, drawn
 without replacement with a fixed seed (all other clips when the split has fewer than N). R@k = fraction of
 queries whose own frame is among the k candidates nearest (L2) to the audio embedding; chance is k/N.

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -31,19 +33,42 @@ def test_loss_decreases_on_a_tiny_run(stage1_out, tiny_shards):
     assert np.mean(train[-2:]) < 0.8 * train[0]
 
 
-def test_checkpoint_round_trip_gives_identical_embeddings(stage1_out, tiny_shards):
+def test_a_loaded_checkpoint_gives_the_trained_models_embeddings(stage1_out, tiny_shards):
+    """last.pt, loaded, embeds like the encoder the training left in memory: nothing (weights, batch-norm
+    statistics, the global audio statistics, the config that rebuilds the model) is lost on the way."""
     cfg = tiny_config(tiny_shards, stage1_out)
     result = stage3_audio.run(cfg)
     batch = next(iter(audio_batches(resolve_shards(cfg.data)[1], cfg, "eval", 16)))
-    first, meta = load_audio_encoder(result.best, torch.device("cpu"))
-    second, _ = load_audio_encoder(result.best, torch.device("cpu"))
+    loaded, meta = load_audio_encoder(result.last, torch.device("cpu"))
     with torch.no_grad():
-        a, b = first(batch["wave"]), second(batch["wave"])
-    assert torch.equal(a, b) and a.shape == (16, 64)
+        a, trained = loaded(batch["wave"]), result.model.eval()(batch["wave"])
+    assert torch.equal(a, trained) and a.shape == (16, 64)
+    assert meta["step"] == result.step == 6
     assert torch.allclose(a.norm(dim=1), torch.ones(16), atol=1e-5)
     stats = load_checkpoint(result.best)["model"]
     assert bool(stats["front.stats_ready"]) and stats["front.mean"].shape == (257,)  # saved with the model
-    assert meta["step"] in (3, 6)
+    best, best_meta = load_audio_encoder(result.best, torch.device("cpu"))
+    assert best_meta["step"] in (3, 6) and best_meta["best_val"] == result.best_val
+    assert torch.equal(best.front.mean, loaded.front.mean)  # one set of statistics for the whole run
+
+
+def test_a_resumed_run_starts_from_last_pt_and_trains_only_the_missing_steps(stage1_out, tiny_shards, monkeypatch):
+    stage3_audio.run(tiny_config(tiny_shards, stage1_out, "stage3.steps=3"))
+    first = load_checkpoint(stage1_out / "stage3" / "last.pt")
+    started, losses = {}, []
+    begin, loss = stage3_audio.AudioStage.begin, stage3_audio.global_batch_loss
+
+    def begin_spy(stage, step):
+        started.update(step=step, model=copy.deepcopy(stage.model.state_dict()),
+                       optimizer=copy.deepcopy(stage.opt.state_dict()["state"]))
+        begin(stage, step)
+
+    monkeypatch.setattr(stage3_audio.AudioStage, "begin", begin_spy)
+    monkeypatch.setattr(stage3_audio, "global_batch_loss", lambda *a: losses.append(1) or loss(*a))
+    stage3_audio.run(tiny_config(tiny_shards, stage1_out, "stage3.steps=6"))
+    assert started["step"] == 3 and len(losses) == 3
+    assert all(torch.equal(started["model"][k], v) for k, v in first["model"].items())
+    assert torch.equal(started["optimizer"][0]["exp_avg"], first["optimizer"]["state"][0]["exp_avg"])
 
 
 def test_resume_continues_the_step_count(stage1_out, tiny_shards):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -24,9 +25,12 @@ def test_generator_and_discriminator_shapes(resolution):
     cfg = GANConfig(resolution=resolution, embed_dim=32, z_dim=16, shared_dim=8, g_width=4, d_width=4)
     g, d = Generator(cfg), Discriminator(cfg)
     emb = torch.nn.functional.normalize(torch.randn(3, 32), dim=1)
-    images = g(torch.randn(3, 16), emb)
+    z = torch.randn(3, 16)
+    images = g(z, emb)
     assert images.shape == (3, 3, resolution, resolution)
-    assert images.abs().max() <= 1
+    g.eval()  # per-sample outputs: the noise and the embedding each change the image
+    assert not torch.allclose(g(z, emb), g(z.roll(1, dims=0), emb), atol=1e-4)
+    assert not torch.allclose(g(z, emb), g(z, emb.roll(1, dims=0)), atol=1e-4)
     assert d(images, emb).shape == (3,)
     assert cfg.n_blocks == {64: 4, 128: 5}[resolution]
     assert GANConfig.from_dict(cfg.to_dict()) == cfg
@@ -48,7 +52,7 @@ def test_projection_term_uses_the_embedding():
 def test_diff_augment_keeps_shape_and_gradient():
     x = torch.randn(4, 3, 32, 32, requires_grad=True)
     y = stage2_gan.diff_augment(x, "translation,cutout,color")
-    assert y.shape == x.shape
+    assert y.shape == x.shape and not torch.allclose(y, x)
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert torch.equal(stage2_gan.diff_augment(x, ""), x)
@@ -91,6 +95,24 @@ def test_tiny_gan_run_is_finite_has_ema_and_resumes(stage1_out, tiny_shards):
     resumed = stage2_gan.train(cfg, Stage2Config(steps=4, **TINY_GAN))
     assert resumed.step == 4
     assert load_checkpoint(stage_dir / "last.pt")["step"] == 4
+
+
+def test_a_resumed_gan_starts_from_last_pt_and_trains_only_the_missing_steps(stage1_out, tiny_shards, monkeypatch):
+    cfg = tiny_config(tiny_shards, stage1_out)
+    stage2_gan.train(cfg, Stage2Config(steps=3, **TINY_GAN))
+    saved = load_checkpoint(stage1_out / "stage2" / "last.pt")
+    seen, step = [], stage2_gan.gan_step
+
+    def spy(n, *args):
+        seen.append({"g": copy.deepcopy(n.g.state_dict()), "d": copy.deepcopy(n.disc.state_dict()),
+                     "g_ema": copy.deepcopy(n.g_ema.state_dict())})
+        return step(n, *args)
+
+    monkeypatch.setattr(stage2_gan, "gan_step", spy)
+    stage2_gan.train(cfg, Stage2Config(steps=5, **TINY_GAN))
+    assert len(seen) == 2  # steps 4 and 5
+    for name in ("g", "d", "g_ema"):
+        assert all(torch.equal(seen[0][name][k], v) for k, v in saved[name].items()), name
 
 
 def test_the_time_cap_is_a_guard_that_warns_and_resume_reaches_the_planned_steps(stage1_out, tiny_shards, capsys):

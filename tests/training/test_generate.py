@@ -289,15 +289,27 @@ def test_gen_eval_writes_metrics_and_samples(_trained, tiny_shards, tmp_path):
     from training.probe import judge, load_or_train
 
     m = generate.load_models(out, torch.device("cpu"))
-    waves, _, labels, _ = gen_eval.eval_audio(m, cfg, resolve_shards(cfg.data)[1])
+    waves, keys, labels, _ = gen_eval.eval_audio(m, cfg, resolve_shards(cfg.data)[1])
+    saved_probe = (out / "probe" / "probe.pt").stat().st_mtime_ns
     probe, _ = load_or_train(cfg, pcfg, find_truth(cfg.data), *resolve_shards(cfg.data))
+    assert (out / "probe" / "probe.pt").stat().st_mtime_ns == saved_probe  # gen-eval's probe, reused
     probs, _ = judge(probe, m.generate(m.embed_audio(waves), m.noise(2, 0)).flatten(0, 1), pcfg.image_size)
     hits = probs.argmax(1).view(len(labels), 2) == torch.tensor(labels)[:, None]
     assert r["class_acc"] == pytest.approx(hits.float().mean().item())
     assert r["mix_both_rate"] * 6 == pytest.approx(round(r["mix_both_rate"] * 6))
-    assert 0 <= r["gen_r_at_1"] <= r["gen_r_at_5"] <= r["gen_r_at_10"] == 1.0  # N = 10 candidates
+    # gen_r_at_1 from its definition: each noise vector's image from a clip's audio, in the stage-1 space, is
+    # nearer to the clip's real best frame than to the 9 other candidates of evaluate's candidate sets
+    from training.evaluate import candidate_sets
+    from training.recipes.stage2_gan import load_frames
+
+    real, real_keys, _ = load_frames(cfg, resolve_shards(cfg.data)[1], 1, RES, part="eval")
+    e_real = m.embed_images(real[[real_keys.index(k) for k in keys], 0].float().div(127.5).sub(1)).numpy()
+    e_gen = m.embed_images(m.generate(m.embed_audio(waves), m.noise(2, 0)).flatten(0, 1)).view(len(keys), 2, -1)
+    pools = candidate_sets(len(keys), 10, 0)
+    own_nearest = [np.argmin(np.linalg.norm(e_real[pool] - e_gen[i, k].numpy(), axis=1)) == 0
+                   for k in range(2) for i, pool in enumerate(pools)]
+    assert r["gen_r_at_1"] == pytest.approx(np.mean(own_nearest)) and r["gen_r_at_10"] == 1.0  # N = 10
     assert r["gen_r_at_k_protocol"]["candidates"] == 10 and "generated" in r["gen_r_at_k_protocol"]["query_features"]
     assert r["class_acc_clips"] == 16 and r["mix_pairs"] == 3 and r["generator_step"] == 2
     grid = Image.open(out / "samples.png")
     assert grid.size[1] == 16 + 4 * (RES + 2)  # one row per label (4), real + 2 samples
-    assert (out / "probe" / "probe.pt").is_file()

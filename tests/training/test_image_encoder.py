@@ -1,3 +1,4 @@
+import copy
 import io
 import random
 
@@ -13,7 +14,7 @@ from PIL import Image, ImageDraw
 from training_fixtures import tiny_config
 
 from training import generate
-from training.checkpoint import ResumeError, read_jsonl
+from training.checkpoint import ResumeError, load_checkpoint, read_jsonl
 from training.data import IMAGE_MEAN, IMAGE_STD, imagenet_input, imagenet_normalise
 from training.embedding_cache import cache_file, embed_transform, load_encoder
 from training.models.image_encoder import (
@@ -180,6 +181,34 @@ def test_a_rerun_reuses_the_frozen_encoder_and_its_cache(stage1_out, tiny_shards
     assert before == after
     with pytest.raises(ResumeError, match=r"encoder.pt was made with other options \(differing: width\)"):
         stage1_image.run(tiny_config(tiny_shards, stage1_out, "stage1.width=4"))
+
+
+def test_a_killed_stage1_resumes_from_train_state(tiny_shards, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_shards, tmp_path / "out", "stage1.checkpoint_every=3")
+    stage_dir = tmp_path / "out" / "stage1"
+    step, begin, started = stage1_image.SimCLRStage.step, stage1_image.SimCLRStage.begin, {}
+
+    def killed(stage, i):
+        if i == 4:
+            raise RuntimeError("killed")
+        return step(stage, i)
+
+    monkeypatch.setattr(stage1_image.SimCLRStage, "step", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        stage1_image.run(cfg)
+    saved = load_checkpoint(stage_dir / "train_state.pt")
+    assert saved["step"] == 3 and not (stage_dir / "encoder.pt").exists()
+
+    def begin_spy(stage, i):
+        started.update(step=i, model=copy.deepcopy(stage.model.state_dict()))
+        begin(stage, i)
+
+    monkeypatch.setattr(stage1_image.SimCLRStage, "step", step)
+    monkeypatch.setattr(stage1_image.SimCLRStage, "begin", begin_spy)
+    stage1_image.run(cfg)
+    assert started["step"] == 3 and all(torch.equal(started["model"][k], v) for k, v in saved["model"].items())
+    assert [r["step"] for r in read_jsonl(stage_dir / "loss.jsonl")] == [2, 4, 6]  # 4 re-logged, once
+    assert load_checkpoint(stage_dir / "encoder.pt")["step"] == 6
 
 
 def test_background_swap_keeps_the_moving_object_and_takes_another_clips_background():

@@ -12,6 +12,8 @@ from PIL import Image
 from pytorch_fid import fid_score
 
 from training import inception
+from training.data import IMAGE_MEAN as IMAGENET_MEAN
+from training.data import IMAGE_STD as IMAGENET_STD
 from training.models.weights import WeightsError
 
 
@@ -27,11 +29,9 @@ def _calibrated(net: torch.nn.Module) -> torch.nn.Module:
     return net.eval()
 
 
-@pytest.fixture(scope="module")
-def pytorch_fid_file(tmp_path_factory):
-    """A pt_inception-2015-12-05 layout file, built with pytorch-fid's own classes (as its fid_inception_v3 does,
-    without the download)."""
-    torch.manual_seed(0)
+def _pytorch_fid_net() -> torch.nn.Module:
+    """pytorch-fid's FID Inception network, built with its own classes (as its fid_inception_v3 does, without
+    the download)."""
     net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
     net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
@@ -42,8 +42,15 @@ def pytorch_fid_file(tmp_path_factory):
     net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
     net.Mixed_7b = pfi.FIDInceptionE_1(1280)
     net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    return net
+
+
+@pytest.fixture(scope="module")
+def pytorch_fid_file(tmp_path_factory):
+    """A pt_inception-2015-12-05 layout file of pytorch-fid's network."""
+    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("fid") / "pt_inception-2015-12-05-random.pth"
-    torch.save(_calibrated(net).state_dict(), path)
+    torch.save(_calibrated(_pytorch_fid_net()).state_dict(), path)
     return path
 
 
@@ -76,7 +83,15 @@ def test_fid_equals_pytorch_fid_on_the_same_weights(pytorch_fid_file, tmp_path, 
     theirs = fid_score.calculate_fid_given_paths([str(a), str(b)], 5, "cpu", 2048, num_workers=0)
     print(f"FID ours {ours['fid']:.6f} pytorch-fid {theirs:.6f}")
     assert theirs > 1.0 and ours["fid"] == pytest.approx(theirs, rel=1e-3)
-    assert ours["is"] >= 1.0
+    # IS: from the 1008 logits of pytorch-fid's network on its input (299 px bilinear, scaled to [-1, 1])
+    net = _pytorch_fid_net()
+    net.load_state_dict(torch.load(pytorch_fid_file, weights_only=True))
+    x = torch.nn.functional.interpolate((_as_tensor(a) + 1) / 2, size=(299, 299), mode="bilinear",
+                                        align_corners=False)
+    with torch.no_grad():
+        logits = net.eval()(2 * x - 1)
+    assert logits.shape == (5, 1008) and ours["is"] == pytest.approx(inception.inception_score(logits.numpy()),
+                                                                     rel=1e-4)
 
 
 def test_torchvision_weights_get_their_own_preprocessing(tmp_path):
@@ -87,7 +102,13 @@ def test_torchvision_weights_get_their_own_preprocessing(tmp_path):
     assert loaded.kind == "torchvision" and loaded.model.transform_input  # as torchvision runs these weights
     images = _as_tensor(_image_folder(tmp_path / "a", 0, 2, 1.0))
     same = inception.fid_and_is(tmp_path / "inception_v3_google.pth", images, images, torch.device("cpu"))
-    assert abs(same["fid"]) < 1e-6 and same["is"] >= 1.0 - 1e-9
+    assert abs(same["fid"]) < 1e-6
+    # IS: from the 1000 ImageNet logits of torchvision's network on ImageNet-normalised 299-px input
+    x = torch.nn.functional.interpolate((images + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        logits = net.eval()(torchvision.transforms.functional.normalize(x, IMAGENET_MEAN, IMAGENET_STD))
+    assert logits.shape == (2, 1000) and same["is"] == pytest.approx(inception.inception_score(logits.numpy()),
+                                                                     rel=1e-4)
 
 
 def test_other_files_are_one_line_errors(pytorch_fid_file, tmp_path):

@@ -71,7 +71,7 @@ TINY = [
     "stage3.width=8", "stage3.steps=6", "stage3.batch_size=8", "stage3.eval_every=3", "stage3.log_every=1",
     "stage3.target_moments=2", "evaluate.n_candidates=10", "runtime.threads=1", "runtime.device=cpu",
     "data.shuffle_buffer=32",
-    # stage 2 and the generation-based evaluation (issue #6), tiny
+    # stage 2 and the generation-based evaluation, tiny
     "stage2.resolution=32", "stage2.z_dim=8", "stage2.shared_dim=8", "stage2.g_width=8", "stage2.d_width=8",
     "stage2.steps=2", "stage2.batch_size=8", "stage2.standing_stats_batches=1", "stage2.max_minutes=0",
     "probe.image_size=32", "probe.width=4", "probe.steps=5", "probe.batch_size=8",

@@ -24,18 +24,9 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from PIL import Image
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from training import budget, cli, distributed
-from training.checkpoint import (
-    append_jsonl,
-    check_resumable,
-    file_sha256,
-    load_checkpoint,
-    save_checkpoint,
-    truncate_log,
-    write_config,
-)
+from training import cli, distributed, loop
+from training.checkpoint import check_resumable, file_sha256, load_checkpoint, save_checkpoint, write_config
 from training.config import Stage1Config, TrainConfig
 from training.data import (
     IMAGE_MEAN,
@@ -181,62 +172,75 @@ def encoder_options(cfg: TrainConfig) -> dict:
     return options
 
 
-def train_small_encoder(cfg: TrainConfig, d: distributed.Dist, urls: list[str], stage_dir: Path) -> dict:
-    """SimCLR on the training frames; returns encoder.pt's content. Resumes from train_state.pt."""
-    s1 = cfg.stage1
-    torch.manual_seed(cfg.runtime.seed)
-    model = SimCLR(SmallImageEncoder(s1.width), s1.proj_dim).to(d.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=s1.lr, weight_decay=s1.weight_decay)
-    state_path, step = stage_dir / "train_state.pt", 0
-    if cfg.runtime.resume and state_path.exists():
-        state = load_checkpoint(state_path)
-        check_resumable(state_path, state["options"], encoder_options(cfg))
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-    if d.is_main:
-        truncate_log(stage_dir / "loss.jsonl", step)
-    if cfg.runtime.channels_last and d.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    net = DistributedDataParallel(model) if d.enabled else model
-    seed = cfg.runtime.seed + step  # a resumed run draws new batches rather than replaying the first ones
-    rng = random.Random(seed)
-    views = partial(_views, moments=s1.moments, image_size=s1.image_size, aug=augmentation(s1), rng=rng,
-                    all_moments=s1.same_clip_negatives, swap=BackgroundSwap(rng) if s1.background_swap else None)
-    pipe = pipeline(urls, cfg.data, select=selector(cfg.data, "train"), steps=[mapped(views, cfg.data), _flatten],
-                    batch_size=s1.batch_size, seed=seed, partial=False)
-    batches = forever(loader(pipe, cfg.data.workers))
-    use_bf16 = cfg.runtime.bf16 and d.device.type == "cuda"
-    t0, losses = time.time(), []
-    model.train()
-    while step < s1.steps:
-        batch = next(batches)
-        x = torch.cat([batch["v1"], batch["v2"]]).to(d.device, non_blocking=True)
-        if cfg.runtime.channels_last and d.device.type == "cuda":
+class SimCLRStage:
+    """Stage 1's part of the training loop: the SimCLR model, its optimiser, its batches and train_state.pt."""
+
+    def __init__(self, cfg: TrainConfig, d: distributed.Dist, urls: list[str], stage_dir: Path):
+        self.cfg, self.s1, self.d, self.urls, self.stage_dir = cfg, cfg.stage1, d, urls, stage_dir
+        torch.manual_seed(cfg.runtime.seed)
+        self.model = SimCLR(SmallImageEncoder(self.s1.width), self.s1.proj_dim).to(d.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.s1.lr, weight_decay=self.s1.weight_decay)
+        self.channels_last = cfg.runtime.channels_last and d.device.type == "cuda"
+        self.use_bf16 = cfg.runtime.bf16 and d.device.type == "cuda"
+        self.net, self.batches = self.model, iter(())
+
+    def recipe(self) -> loop.Recipe:
+        s1 = self.s1
+        return loop.Recipe("stage1", self.stage_dir, self.stage_dir / "train_state.pt", s1.steps, s1.log_every,
+                           self.restore, self.begin, self.step, self.log_fields, self.save,
+                           checkpoint_due=lambda step: step % s1.checkpoint_every == 0)
+
+    def restore(self, state: dict) -> int:
+        check_resumable(self.stage_dir / "train_state.pt", state["options"], encoder_options(self.cfg))
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        return int(state["step"])
+
+    def begin(self, step: int) -> None:
+        """DDP, and batches drawn from seed + step: a resumed run draws new batches, not the first ones again."""
+        s1, cfg = self.s1, self.cfg
+        self.net = loop.prepare(self.model, self.d, self.channels_last)
+        seed = cfg.runtime.seed + step
+        rng = random.Random(seed)
+        views = partial(_views, moments=s1.moments, image_size=s1.image_size, aug=augmentation(s1), rng=rng,
+                        all_moments=s1.same_clip_negatives, swap=BackgroundSwap(rng) if s1.background_swap else None)
+        pipe = pipeline(self.urls, cfg.data, select=selector(cfg.data, "train"),
+                        steps=[mapped(views, cfg.data), _flatten], batch_size=s1.batch_size, seed=seed, partial=False)
+        self.batches = forever(loader(pipe, cfg.data.workers))
+        self.model.train()
+
+    def step(self, step: int) -> tuple[float]:
+        s1, batch = self.s1, next(self.batches)
+        x = torch.cat([batch["v1"], batch["v2"]]).to(self.d.device, non_blocking=True)
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        for group in opt.param_groups:
+        for group in self.opt.param_groups:
             group["lr"] = _lr(s1, step)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            z = net(x)
+        with torch.autocast(self.d.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            z = self.net(x)
         loss = nt_xent(*z.chunk(2), s1.temperature)
         if s1.label_weight:
             loss = loss + s1.label_weight * sup_con(*z.chunk(2), batch["label"], s1.temperature)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        step += 1
-        losses.append(loss.item())
-        if d.is_main and (step % s1.log_every == 0 or step == s1.steps):
-            append_jsonl(stage_dir / "loss.jsonl", {"step": step, "loss": float(np.mean(losses)),
-                                                    "lr": _lr(s1, step - 1), "seconds": time.time() - t0})
-            losses = []
-        if d.is_main and (step % s1.checkpoint_every == 0 or step == s1.steps):
-            save_checkpoint(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                         "options": encoder_options(cfg)})
-    if d.is_main:
-        budget.record(stage_dir, s1.steps, step, "steps", time.time() - t0)
-    encoder_cfg = ImageEncoderConfig("small", s1.image_size, s1.width)
-    return {"encoder": encoder_cfg.to_dict(), "model": model.encoder.state_dict(), "step": step,
+        self.opt.step()
+        return (loss.item(),)
+
+    def log_fields(self, step: int, rows: np.ndarray, steps_per_s: float) -> dict:
+        return {"loss": float(np.mean(rows[:, 0])), "lr": _lr(self.s1, step - 1)}
+
+    def save(self, step: int, seconds: float) -> None:
+        save_checkpoint(self.stage_dir / "train_state.pt", {"model": self.model.state_dict(),
+                                                            "optimizer": self.opt.state_dict(), "step": step,
+                                                            "options": encoder_options(self.cfg)})
+
+
+def train_small_encoder(cfg: TrainConfig, d: distributed.Dist, urls: list[str], stage_dir: Path) -> dict:
+    """SimCLR on the training frames; returns encoder.pt's content. Resumes from train_state.pt."""
+    stage = SimCLRStage(cfg, d, urls, stage_dir)
+    step = loop.train(stage.recipe(), d, cfg.runtime.resume).step
+    encoder_cfg = ImageEncoderConfig("small", cfg.stage1.image_size, cfg.stage1.width)
+    return {"encoder": encoder_cfg.to_dict(), "model": stage.model.encoder.state_dict(), "step": step,
             "config": cfg.to_dict(), "options": encoder_options(cfg)}
 
 

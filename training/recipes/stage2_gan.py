@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import sys
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,9 +29,9 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-from manifests.io import atomic_write_bytes, write_json
-from training import budget, cli, distributed
-from training.checkpoint import append_jsonl, check_resumable, load_checkpoint, save_checkpoint, truncate_log
+from manifests.io import atomic_write_bytes
+from training import cli, distributed, loop
+from training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.config_gan import Stage2Config
 from training.data import mapped, meta, moment_names, open_image, pipeline, resolve_shards
@@ -286,16 +284,6 @@ def gan_step(n: Nets, frames: torch.Tensor, emb: torch.Tensor, encoder: FrozenEn
     return loss_d.item(), loss_adv.item(), d_real.mean().item(), d_fake.mean().item(), loss_embed.item()
 
 
-def _resume(n: Nets, last: Path, gcfg: GANConfig, encoder: FrozenEncoder) -> tuple[int, float]:
-    """(step, seconds spent) from last.pt, loaded into `n` on every rank; (0, 0) for a fresh start."""
-    state = load_checkpoint(last)
-    check_resumable(last, {**state["gan_config"], "image_encoder": state["image_encoder_sha256"]},
-                    {**gcfg.to_dict(), "image_encoder": encoder.sha256})
-    for module, name in ((n.g, "g"), (n.disc, "d"), (n.g_ema, "g_ema"), (n.opt_g, "opt_g"), (n.opt_d, "opt_d")):
-        module.load_state_dict(state[name])
-    return int(state["step"]), float(state["seconds"])
-
-
 def save_state(stage_dir: Path, n: Nets, cfg: TrainConfig, frames: torch.Tensor, emb: torch.Tensor,
                encoder: FrozenEncoder, step: int, seconds: float) -> None:
     """last.pt (resume), generator.pt (EMA with standing statistics) and samples_<step>.png: rank 0 only.
@@ -317,26 +305,73 @@ def save_state(stage_dir: Path, n: Nets, cfg: TrainConfig, frames: torch.Tensor,
     save_image_grid(stage_dir / f"samples_{step:06d}.png", rows)
 
 
-class LossLog:
-    """Mean losses and throughput (all ranks' images) every log_every steps, appended to loss.jsonl."""
+LOSS_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "loss_embed")  # loss.jsonl, means over log_every steps
 
-    NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "loss_embed")
 
-    def __init__(self, path: Path, every: int, images_per_step: int, step: int, spent: float):
-        self.path, self.every, self.images_per_step, self.spent = path, every, images_per_step, spent
-        self.t0 = self.t = time.time()
-        self.step, self.rows = step, []
+class GANStage:
+    """Stage 2's part of the training loop: G, D, the EMA generator, the in-memory frames and last.pt.
+    Every rank steps G and D; rank 0 keeps the EMA and writes."""
 
-    def add(self, step: int, values: tuple[float, ...], decay: float) -> None:
-        self.rows.append(values)
-        if step % self.every:
-            return
-        now = time.time()
-        rate = (step - self.step) / (now - self.t)
-        append_jsonl(self.path, {"step": step, **dict(zip(self.NAMES, np.mean(self.rows, axis=0), strict=True)),
-                                 "ema_decay": decay, "steps_per_s": rate, "images_per_s": rate * self.images_per_step,
-                                 "seconds": self.spent + now - self.t0})
-        self.step, self.t, self.rows = step, now, []
+    def __init__(self, cfg: TrainConfig, d: distributed.Dist):
+        s2, device, self.cfg, self.d = cfg.stage2, d.device, cfg, d
+        self.stage_dir = Path(cfg.out) / "stage2"
+        channels_last = cfg.runtime.channels_last and device.type == "cuda"
+        frames, emb, self.encoder = training_set(cfg, s2, device)
+        self.frames, self.emb = frames.to(device), emb.to(device)
+        self.own_urls = [str(u) for u in distributed.own_part(d, resolve_shards(cfg.data)[0], "stage 2")]
+        if channels_last:
+            self.frames = self.frames.contiguous(memory_format=torch.channels_last)
+        self.nets = build_nets(_gan_config(s2, self.emb.shape[1]), s2, cfg.runtime.seed, device, channels_last)
+        self.use_bf16 = cfg.runtime.bf16 and device.type == "cuda"
+        self.rng = torch.Generator(device=device)
+
+    def recipe(self) -> loop.Recipe:
+        s2 = self.cfg.stage2
+        return loop.Recipe(
+            "stage2", self.stage_dir, self.stage_dir / "last.pt", s2.steps, s2.log_every, self.restore, self.begin,
+            self.step, self.log_fields, self.save,
+            checkpoint_due=lambda step: step % s2.checkpoint_every == 0 or step % s2.sample_every == 0,
+            time_cap_minutes=s2.max_minutes, log_last=False, rank_record=self.rank_record, closing=self.closing,
+            outputs=(self.stage_dir / "generator.pt",))
+
+    def restore(self, state: dict) -> int:
+        """last.pt into the networks and optimisers on every rank (its `seconds` count against the cap)."""
+        n = self.nets
+        check_resumable(self.stage_dir / "last.pt",
+                        {**state["gan_config"], "image_encoder": state["image_encoder_sha256"]},
+                        {**n.gcfg.to_dict(), "image_encoder": self.encoder.sha256})
+        for module, name in ((n.g, "g"), (n.disc, "d"), (n.g_ema, "g_ema"), (n.opt_g, "opt_g"), (n.opt_d, "opt_d")):
+            module.load_state_dict(state[name])
+        return int(state["step"])
+
+    def begin(self, step: int) -> None:
+        self.nets = wrap_ddp(self.nets, self.d)
+        self.rng.manual_seed(self.cfg.runtime.seed + step + 7919 * self.d.rank)
+        self.nets.g.train()
+        self.nets.disc.train()
+
+    def step(self, step: int) -> tuple[float, ...]:
+        """gan_step's five values, then the EMA decay (rank 0 keeps the EMA; NaN elsewhere)."""
+        n, s2 = self.nets, self.cfg.stage2
+        values = gan_step(n, self.frames, self.emb, self.encoder, s2, self.rng, self.use_bf16)
+        decay = update_ema(n.g_ema, n.g, step, s2.ema_decay) if self.d.is_main else float("nan")
+        return (*values, decay)
+
+    def log_fields(self, step: int, rows: np.ndarray, steps_per_s: float) -> dict:
+        """Mean losses, the EMA decay of the last step, and throughput (all ranks' images)."""
+        means = dict(zip(LOSS_NAMES, np.mean(rows[:, :len(LOSS_NAMES)], axis=0), strict=True))
+        return {**means, "ema_decay": float(rows[-1, -1]), "steps_per_s": steps_per_s,
+                "images_per_s": steps_per_s * self.cfg.stage2.batch_size * self.d.world_size}
+
+    def save(self, step: int, seconds: float) -> None:
+        save_state(self.stage_dir, self.nets, self.cfg, self.frames, self.emb, self.encoder, step, seconds)
+
+    def rank_record(self, step: int) -> dict:
+        return {"step": step, "frames": int(self.frames.shape[0]), "urls": self.own_urls}
+
+    def closing(self) -> dict:
+        return {"g_params": count_parameters(self.nets.g), "d_params": count_parameters(self.nets.disc),
+                "frames": int(self.frames.shape[0])}
 
 
 def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
@@ -345,60 +380,10 @@ def train(cfg: TrainConfig, s2: Stage2Config) -> Stage2Result:
     (rank 0's clock decides for all ranks), with a warning."""
     cfg = dataclasses.replace(cfg, stage2=s2)
     d = distributed.setup(cfg.runtime)
-    device, stage_dir = d.device, Path(cfg.out) / "stage2"
-    channels_last = cfg.runtime.channels_last and device.type == "cuda"
-    frames, emb, encoder = training_set(cfg, s2, device)
-    frames, emb = frames.to(device), emb.to(device)
-    own_urls = [str(u) for u in distributed.own_part(d, resolve_shards(cfg.data)[0], "stage 2")]
-    if channels_last:
-        frames = frames.contiguous(memory_format=torch.channels_last)
-    gcfg = _gan_config(s2, emb.shape[1])
-    nets = build_nets(gcfg, s2, cfg.runtime.seed, device, channels_last)
-    last = stage_dir / "last.pt"
-    step, spent = _resume(nets, last, nets.gcfg, encoder) if cfg.runtime.resume and last.exists() else (0, 0.0)
-    nets = wrap_ddp(nets, d)
-    start_step, t_start, capped = step, time.time(), False
-    if d.is_main:
-        truncate_log(stage_dir / "loss.jsonl", step)
-    log = LossLog(stage_dir / "loss.jsonl", s2.log_every, s2.batch_size * d.world_size, step, spent)
-    rng = torch.Generator(device=device).manual_seed(cfg.runtime.seed + step + 7919 * d.rank)
-    use_bf16 = cfg.runtime.bf16 and device.type == "cuda"
-    cap = s2.max_minutes * 60 if s2.max_minutes else float("inf")
-    nets.g.train()
-    nets.disc.train()
-    while step < s2.steps:
-        if distributed.rank0_decides(d, spent + time.time() - t_start >= cap):
-            capped = True
-            break
-        values = gan_step(nets, frames, emb, encoder, s2, rng, use_bf16)
-        step += 1
-        if d.is_main:
-            log.add(step, values, update_ema(nets.g_ema, nets.g, step - 1, s2.ema_decay))
-            if step % s2.checkpoint_every == 0 or step % s2.sample_every == 0:
-                save_state(stage_dir, nets, cfg, frames, emb, encoder, step, spent + time.time() - t_start)
-    seconds = time.time() - t_start
-    write_json(stage_dir / f"shards_rank{d.rank}.json", {"rank": d.rank, "world_size": d.world_size, "step": step,
-                                                          "frames": int(frames.shape[0]), "urls": own_urls})
-    if d.is_main:
-        _finish(stage_dir, nets, cfg, frames, emb, encoder, step, start_step, spent + seconds, capped)
-    distributed.barrier(d)
-    rate = (step - start_step) / seconds if seconds > 0 else 0.0
-    return Stage2Result(stage_dir / "generator.pt", step, spent + seconds, rate, s2.steps, capped)
-
-
-def _finish(stage_dir: Path, n: Nets, cfg: TrainConfig, frames: torch.Tensor, emb: torch.Tensor,
-            encoder: FrozenEncoder, step: int, start_step: int, seconds: float, capped: bool) -> None:
-    """The last checkpoint, budget.json, the log's closing record and the time-cap warning (rank 0)."""
-    s2 = cfg.stage2
-    if step > start_step or not (stage_dir / "generator.pt").exists():
-        save_state(stage_dir, n, cfg, frames, emb, encoder, step, seconds)
-    rec = budget.record(stage_dir, s2.steps, step, "time_cap" if capped else "steps", seconds, s2.max_minutes)
-    message = budget.warning("stage2", rec)
-    append_jsonl(stage_dir / "loss.jsonl", {"step": step, "done": True, "g_params": count_parameters(n.g),
-                                            "d_params": count_parameters(n.disc), "frames": int(frames.shape[0]),
-                                            **rec, **({"warning": message} if message else {})})
-    if message:
-        print(message, file=sys.stderr, flush=True)
+    stage = GANStage(cfg, d)
+    out = loop.train(stage.recipe(), d, cfg.runtime.resume)
+    return Stage2Result(stage.stage_dir / "generator.pt", out.step, out.seconds, out.steps_per_s, s2.steps,
+                        out.stopped_by == "time_cap")
 
 
 def run(cfg: TrainConfig) -> Stage2Result:

@@ -13,24 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from manifests.io import write_json
-from training import budget, cli, distributed
+from training import cli, distributed, loop
 from training.audio import StatsAccumulator
 from training.checkpoint import (
-    append_jsonl,
     check_resumable,
     load_checkpoint,
     save_checkpoint,
-    truncate_log,
     write_config,
 )
 from training.config import TrainConfig
@@ -49,6 +45,7 @@ class Stage3Result:
     step: int
     best_val: float
     seconds: float
+    model: torch.nn.Module | None = field(default=None, repr=False, compare=False)  # the trained encoder (last.pt's)
 
     def summary(self) -> str:
         return (f"stage 3: {self.seconds:.1f} s, step {self.step}, best validation loss {self.best_val:.4f}; "
@@ -156,83 +153,109 @@ def _model(cfg: TrainConfig, embed_dim: int, device: torch.device) -> AudioEncod
     return AudioEncoder(AudioEncoderConfig(cfg.audio, cfg.stage3.width, embed_dim)).to(device)
 
 
+class AudioStage:
+    """Stage 3's part of the training loop: the audio encoder, its optimiser, its targets (the stage-1 cache),
+    validation with early stopping, last.pt and best.pt."""
+
+    def __init__(self, cfg: TrainConfig, d: distributed.Dist):
+        self.cfg, self.s3, self.d, self.stage_dir = cfg, cfg.stage3, d, Path(cfg.out) / "stage3"
+        self.urls, _ = resolve_shards(cfg.data)
+        self.encoder = load_encoder(cfg.out, d.device)
+        paths = ensure_cache(cfg.out, self.encoder, self.urls, cfg.data, cfg.stage1.moments,
+                             cfg.stage1.embed_batch_size, d)
+        self.table = load_table(paths, self.urls)
+        self.model = _model(cfg, self.encoder.embed_dim, d.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.s3.lr, weight_decay=self.s3.weight_decay)
+        self.best_val, self.bad_evals, self.improved, self.resumed = float("inf"), 0, False, False
+        self.by_moment = cfg.audio.crop == "moment" and self.s3.target_moments > 1
+        self.use_bf16 = cfg.runtime.bf16 and d.device.type == "cuda"
+        self.net, self.batches, self.rng = self.model, iter(()), np.random.default_rng()
+        self.seen_urls: set[str] = set()
+
+    def recipe(self, started: float) -> loop.Recipe:
+        s3 = self.s3
+        return loop.Recipe("stage3", self.stage_dir, self.stage_dir / "last.pt", s3.steps, s3.log_every,
+                           self.restore, self.begin, self.step, self.log_fields, self.save, evaluate=self.evaluate,
+                           eval_every=s3.eval_every, stop_early=self.patience_spent, rank_record=self.rank_record,
+                           started=started)
+
+    def restore(self, state: dict) -> int:
+        check_resumable(self.stage_dir / "last.pt",
+                        {**state["model_config"], "image_encoder": state["image_encoder_sha256"]},
+                        {**self.model.cfg.to_dict(), "image_encoder": self.encoder.sha256})
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.best_val, self.bad_evals, self.resumed = float(state["best_val"]), int(state["bad_evals"]), True
+        return int(state["step"])
+
+    def begin(self, step: int) -> None:
+        """Global audio statistics (a fresh start), DDP, batches from seed + step (a resumed run draws new
+        batches rather than replaying the first ones)."""
+        cfg, d = self.cfg, self.d
+        if not self.resumed and cfg.audio.normalisation == "global":
+            compute_stats(self.model, cfg, self.urls, d)
+        if d.is_main:
+            write_config(cfg.out, cfg)
+        self.net = loop.prepare(self.model, d, cfg.runtime.channels_last and d.device.type == "cuda")
+        moments = self.s3.target_moments if self.by_moment else 1
+        self.batches = forever(audio_batches(self.urls, cfg, "train", self.s3.batch_size, seed=cfg.runtime.seed + step,
+                                             partial_batches=False, moments=moments))
+        self.rng = np.random.default_rng([cfg.runtime.seed, step, d.rank])
+        self.model.train()
+
+    def step(self, step: int) -> tuple[float]:
+        batch, d = next(self.batches), self.d
+        self.seen_urls.update(batch["url"])
+        target = pick_targets(self.table, self.table.rows(batch["url"], batch["key"]), self.s3.target_moments,
+                              self.rng, batch["moment"].numpy() if self.by_moment else None).to(d.device)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            audio = self.net(batch["wave"].to(d.device, non_blocking=True))
+        loss, logged = global_batch_loss(d, audio, target, self.s3)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return (logged.item(),)
+
+    def log_fields(self, step: int, rows: np.ndarray, steps_per_s: float) -> dict:
+        return {"loss": float(np.mean(rows[:, 0])),
+                "clips_per_s": steps_per_s * self.s3.batch_size * self.d.world_size}
+
+    def evaluate(self, step: int) -> dict:
+        """Validation on rank 0, its loss broadcast: every rank updates the best loss and the patience count."""
+        metrics = validate(self.model, self.table, self.cfg, self.urls, self.d.device) if self.d.is_main else {}
+        val = float(distributed.broadcast_tensor(self.d, torch.tensor(metrics.get("val_loss", float("nan")))))
+        self.improved = np.isnan(val) or val < self.best_val  # without a validation slice the last model is best
+        if not np.isnan(val):  # without a validation slice there is nothing to stop early on
+            self.best_val, self.bad_evals = (val, 0) if val < self.best_val else (self.best_val, self.bad_evals + 1)
+        return metrics
+
+    def patience_spent(self) -> bool:
+        return self.s3.patience > 0 and self.bad_evals >= self.s3.patience
+
+    def save(self, step: int, seconds: float) -> None:
+        """last.pt, and best.pt when the last validation improved."""
+        state = {"model": self.model.state_dict(), "model_config": self.model.cfg.to_dict(),
+                 "optimizer": self.opt.state_dict(), "step": step, "best_val": self.best_val,
+                 "bad_evals": self.bad_evals, "image_encoder_sha256": self.encoder.sha256,
+                 "config": self.cfg.to_dict()}
+        save_checkpoint(self.stage_dir / "last.pt", state)
+        if self.improved:
+            save_checkpoint(self.stage_dir / "best.pt", state)
+
+    def rank_record(self, step: int) -> dict:
+        return {"urls": sorted(self.seen_urls)}
+
+
 def run(cfg: TrainConfig) -> Stage3Result:
     """Train (or resume) the audio encoder; keep last.pt and the best validation checkpoint best.pt."""
     d = distributed.setup(cfg.runtime)
     t0 = time.time()
     if cfg.stage3.init_official:  # the released encoder hears what it was trained on: 16 kHz, 10 s, per clip
         cfg = dataclasses.replace(cfg, audio=OFFICIAL_AUDIO)
-    s3, stage_dir = cfg.stage3, Path(cfg.out) / "stage3"
-    train_urls, _ = resolve_shards(cfg.data)
-    encoder = load_encoder(cfg.out, d.device)
-    paths = ensure_cache(cfg.out, encoder, train_urls, cfg.data, cfg.stage1.moments, cfg.stage1.embed_batch_size, d)
-    table = load_table(paths, train_urls)
-    model = _model(cfg, encoder.embed_dim, d.device)
-    opt = torch.optim.Adam(model.parameters(), lr=s3.lr, weight_decay=s3.weight_decay)
-    last, best = stage_dir / "last.pt", stage_dir / "best.pt"
-    step, best_val, bad_evals = 0, float("inf"), 0
-    if cfg.runtime.resume and last.exists():
-        state = load_checkpoint(last)
-        check_resumable(last, {**state["model_config"], "image_encoder": state["image_encoder_sha256"]},
-                        {**model.cfg.to_dict(), "image_encoder": encoder.sha256})
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, best_val, bad_evals = int(state["step"]), float(state["best_val"]), int(state["bad_evals"])
-    elif cfg.audio.normalisation == "global":
-        compute_stats(model, cfg, train_urls, d)
-    if d.is_main:
-        truncate_log(stage_dir / "loss.jsonl", step)
-        write_config(cfg.out, cfg)
-    if cfg.runtime.channels_last and d.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    net = DistributedDataParallel(model) if d.enabled else model
-    seed = cfg.runtime.seed + step  # a resumed run draws new batches rather than replaying the first ones
-    by_moment = cfg.audio.crop == "moment" and s3.target_moments > 1
-    batches = forever(audio_batches(train_urls, cfg, "train", s3.batch_size, seed=seed, partial_batches=False,
-                                    moments=s3.target_moments if by_moment else 1))
-    rng = np.random.default_rng([cfg.runtime.seed, step, d.rank])
-    use_bf16 = cfg.runtime.bf16 and d.device.type == "cuda"
-    seen_urls: set[str] = set()
-    losses, t_log = [], time.time()
-    model.train()
-    while step < s3.steps and (s3.patience == 0 or bad_evals < s3.patience):
-        batch = next(batches)
-        seen_urls.update(batch["url"])
-        target = pick_targets(table, table.rows(batch["url"], batch["key"]), s3.target_moments, rng,
-                              batch["moment"].numpy() if by_moment else None).to(d.device)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            audio = net(batch["wave"].to(d.device, non_blocking=True))
-        loss, logged = global_batch_loss(d, audio, target, s3)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        losses.append(logged.item())
-        if d.is_main and (step % s3.log_every == 0 or step == s3.steps):
-            append_jsonl(stage_dir / "loss.jsonl", {"step": step, "loss": float(np.mean(losses)),
-                                                    "clips_per_s": len(losses) * s3.batch_size * d.world_size
-                                                    / (time.time() - t_log), "seconds": time.time() - t0})
-            losses, t_log = [], time.time()
-        if step % s3.eval_every == 0 or step == s3.steps:
-            metrics = validate(model, table, cfg, train_urls, d.device) if d.is_main else {}
-            val = float(distributed.broadcast_tensor(d, torch.tensor(metrics.get("val_loss", float("nan")))))
-            improved = not np.isnan(val) and val < best_val
-            if not np.isnan(val):  # without a validation slice there is nothing to stop early on
-                best_val, bad_evals = (val, 0) if improved else (best_val, bad_evals + 1)
-            if d.is_main:
-                append_jsonl(stage_dir / "loss.jsonl", {"step": step, **metrics, "seconds": time.time() - t0})
-                state = {"model": model.state_dict(), "model_config": model.cfg.to_dict(),
-                         "optimizer": opt.state_dict(), "step": step, "best_val": best_val, "bad_evals": bad_evals,
-                         "image_encoder_sha256": encoder.sha256, "config": cfg.to_dict()}
-                save_checkpoint(last, state)
-                if improved or np.isnan(val):  # without a validation slice, the last model is the best one
-                    save_checkpoint(best, state)
-            distributed.barrier(d)
-    write_json(stage_dir / f"shards_rank{d.rank}.json", {"rank": d.rank, "world_size": d.world_size,
-                                                          "urls": sorted(seen_urls)})
-    if d.is_main:
-        budget.record(stage_dir, s3.steps, step, "steps" if step >= s3.steps else "early_stopping", time.time() - t0)
-    return Stage3Result(best, last, step, best_val, time.time() - t0)
+    stage = AudioStage(cfg, d)
+    out = loop.train(stage.recipe(t0), d, cfg.runtime.resume)
+    return Stage3Result(stage.stage_dir / "best.pt", stage.stage_dir / "last.pt", out.step, stage.best_val,
+                        time.time() - t0, stage.model)
 
 
 def load_audio_encoder(path: str | Path, device: torch.device
