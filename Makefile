@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Each variable is a row of curation/run_options.py, which builds the flags (tests/curation/test_run_options.py
+# checks this recipe and README's list against it).
 shards: $(STAMP)
 	$(VPY) -m curation run --dataset $(DATASET) --out $(OUT) \
 		$(if $(META),--meta $(META)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \

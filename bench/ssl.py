@@ -29,7 +29,7 @@ from curation.demo import generate_world
 from curation.localise.checkpoint import save_checkpoint
 from curation.localise.model import AVLocalizer, SSLModelConfig
 from curation.localise.score import LearnedScorer
-from curation.localise.train import ensure_model
+from curation.localise.scorers import ensure_model
 from curation.pipeline import load_clip_list, run, run_jobs
 from manifests.io import write_json
 
@@ -120,7 +120,7 @@ def _full_native_checkpoint(folder: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="work/bench")
     parser.add_argument("--clips", type=int, help="demo clips curated (default 48; --model full: 12)")
@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                              "pipeline")
     device.add_argument("--workers", type=int, help="pipeline LocalCluster workers (default: one per core)")
     device.add_argument("--pipeline-repeats", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     args.clips = args.clips or (12 if args.model == "full" else 48)
     if args.device:
         from bench import ssl_device

@@ -34,8 +34,7 @@ from curation.config import load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
 from curation.localise.model import AVLocalizer, SSLModelConfig
-from curation.localise.scorers import load_scorer
-from curation.localise.train import ensure_model
+from curation.localise.scorers import ensure_model, load_scorer
 from curation.pipeline import load_clip_list, run, run_jobs
 from manifests.io import write_json
 

@@ -9,23 +9,14 @@ import sys
 import traceback
 from dataclasses import replace
 
-from curation.config import DATASETS, ConfigError, load_config
+from curation import run_options
+from curation.config import ConfigError, load_config
 from curation.errors import UsageError
 from manifests.readers import ClipListError
 
 
 def _config(args: argparse.Namespace):
-    overrides = {key: value for key, value in (
-        ("dataset", args.dataset), ("meta", args.meta), ("out", args.out), ("source.path", args.source),
-        ("dask.scheduler", args.scheduler), ("dask.workers", args.workers),
-        ("demo.clips", args.demo_clips), ("score.scorer", args.scorer),
-        ("score.checkpoint", args.checkpoint), ("label_map", args.label_map),
-        ("score.checkpoint_format", args.checkpoint_format), ("score.moments", args.moments),
-        ("fetch.cookies", args.cookies), ("fetch.proxy", args.proxy), ("fetch.per_host", args.per_host),
-        ("fetch.rate_limit", args.rate_limit), ("fetch.socket_timeout_s", args.socket_timeout),
-        ("fetch.retries", args.fetch_retries), ("fetch.stop_after", args.stop_after),
-        ("fetch.retry_failed", args.retry_failed or None)) if value is not None}
-    return load_config(args.config, overrides, args.set)
+    return load_config(args.config, run_options.overrides(args), args.set)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -40,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 def _ssl_train(args: argparse.Namespace) -> int:
     from curation import storage
     from curation.localise.distributed import leave
-    from curation.localise.train import ensure_model
+    from curation.localise.scorers import ensure_model
     from curation.pipeline import load_clip_list, run_jobs
 
     cfg = _config(args)
@@ -114,46 +105,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--dataset", help=f"clip list form: {' | '.join(DATASETS)} (default: demo)")
-    run.add_argument("--meta", help="the clip list: VGGSound csv, csv/parquet list, or for vegas an AudioSet "
-                                    "segment csv, a folder of them, or a folder of VEGAS videos")
-    run.add_argument("--source", help="already-downloaded clips (<ytid>_<start:06d>.mp4): a folder, a tar/tar.gz "
-                                      "archive or a glob of them, local or s3://... (docs/mirrors.md)")
-    run.add_argument("--label-map", help="vegas: AudioSet class_labels_indices.csv (default: beside the csv)")
-    run.add_argument("--out", help="output folder (default: work/demo)")
-    run.add_argument("--config", help="TOML config file; flags override it")
-    run.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    run.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
-    run.add_argument("--demo-clips", type=int, help="number of demo-world clips")
-    run.add_argument("--scorer", help="per-frame scorer: ssl | synchrony | none | moments (a given file)")
-    run.add_argument("--checkpoint", help="trained localisation model (else one is trained on the clips first)")
-    run.add_argument("--checkpoint-format", help="auto (default) | native | ezvsl (EZ-VSL, FNAC) | slavc")
-    run.add_argument("--moments", help="scorer moments: an official top1_boxes_top10_moments.json to curate from")
-    fetch = run.add_argument_group("fetching url / YouTube clips (README: Fetching)")
-    fetch.add_argument("--cookies", help="Netscape cookies.txt for yt-dlp (read only)")
-    fetch.add_argument("--proxy", help="http://[user:pass@]host:port for yt-dlp and ffmpeg")
-    fetch.add_argument("--per-host", type=int, help="concurrent fetches per host across the cluster")
-    fetch.add_argument("--rate-limit", type=float, help="fetch starts per second per host across the cluster")
-    fetch.add_argument("--socket-timeout", type=float, help="seconds before a silent connection is given up")
-    fetch.add_argument("--fetch-retries", type=int, help="further attempts after a transient failure")
-    fetch.add_argument("--stop-after", type=int, help="stop after this many rate-limited/bot-checked clips in a row")
-    fetch.add_argument("--retry-failed", action="store_true", help="refetch clips whose failure was transient")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any config option, e.g. --set select.top_k=5 (repeatable)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m curation", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="curate a clip list (or the demo world) into shards + manifests")
-    _add_run_options(run)
+    run_options.add_run_options(run)
     run.set_defaults(func=_run)
 
     ssl = sub.add_parser("ssl-train", help="train the localisation model on a clip list's clips (resumable)")
-    _add_run_options(ssl)
+    run_options.add_run_options(ssl)
     ssl.set_defaults(func=_ssl_train)
 
     export_model = sub.add_parser("ssl-export", help="write an ssl-train model in a published localiser's format")
@@ -197,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=8.0, help="seconds per clip")
     demo.set_defaults(func=_demo)
     for command in sub.choices.values():
-        command.add_argument("--debug", action="store_true", help="show the traceback of an error (make: DEBUG=1)")
+        run_options.DEBUG.add_to(command)
     return parser
 
 

@@ -19,11 +19,11 @@ import numpy as np
 
 from curation import storage
 from curation.config import RunConfig
-from curation.decode import DecodedClip, decode_clip, read_frames
+from curation.decode import DecodedClip, read_frames
 from curation.errors import ClipError
 from curation.fetch.clip import FetchGate, fetch_job
-from curation.localise.moments import MomentsScorer
-from curation.localise.scorers import load_scorer
+from curation.fetch_decode import decode_job
+from curation.localise.scorers import load_scorer, scorer_kind
 from curation.outputs.shards import encode_flac, encode_jpeg
 from curation.quality import measure, signals_dict
 from curation.results import (
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 def _moment_arrays(times: np.ndarray, scores: np.ndarray, contrastive: np.ndarray | None, frames, cfg: RunConfig):
     """Rank and select the clip's moments; JPEG the chosen frames (`frames(indices)` decodes them)."""
     basis = contrastive if cfg.select.clip_score == "score_contrastive" else None
-    moments = select_moments(times, scores, cfg.select, basis, given=cfg.score.scorer == "moments")
+    moments = select_moments(times, scores, cfg.select, basis, given=scorer_kind(cfg.score.scorer).given_moments)
     arrays = {"rank": moments.ranks, "selected": moments.selected}
     for i, frame in enumerate(frames(moments.selected)):
         arrays[f"jpg{i}"] = np.frombuffer(encode_jpeg(frame, cfg.write.jpeg_quality), dtype=np.uint8)
@@ -55,12 +55,6 @@ def _moment_arrays(times: np.ndarray, scores: np.ndarray, contrastive: np.ndarra
 def _minor_page_faults() -> int:
     """The calling thread's minor page faults so far (the process's where the OS counts no thread's own)."""
     return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_minflt
-
-
-def decode_job(job: ClipJob, cfg: RunConfig, raw_dir: Path, gate: FetchGate | None) -> DecodedClip:
-    fetched = fetch_job(job, raw_dir, cfg.fetch, gate)
-    return decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, cfg.decode,
-                       fetched.info)
 
 
 def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, raw_dir: Path, started: float,
@@ -87,11 +81,10 @@ def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, raw_d
 
 def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
     scorer = load_scorer(cfg.score)
-    # a moments file names the clip's frames: a clip it does not list fails here, before it is fetched
-    given = scorer.frames_of(job.clip_id, job.ytid, job.start_s) if isinstance(scorer, MomentsScorer) else None
+    clip_scorer = scorer.for_clip(job)  # e.g. a clip a moments file does not list fails here, before it is fetched
     clip = decode_job(job, cfg, raw_dir, gate)
     faults_before, score_started = _minor_page_faults(), time.perf_counter()
-    result = scorer.score(clip) if given is None else scorer.result(given, clip.times)
+    result = clip_scorer.score(clip)
     score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
     outcome, arrays = scored_arrays(job, clip, result, cfg, raw_dir, started, score_s, score_page_faults)
     return outcome, arrays, scorer.model_id
@@ -140,8 +133,7 @@ def warm_up(cfg: RunConfig) -> str:
     import_decoders()
     scorer = load_scorer(cfg.score)
     blank = blank_clip(cfg)
-    if not isinstance(scorer, MomentsScorer):  # reads a file, no model to warm
-        scorer.score(blank)
+    scorer.warm(blank)
     measure(blank.frames, blank.audio, blank.sample_rate)  # the filters' first call pays numpy's set-up, not a clip
     return scorer.model_id
 

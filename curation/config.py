@@ -7,16 +7,18 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from curation.localise import registry as scorer_registry
 from manifests.typed_config import ConfigError as ConfigError  # re-exported: the error of this config
 from manifests.typed_config import load_typed, typed_from_dict
 from manifests.typed_config import parse_value as parse_value  # re-exported: flag values in TOML syntax
 
 DATASETS = ("demo", "vggsound", "vegas", "csv")
-SCORERS = ("ssl", "synchrony", "none", "moments")
+SCORERS = tuple(scorer_registry.KINDS)  # one line each in curation.localise.registry
 CHECKPOINT_FORMATS = ("auto", "native", "ezvsl", "slavc")
 CONTRASTS = ("margin", "frame", "audio", "both")
 CLIP_SCORES = ("score", "score_contrastive")
@@ -26,10 +28,43 @@ PREPROCESSING = ("native", "ezvsl")
 
 
 @dataclass(frozen=True)
+class ClipKey:
+    """How an option that changes a clip's decoded+scored result enters the per-clip cache key
+    (`RunConfig.clip_key`). Every config class declares each of its options in `CLIP_KEY`: a `ClipKey`, or None
+    for an option that changes no clip's result; a class whose `AFTER_SCORING` is true holds options decided after
+    scoring, which `curation select` may change without re-scoring."""
+
+    at: str | None = None  # its place in the key: "section.name" or a top-level "name" (None: its own section.name)
+    # values with which the key leaves it out: an option added after the key existed, at the value that does what
+    # runs did before it, leaves their keys (and cached clips) as they were
+    omitted_at: tuple[Any, ...] = ()
+    same: tuple[tuple[Any, Any], ...] = ()  # (value, value keyed instead): two values that give the same result
+    only_if: tuple[str, Any] | None = None  # (option of the same class, value): keyed only while it has that value
+    as_word: str | None = None  # keyed as this word instead of its value
+
+    def entry(self, owner: Any, name: str, section: str) -> tuple[str, Any] | None:
+        """(place in the key, value) of option `name` of `owner` (the config of `section`), or None when left out."""
+        if self.only_if is not None and getattr(owner, self.only_if[0]) != self.only_if[1]:
+            return None
+        value = getattr(owner, name)
+        if value in self.omitted_at:
+            return None
+        value = dict(self.same).get(value, value)
+        return self.at or ".".join(filter(None, (section, name))), value if self.as_word is None else self.as_word
+
+
+KEYED = ClipKey()  # keyed as it is, in its section's part of the key
+_MOMENTS_SCORER = ("scorer", "moments")
+ClipKeys = dict[str, ClipKey | None]
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     clips: int = 320
     seed: int = 0
     duration_s: float = 8.0
+
+    CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys(("clips", "seed", "duration_s"), None)  # they make clips, not results
 
 
 @dataclass(frozen=True)
@@ -43,6 +78,13 @@ class DecodeConfig:
     # fails it as `too_short` (the behaviour before this option existed)
     short_clips: str = "tile"
 
+    # short_clips is never part of the key: it changes only clips with less audio than one window, so caches made
+    # before it existed (which failed those clips `too_short`) and caches of either setting keep every other clip.
+    # A cached outcome of a short clip is reused only where it holds under the run's setting
+    # (`curation.results.reusable`): a `too_short` failure is redone under `tile`, a tiled score under `reject`
+    CLIP_KEY: ClassVar[ClipKeys] = {"fps": KEYED, "short_side": KEYED, "sample_rate": KEYED, "window_s": KEYED,
+                                    "short_clips": None}
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -53,19 +95,19 @@ class ScoreConfig:
     # records the format found (docs/localisers_and_moments.md)
     checkpoint_format: str = "auto"
     # frames per forward pass: a clip of up to this many (10 s at 10 fps) is one batch, ~4 % faster in the pipeline
-    # than 64 + the rest (README, Benchmark); a batch never holds two clips' frames
+    # than 64 + the rest (docs/benchmarks.md, "Learned scorer"); a batch never holds two clips' frames
     batch_size: int = 100
     # the cross-clip score (score_contrastive): `margin`, the own match minus the bank_quantile of the matches of
     # the bank's sounds with other bank moments' pictures (chance pairings; localise/bank.py), so >= 0 means better
     # than that share of them; or the own match minus the mean match with other clips' audio ("frame"), frames
-    # ("audio"), or both. 0.96 chosen on demo world seed 0 (docs/localisation.md, "Mismatched pairs")
+    # ("audio"), or both. 0.96 chosen on demo world seed 0 (docs/localisation.md, "Calibrated margin")
     contrast: str = "margin"
     bank_quantile: float = 0.96
     # an ssl-train checkpoint made with restarts carries them all: the scorer averages the scores and margins of
     # its `ensemble` lowest-loss models (fewer when it holds fewer; 1 = the chosen model alone). Published
     # checkpoints are one model. Costs one forward pass per model. 3, chosen on demo world seed 0: models from
     # different seeds confuse different look-alikes and lose different categories (docs/localisation.md,
-    # "Session 10: ensembles of the restarts")
+    # "Restarts and ensembles")
     ensemble: int = 3
     # a published localiser's reference bank: built from this many of the run's clips, one moment each (0: none,
     # no contrastive score); an ssl-train checkpoint carries its own (ssl.bank_size). `bank`: a bank file
@@ -81,6 +123,15 @@ class ScoreConfig:
     # `bf16`: the model runs under bfloat16 autocast (scores within ~1e-2 of fp32; docs/scale.md has the measure)
     precision: str = "fp32"
 
+    # options added later leave the keys of runs that do not use them as they were (no rescoring after an update):
+    # an ssl run's format is resolved before the key is made; other scorers never resolve `auto`
+    CLIP_KEY: ClassVar[ClipKeys] = {
+        "scorer": KEYED, "grid": KEYED, "checkpoint": KEYED, "checkpoint_format": ClipKey(same=(("auto", "native"),)),
+        "batch_size": KEYED, "contrast": KEYED, "bank_quantile": KEYED, "ensemble": ClipKey(omitted_at=(1,)),
+        "bank_clips": KEYED, "bank": KEYED, "save_maps": KEYED,  # moments files count only for the moments scorer
+        "moments": ClipKey(only_if=_MOMENTS_SCORER), "moments_first_frame": ClipKey(only_if=_MOMENTS_SCORER),
+        "device": ClipKey(omitted_at=("cpu",)), "precision": ClipKey(omitted_at=("fp32",))}
+
 
 @dataclass(frozen=True)
 class SSLConfig:
@@ -88,12 +139,12 @@ class SSLConfig:
 
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     # audio window centred on the frame: 0.5 s, not EZ-VSL's 3 s, because a long window around a silent moment
-    # holds sound from the neighbouring seconds (README "How the defaults were chosen": 3 s, 1 s, 0.5 s)
+    # holds sound from the neighbouring seconds (docs/localisation.md, "Audio window": 3 s, 1 s, 0.5 s)
     window_s: float = 0.5
     image_maxpool: bool = False
     image_size: int = 64
     # width of the model's per-pixel colour branch (0 = none): without it, some seeds merged the blue square with
-    # the cyan diamond of the demo world and kept mismatched clips (docs/localisation.md, "Session 12")
+    # the cyan diamond of the demo world and kept mismatched clips (docs/localisation.md, "Colour branch")
     colour_branch: int = 16
     dim: int = 64
     n_fft: int = 512
@@ -115,7 +166,7 @@ class SSLConfig:
     # share of each batch's clips drawn as groups of a clip and `hard_negative_group - 1` clips that look like it
     # but sound different, as the model currently sees them (re-mined at every checkpoint step): hard negatives,
     # meant to tell look-alike categories apart; at 0.5 they raised AP but kept more look-alikes on demo world 1
-    # (docs/localisation.md, "Session 11"), so off (0 = every clip at random)
+    # (docs/localisation.md, "Tried and not adopted"), so off (0 = every clip at random)
     hard_negatives: float = 0.0
     hard_negative_group: int = 4
     # from `clean_from` of the steps on, batches draw only the `clean_share` of clips whose sound and picture the
@@ -128,7 +179,7 @@ class SSLConfig:
     checkpoint_every: int = 100
     # trainings from different seeds (ssl.seed * restarts + k); the one whose loss ends lowest is the checkpoint's
     # model and carries the others as ensemble members (score.ensemble scores with several). The same settings
-    # gave localisers of very different quality by seed alone (docs/localisation.md, "Mismatched pairs")
+    # gave localisers of very different quality by seed alone (docs/localisation.md, "Restarts and ensembles")
     restarts: int = 3
     seed: int = 0
     threads: int = 2
@@ -148,6 +199,14 @@ class SSLConfig:
     # a torchvision ResNet-18 state dict (e.g. ImageNet's resnet18-f37072fd.pth, given by the user, never
     # downloaded) that initialises the image trunk, as EZ-VSL does; needs widths = [64, 128, 256, 512]
     image_init: str | None = None
+
+    # none in the per-clip key: the trained model's content (its digest) stands for them
+    CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys((
+        "widths", "window_s", "image_maxpool", "image_size", "colour_branch", "dim", "n_fft", "hop", "n_mels",
+        "train_fps", "steps", "batch_size", "lr", "weight_decay", "temperature", "background_swap", "colour_jitter",
+        "bank_size", "hard_negatives", "hard_negative_group", "clean_share", "clean_from", "checkpoint_every",
+        "restarts", "seed", "threads", "max_clips", "buffer_clips", "device", "precision", "preprocess",
+        "image_init"), None)
 
     def settings(self) -> dict:
         """The options as the name of a trained model's folder (OUT/ssl/<hash>) hashes them: options added after
@@ -182,6 +241,14 @@ class SelectConfig:
     per_label: bool = False
     min_per_label: int = 0
 
+    # the moments chosen in a clip are part of its result (at the key's top level, as when the key was introduced);
+    # which clips are kept is decided across clips, after every clip's result
+    AFTER_SCORING: ClassVar[bool] = True
+    CLIP_KEY: ClassVar[ClipKeys] = {
+        "top_k": ClipKey(at="top_k"), "min_gap_s": ClipKey(at="min_gap_s"),
+        "moment_window_s": ClipKey(at="moment_window_s"), "clip_score": ClipKey(at="clip_score"),
+        "min_clip_score": None, "keep_quantile": None, "per_label": None, "min_per_label": None}
+
 
 @dataclass(frozen=True)
 class FilterConfig:
@@ -201,12 +268,22 @@ class FilterConfig:
     reject_duplicates: bool = True  # one representative (the smallest clip_id) of each group is kept
     reject_overlaps: bool = False
 
+    AFTER_SCORING: ClassVar[bool] = True
+    CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys((
+        "still_motion", "silent_db", "dup_hamming", "dup_frames", "dup_audio_corr", "dup_min_overlap_s",
+        "dup_spectrum_db", "reject_still", "reject_silent", "reject_duplicates", "reject_overlaps"), None)
+
 
 @dataclass(frozen=True)
 class WriteConfig:
     samples_per_shard: int = 256
     jpeg_quality: int = 90
     name: str | None = None  # shard name prefix; default `<dataset>-<split>`
+
+    AFTER_SCORING: ClassVar[bool] = True
+    # a clip's result holds its chosen frames as JPEG (at the key's top level, as when the key was introduced)
+    CLIP_KEY: ClassVar[ClipKeys] = {"samples_per_shard": None, "jpeg_quality": ClipKey(at="jpeg_quality"),
+                                    "name": None}
 
 
 @dataclass(frozen=True)
@@ -223,10 +300,17 @@ class DaskConfig:
     # None: each task scores its own clips where it runs (the default, fastest on CPU-only clusters)
     score_resource: str | None = None
 
+    # with a scoring resource, batches go across clips: a clip's scores may differ from per-clip batches' in the
+    # last bits, so the two layouts never share cache files
+    CLIP_KEY: ClassVar[ClipKeys] = {
+        "scheduler": None, "workers": None, "clips_per_task": None, "tasks_in_flight_per_worker": None,
+        "retries": None, "memory_limit": None,
+        "score_resource": ClipKey(at="score.batches", omitted_at=(None, ""), as_word="across_clips")}
+
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Fetching url / YouTube clips (yt-dlp + ffmpeg); README "Fetching" explains each option."""
+    """Fetching url / YouTube clips (yt-dlp + ffmpeg); docs/youtube_and_vegas.md, "Options", explains each option."""
 
     format: str | None = None  # yt-dlp format selector; none = h264 <= max_height first, then any codec
     max_height: int = 360  # preferred video height; stored clips have at most this short side
@@ -245,6 +329,12 @@ class FetchConfig:
     js_runtimes: str | None = None  # yt-dlp JavaScript runtimes for YouTube, e.g. "deno,node" (none: yt-dlp's)
     max_download_mb: int = 2048  # largest source read whole from a host that cannot seek (HTTP ranges)
 
+    # none in the per-clip key: they change how a clip is fetched into OUT/raw/, which later runs reuse as it is
+    CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys((
+        "format", "max_height", "margin_s", "socket_timeout_s", "timeout_s", "retries", "backoff_s", "backoff_max_s",
+        "cookies", "proxy", "per_host", "rate_limit", "stop_after", "retry_failed", "js_runtimes", "max_download_mb"),
+        None)
+
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -252,6 +342,8 @@ class SourceConfig:
     or an fsspec URL (`s3://bucket/vggsound_*.tar.gz`); none: fetch each clip from its url / YouTube."""
 
     path: str | None = None
+
+    CLIP_KEY: ClassVar[ClipKeys] = {"path": None}  # where a clip is read from, not what is made of it
 
 
 @dataclass(frozen=True)
@@ -271,34 +363,56 @@ class RunConfig:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
 
+    # what the run reads and where it writes, not what is made of a clip; each section declares its own options
+    CLIP_KEY: ClassVar[ClipKeys] = {"dataset": None, "meta": None, "label_map": None, "out": None}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def clip_key(self, model_digest: str | None = None) -> dict[str, Any]:
+        """What keys the per-clip cache: every option that changes a clip's decoded+scored result, as its class's
+        `CLIP_KEY` declares it (the decode and score sections, per-clip selection), and the scoring model's content."""
+        key: dict[str, Any] = {"model": model_digest}
+        for dotted, spec in CLIP_KEY_OPTIONS.items():
+            section, _, name = dotted.rpartition(".")
+            entry = spec.entry(getattr(self, section) if section else self, name, section)
+            if entry is not None:
+                *parents, leaf = entry[0].split(".")
+                place = key
+                for part in parents:
+                    place = place.setdefault(part, {})
+                place[leaf] = entry[1]
+        return key
+
     def clip_stage_fingerprint(self, model_digest: str | None = None) -> str:
-        """Hash of what changes a clip's decoded+scored result (keys the per-clip cache): the decode, score
-        and per-clip selection options, and the scoring model's content."""
-        # options added later leave the keys of runs that do not use them as they were (no rescoring after an
-        # update): an ssl run's format is resolved before this is called; other scorers never resolve `auto`
-        fmt = "native" if self.score.checkpoint_format == "auto" else self.score.checkpoint_format
-        score = dict(dataclasses.asdict(self.score), checkpoint_format=fmt)
-        if self.score.scorer != "moments":
-            del score["moments"], score["moments_first_frame"]
-        for key, default in (("device", "cpu"), ("precision", "fp32"), ("ensemble", 1)):
-            if score[key] == default:
-                del score[key]
-        if self.dask.score_resource:  # batches across clips: a clip's scores may differ from per-clip batches' in
-            score["batches"] = "across_clips"  # the last bits, so the two layouts never share cache files
-        # decode.short_clips is never part of the key: it changes only clips with less audio than one window, so
-        # caches made before it existed (which failed those clips `too_short`) and caches of either setting keep
-        # every other clip. A cached outcome of a short clip is reused only where it holds under the run's setting
-        # (`curation.results.reusable`): a `too_short` failure is redone under `tile`, a tiled score under `reject`
-        decode = dataclasses.asdict(self.decode)
-        del decode["short_clips"]
-        parts = {"decode": decode, "score": score,
-                 "top_k": self.select.top_k, "min_gap_s": self.select.min_gap_s,
-                 "moment_window_s": self.select.moment_window_s, "clip_score": self.select.clip_score,
-                 "jpeg_quality": self.write.jpeg_quality, "model": model_digest}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of `clip_key` (keys the per-clip cache: OUT/cache/<fingerprint>/)."""
+        return hashlib.sha256(json.dumps(self.clip_key(model_digest), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _declared_options() -> tuple[dict[str, ClipKey], tuple[str, ...]]:
+    """(dotted option -> ClipKey for every option in the per-clip key, sections decided after scoring), from the
+    classes' declarations; an option that a class does not declare (or a declaration of no option) is an error."""
+    keyed, after_scoring = {}, []
+    sections = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)
+                if f.default_factory is not dataclasses.MISSING}
+    for section, cls in {"": RunConfig, **sections}.items():
+        names = [f.name for f in dataclasses.fields(cls) if not (cls is RunConfig and f.name in sections)]
+        missing, unknown = sorted(set(names) - set(cls.CLIP_KEY)), sorted(set(cls.CLIP_KEY) - set(names))
+        if missing or unknown:
+            raise TypeError(f"{cls.__name__}.CLIP_KEY must declare exactly its options: missing {missing}, "
+                            f"unknown {unknown}")
+        keyed.update({".".join(filter(None, (section, name))): cls.CLIP_KEY[name] for name in names
+                      if cls.CLIP_KEY[name] is not None})
+        if getattr(cls, "AFTER_SCORING", False):
+            after_scoring.append(section)
+    return keyed, tuple(after_scoring)
+
+
+# the options in the per-clip cache key, and the sections `curation select` may change without re-scoring
+CLIP_KEY_OPTIONS, AFTER_SCORING_SECTIONS = _declared_options()
+
+
+_Need = Callable[[bool, str], None]  # records a problem (the message) when the condition is false
 
 
 def _check(cfg: RunConfig, problems: list[str]) -> None:
@@ -311,12 +425,27 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
          f"meta: a clip list is required for dataset {cfg.dataset!r} (META= / --meta path/to/list)")
     need(cfg.source.path is None or cfg.dataset != "demo", "source.path: the demo world makes its own clips")
     need(cfg.demo.clips >= 1, "demo.clips: must be >= 1")
+    _check_decode(cfg, need)
+    _check_score(cfg, need)
+    _check_ssl(cfg, need)
+    _check_select(cfg, need)
+    _check_filters(cfg.filters, need)
+    need(cfg.write.samples_per_shard >= 1, "write.samples_per_shard: must be >= 1")
+    need(1 <= cfg.write.jpeg_quality <= 100, "write.jpeg_quality: must be in 1..100")
+    _check_dask(cfg, need)
+    _check_fetch(cfg.fetch, need)
+
+
+def _check_decode(cfg: RunConfig, need: _Need) -> None:
     need(cfg.decode.fps > 0, "decode.fps: must be > 0")
     need(16 <= cfg.decode.short_side <= 2048, "decode.short_side: must be in 16..2048")
     need(cfg.decode.sample_rate >= 8000, "decode.sample_rate: must be >= 8000")
     need(cfg.decode.window_s > 0, "decode.window_s: must be > 0")
     need(cfg.decode.short_clips in SHORT_CLIPS,
          f"decode.short_clips: must be one of {', '.join(SHORT_CLIPS)}, got {cfg.decode.short_clips!r}")
+
+
+def _check_score(cfg: RunConfig, need: _Need) -> None:
     need(cfg.score.scorer in SCORERS, f"score.scorer: must be one of {', '.join(SCORERS)}")
     need(cfg.score.grid >= 1, "score.grid: must be >= 1")
     need(cfg.score.checkpoint_format in CHECKPOINT_FORMATS,
@@ -326,7 +455,8 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     need(0 <= cfg.score.bank_quantile <= 1, "score.bank_quantile: must be in 0..1")
     need(cfg.score.ensemble >= 1, "score.ensemble: must be >= 1")
     need(cfg.score.bank_clips >= 0, "score.bank_clips: must be >= 0")
-    need(cfg.score.scorer != "moments" or bool(cfg.score.moments), "score.moments: SCORER=moments needs MOMENTS=")
+    missing = scorer_registry.missing_input(cfg.score)  # e.g. SCORER=moments needs MOMENTS=
+    need(missing is None, str(missing))
     need(cfg.score.checkpoint_format in ("auto", "native") or bool(cfg.score.checkpoint),
          f"score.checkpoint_format: {cfg.score.checkpoint_format} needs CHECKPOINT= the published file")
     need(cfg.score.moments_first_frame in (0, 1), "score.moments_first_frame: must be 0 or 1")
@@ -334,8 +464,13 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
          f"score.device: must be cpu, cuda, cuda:N or auto, got {cfg.score.device!r}")
     need(cfg.score.precision in PRECISIONS, f"score.precision: must be one of {', '.join(PRECISIONS)}, "
          f"got {cfg.score.precision!r}")
-    need(cfg.score.scorer == "ssl" or (cfg.score.device == "cpu" and cfg.score.precision == "fp32"),
-         f"score.device / score.precision: only the ssl scorer runs a model ({cfg.score.scorer} runs on the CPU)")
+    on_cpu = cfg.score.device == "cpu" and cfg.score.precision == "fp32"
+    need(scorer_registry.runs_model(cfg.score.scorer) or on_cpu,
+         f"score.device / score.precision: only the {scorer_registry.model_scorers()} scorer runs a model "
+         f"({cfg.score.scorer} runs on the CPU)")
+
+
+def _check_ssl(cfg: RunConfig, need: _Need) -> None:
     need(all(w >= 1 for w in cfg.ssl.widths), "ssl.widths: must be positive")
     need(cfg.ssl.image_size >= 32, "ssl.image_size: must be >= 32")
     need(cfg.ssl.steps >= 1 and cfg.ssl.batch_size >= 4, "ssl.steps/batch_size: must be >= 1 / >= 4")
@@ -363,6 +498,9 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
          "ssl.image_init: a torchvision ResNet-18 file needs ssl.widths = [64, 128, 256, 512]")
     need(cfg.ssl.image_init is None or Path(cfg.ssl.image_init).is_file(),
          f"ssl.image_init: no such file {cfg.ssl.image_init!r}")
+
+
+def _check_select(cfg: RunConfig, need: _Need) -> None:
     need(cfg.select.top_k >= 1, "select.top_k: must be >= 1")
     need(cfg.select.min_gap_s >= 0, "select.min_gap_s: must be >= 0")
     need(cfg.select.moment_window_s >= 0, "select.moment_window_s: must be >= 0")
@@ -370,19 +508,18 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
     q = cfg.select.keep_quantile
     need(q is None or 0 < q <= 1, "select.keep_quantile: must be in (0, 1] or empty")
     need(cfg.select.min_per_label >= 0, "select.min_per_label: must be >= 0")
-    _check_filters(cfg.filters, need)
-    need(cfg.write.samples_per_shard >= 1, "write.samples_per_shard: must be >= 1")
-    need(1 <= cfg.write.jpeg_quality <= 100, "write.jpeg_quality: must be in 1..100")
+
+
+def _check_dask(cfg: RunConfig, need: _Need) -> None:
     need(cfg.dask.workers is None or cfg.dask.workers >= 1, "dask.workers: must be >= 1")
     need(cfg.dask.clips_per_task >= 1, "dask.clips_per_task: must be >= 1")
     need(cfg.dask.tasks_in_flight_per_worker >= 1, "dask.tasks_in_flight_per_worker: must be >= 1")
     need(cfg.dask.retries >= 0, "dask.retries: must be >= 0")
     need(cfg.dask.score_resource is None or re.fullmatch(r"[A-Za-z_][\w-]*", cfg.dask.score_resource) is not None,
          "dask.score_resource: a Dask resource name like GPU, or empty")
-    need(cfg.dask.score_resource is None or cfg.score.scorer == "ssl",
-         f"dask.score_resource: only the ssl scorer runs on a scoring worker ({cfg.score.scorer} scores where it "
-         "decodes); leave it empty")
-    _check_fetch(cfg.fetch, need)
+    need(cfg.dask.score_resource is None or scorer_registry.runs_model(cfg.score.scorer),
+         f"dask.score_resource: only the {scorer_registry.model_scorers()} scorer runs on a scoring worker "
+         f"({cfg.score.scorer} scores where it decodes); leave it empty")
 
 
 def _check_filters(f: FilterConfig, need) -> None:

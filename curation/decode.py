@@ -1,6 +1,6 @@
 """Decode stage: a clip file -> frames at a fixed rate (decord) + 16 kHz mono audio (torchcodec).
 
-torchcodec reads and resamples 10 s of audio in 6-15 ms, the fastest of the readers measured (README,
+torchcodec reads and resamples 10 s of audio in 6-15 ms, the fastest of the readers measured (docs/benchmarks.md,
 "Why these decoders"); decord resizes while decoding, so frames never exist at full size in memory.
 Every failure is a ClipError with its own kind, so a bad file is recorded, never a crash of the run.
 """

@@ -26,13 +26,11 @@ from tqdm import tqdm
 
 from curation import storage
 from curation.clip_task import import_decoders, process_group, reselect_group, warm_up
-from curation.config import RunConfig, config_from_dict
+from curation.config import AFTER_SCORING_SECTIONS, RunConfig, config_from_dict
 from curation.errors import UsageError, require_tools
 from curation.fetch.control import ClusterGate, StopCounter, forget_transient_failures
 from curation.fetch.mirror import extract_archive, plan_source, resolve_source, source_jobs
-from curation.localise.device import resolve_device
-from curation.localise.published import resolve_checkpoint
-from curation.localise.train import ensure_model
+from curation.localise.scorers import check_scorer, ensure_model
 from curation.outcomes import Outcomes
 from curation.outputs.assemble import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
 from curation.provenance import read_run_record
@@ -48,7 +46,7 @@ __all__ = ["RunPaths", "RunSummary", "format_summary", "reselect", "run"]
 log = logging.getLogger(__name__)
 
 
-# glibc malloc in the LocalCluster's workers (README, Benchmark). Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536,
+# glibc malloc in the LocalCluster's workers (docs/benchmarks.md). Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536,
 # which hands every freed block back to the OS, so each clip's tensors were page-faulted afresh (a 2x slower
 # scorer). glibc's adaptive default is not enough either: a task runs in a thread of its own, whose malloc arena
 # still gave memory back between clips (4,300-5,000 page faults per clip inside the scorer). One arena and fixed
@@ -154,7 +152,7 @@ def _client(cfg: RunConfig, running=None) -> Iterator:
         return
     workers = cfg.dask.workers or os.cpu_count() or 1
     # Environment values set in the shell still win. The workers' statistical profiler (a stack sample every
-    # 10 ms) only feeds the dashboard, which is off: without it the scorer ran ~5 % faster (README, Benchmark).
+    # 10 ms) only feeds the dashboard, which is off: without it the scorer ran ~5 % faster (docs/benchmarks.md).
     settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_MALLOC_ENV.items()}
     scoring = 1 if cfg.dask.score_resource else 0
     with dask.config.set({**settings, "distributed.worker.profile.enabled": False}), \
@@ -347,17 +345,14 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
 def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSummary:
     started = time.perf_counter()
     require_tools("ffmpeg", "ffprobe")
-    if cfg.score.scorer == "ssl" and cfg.score.checkpoint:
-        cfg = resolve_checkpoint(cfg)  # a wrong file fails now, before the clip list or the demo world is built
-    if not cfg.dask.scheduler and cfg.score.scorer == "ssl":
-        resolve_device(cfg.score.device)  # a LocalCluster scores on this machine: a device it lacks fails now
+    cfg = check_scorer(cfg)  # a wrong checkpoint or missing device fails now, before the clip list is built
     out = storage.resolve(cfg.out)
     clip_list = load_clip_list(cfg, out)
     jobs = run_jobs(clip_list)
     unreached, source_note, client, inputs = {}, None, None, {}
     if cfg.source.path:
         jobs, unreached, source_note, client = _from_source(cfg, jobs, storage.join(out, "raw"), progress, stack)
-    cfg, digest = ensure_model(cfg, jobs, out, progress)  # trains the localisation model when none is given
+    cfg, digest = ensure_model(cfg, jobs, out, progress)  # the scorer's preparation: e.g. trains the ssl model
     if storage.is_url(out):  # after training, which reads the client's own files where it has them
         jobs = upload_local_rows(jobs, out)
         cfg, inputs = stage_inputs(cfg, out)  # a given checkpoint or moments file, uploaded once
@@ -394,7 +389,8 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
 
 
 def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> RunSummary:
-    """Re-run selection on a finished run with new `select.*`/`write.*`/`filters.*` options, without re-scoring.
+    """Re-run selection on a finished run with new options of the sections decided after scoring
+    (`curation.config.AFTER_SCORING_SECTIONS`: select.*, filters.*, write.*), without re-scoring.
 
     Clip scores come from the run's per-clip results; only newly chosen frames are decoded from `raw/`."""
     started = time.perf_counter()
@@ -405,8 +401,9 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
     data["decode"] = {"short_clips": "reject", **data.get("decode", {})}
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
-        if section not in ("select", "write", "filters"):
-            raise ValueError(f"{dotted}: re-selection only changes select.*, write.* and filters.* options")
+        if section not in AFTER_SCORING_SECTIONS:
+            *others, last = (f"{name}.*" for name in AFTER_SCORING_SECTIONS)
+            raise ValueError(f"{dotted}: re-selection only changes {', '.join(others)} and {last} options")
         data.setdefault(section, {})[key] = value
     cfg = config_from_dict(data)
     clip_list = load_clip_list(cfg, out)

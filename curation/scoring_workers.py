@@ -22,11 +22,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from curation import storage
-from curation.clip_task import blank_clip, decode_job, import_decoders, scored_arrays
+from curation.clip_task import blank_clip, import_decoders, scored_arrays
 from curation.config import RunConfig, ScoreConfig
 from curation.decode import DecodedClip
 from curation.errors import ClipError
 from curation.fetch.clip import FetchGate
+from curation.fetch_decode import decode_job
 from curation.localise.device import ModelInputs
 from curation.localise.result import ScoreResult
 from curation.localise.scorers import load_scorer

@@ -21,6 +21,7 @@ import torch
 
 from curation.errors import UsageError
 from curation.localise.result import ScoreResult
+from curation.localise.scorers import Scorer
 
 
 class DeviceError(UsageError):
@@ -81,7 +82,7 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.float().cpu().numpy().astype(np.float32)
 
 
-class DeviceScorer:
+class DeviceScorer(Scorer):
     """Runs a model scorer's `forward` on its device. Subclasses set `device`, `precision` and `batch_size` (via
     `place`) and define `forward(images, audio)`, `batch(clip, rows)`, `inputs(clip)` and `frame_audio(inputs)`."""
 

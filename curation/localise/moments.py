@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile
@@ -26,6 +27,10 @@ from curation import storage
 from curation.config import RunConfig, ScoreConfig
 from curation.errors import ClipError, UsageError
 from curation.localise.result import ScoreResult
+from curation.localise.scorers import Scorer, ScorerKind
+
+if TYPE_CHECKING:
+    from curation.results import ClipJob
 
 FPS = 10  # the official frames are extracted at 10 fps
 TOP = 10
@@ -71,9 +76,9 @@ def _digest(path: str | Path) -> str:
     return hashlib.sha256(storage.read_bytes(str(path))).hexdigest()
 
 
-class MomentsScorer:
+class MomentsScorer(Scorer):
     """Not a model: the frames a moments file names. Keys match a clip by YouTube id and start, in either naming,
-    or by clip id; a clip the file does not list fails as `not_in_moments` before it is fetched."""
+    or by clip id; a clip the file does not list fails as `not_in_moments` before it is fetched (`for_clip`)."""
 
     def __init__(self, cfg: ScoreConfig):
         self.path, self.first_frame = cfg.moments, cfg.moments_first_frame
@@ -93,6 +98,12 @@ class MomentsScorer:
             raise ClipError("not_in_moments", f"{clip_id} is not listed in the moments file {self.path}")
         return numbers
 
+    def for_clip(self, job: ClipJob) -> Scorer:
+        return _ListedFrames(self, self.frames_of(job.clip_id, job.ytid, job.start_s))
+
+    def warm(self, clip) -> None:
+        """Nothing to warm: it reads a file, it runs no model."""
+
     def result(self, numbers: list[int], times: np.ndarray) -> ScoreResult:
         """The listed frames as scores: the i-th of k scores (k - i) / k, every other frame 0; `select_moments`
         with `given=True` then keeps them in the file's order."""
@@ -105,6 +116,27 @@ class MomentsScorer:
         scores = np.zeros(len(times), dtype=np.float32)
         scores[index] = (len(index) - np.arange(len(index))) / len(index)
         return ScoreResult(scores=scores)
+
+
+class _ListedFrames(Scorer):
+    """One clip's scorer: the frames the moments file lists for it."""
+
+    def __init__(self, scorer: MomentsScorer, numbers: list[int]):
+        self.scorer, self.numbers, self.model_id = scorer, numbers, scorer.model_id
+
+    def score(self, clip) -> ScoreResult:
+        return self.scorer.result(self.numbers, clip.times)
+
+
+class MomentsKind(ScorerKind):
+    given_moments = True
+
+    def prepare(self, cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
+                progress: bool) -> tuple[RunConfig, str | None]:
+        return resolve_moments(cfg)
+
+    def build(self, score: ScoreConfig) -> Scorer:
+        return MomentsScorer(score)
 
 
 def resolve_moments(cfg: RunConfig) -> tuple[RunConfig, str]:

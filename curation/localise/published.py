@@ -282,9 +282,9 @@ def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path) -> RunConf
     moment each, with the scorer's own front end, and kept at `OUT/ssl/bank-<key>.pt` (reused by later runs).
     Without 2 such clips there is no bank (a warning). An ssl-train checkpoint carries its own bank; other
     scorers and settings pass through."""
-    from curation.decode import decode_clip
     from curation.errors import ClipError
-    from curation.fetch.clip import fetch_job, raw_path
+    from curation.fetch.clip import raw_path
+    from curation.fetch_decode import decode_job
     from curation.localise.checkpoint import file_digest
 
     score = cfg.score
@@ -310,9 +310,7 @@ def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path) -> RunConf
             def moments():
                 for job in chosen:
                     try:
-                        fetched = fetch_job(job, fetch_dir, cfg.fetch)
-                        clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s,
-                                           cfg.decode, fetched.info)
+                        clip = decode_job(job, cfg, fetch_dir)
                     except ClipError as exc:
                         log.info("reference bank: clip %s left out (%s)", job.clip_id, exc.kind)
                         continue

@@ -1,12 +1,11 @@
 """Score stage: per-frame audio-visual correspondence (higher = the sound comes from what is on screen).
 
 A scorer maps a decoded clip (frames + one audio window per frame) to a score per frame and optionally a
-coarse heat map per frame. Scorers are loaded once per worker process (`localise.scorers.load_scorer`).
+coarse heat map per frame. Scorers are loaded once per worker process (`localise.scorers.load_scorer`); the kinds
+here (`NoneKind`, `SynchronyKind`) are lines of `localise.registry`.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 import numpy as np
 
@@ -15,21 +14,21 @@ from curation.decode import DecodedClip
 from curation.localise.bank import bank_matches, load_bank, null_threshold
 from curation.localise.device import DeviceScorer, FrameScores, ModelInputs
 from curation.localise.result import ScoreResult
+from curation.localise.scorers import Scorer, ScorerKind
 
 
-class Scorer(Protocol):
-    model_id: str
-
-    def score(self, clip: DecodedClip) -> ScoreResult: ...
-
-
-class NoScorer:
+class NoScorer(Scorer):
     """Scores every frame 0: selection then keeps the earliest spaced moments of every clip (a speed baseline)."""
 
     model_id = "none"
 
     def score(self, clip: DecodedClip) -> ScoreResult:
         return ScoreResult(scores=np.zeros(len(clip.times), dtype=np.float32))
+
+
+class NoneKind(ScorerKind):
+    def build(self, score: ScoreConfig) -> Scorer:
+        return NoScorer()
 
 
 def _sliding_pearson(x: np.ndarray, y: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
@@ -44,7 +43,7 @@ def _sliding_pearson(x: np.ndarray, y: np.ndarray, starts: np.ndarray, width: in
     return np.where(norm > 1e-12, cov / np.maximum(norm, 1e-12), 0.0)
 
 
-class SynchronyScorer:
+class SynchronyScorer(Scorer):
     """Training-free audio-visual synchrony (Hershey & Movellan, "Audio Vision", NIPS 2000).
 
     Per frame, the audio energy envelope and the visual change of each grid region are correlated over the
@@ -93,6 +92,11 @@ class SynchronyScorer:
         mutual_info = -0.5 * np.log1p(-(positive**2))
         return ScoreResult(scores=mutual_info.max(axis=1).astype(np.float32),
                            maps=rho.reshape(n, self.grid, self.grid).astype(np.float32))
+
+
+class SynchronyKind(ScorerKind):
+    def build(self, score: ScoreConfig) -> Scorer:
+        return SynchronyScorer(score.grid)
 
 
 class LearnedScorer(DeviceScorer):

@@ -7,7 +7,7 @@ background): it must tell which moment's sound goes with which frame. Crops and 
 identity further (colour jitter is an option, off by default: it hides the colour that tells look-alike objects
 apart); a random gain keeps loudness from identifying a clip. Background swap removes
 the rest of it: each training frame keeps only its moving foreground, pasted on another clip's background, so
-a backdrop never predicts a sound (measured on the demo world, README "How the defaults were chosen").
+a backdrop never predicts a sound (docs/localisation.md, "Background swap, steps and temperature").
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,12 +28,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from curation import storage
 from curation.config import ConfigError, RunConfig, SSLConfig
-from curation.decode import decode_clip
 from curation.errors import ClipError
-from curation.fetch.clip import fetch_job, raw_path
-from curation.localise.checkpoint import checkpoint_blob, file_digest, save_checkpoint, with_ensemble
+from curation.fetch.clip import raw_path
+from curation.fetch_decode import decode_job
+from curation.localise.checkpoint import checkpoint_blob, save_checkpoint, with_ensemble
 from curation.localise.distributed import World, join
 from curation.localise.model import (
     AVLocalizer,
@@ -46,7 +44,6 @@ from curation.localise.model import (
     stretched,
 )
 from curation.results import ClipJob
-from curation.staging import stage_in
 from manifests.io import atomic_write_bytes, json_bytes
 
 log = logging.getLogger(__name__)
@@ -96,10 +93,7 @@ def model_config(ssl: SSLConfig, sample_rate: int) -> SSLModelConfig:
 
 
 def _decode_for_training(job: ClipJob, cfg: RunConfig, raw_dir: Path, side: int):
-    fetched = fetch_job(job, raw_dir, cfg.fetch)
-    decode_cfg = replace(cfg.decode, fps=cfg.ssl.train_fps, short_side=side)
-    clip = decode_clip(fetched.path, fetched.offset_s, fetched.offset_s + job.end_s - job.start_s, decode_cfg,
-                       fetched.info)
+    clip = decode_job(job, cfg, raw_dir, decode=replace(cfg.decode, fps=cfg.ssl.train_fps, short_side=side))
     if cfg.ssl.preprocess == "ezvsl":  # the whole frame, as the published inputs (curation.localise.model)
         return stretched(clip.frames, side).permute(0, 2, 3, 1).numpy(), clip.times, clip.audio
     return square_frames(clip.frames), clip.times, clip.audio
@@ -118,7 +112,7 @@ class TrainingSet:
         return step * len(self.chunks) // steps
 
 
-def _sample(jobs: list[ClipJob], max_clips: int | None) -> list[ClipJob]:
+def sample_clips(jobs: list[ClipJob], max_clips: int | None) -> list[ClipJob]:
     """At most `max_clips` of `jobs`: the clips whose id hashes lowest (a sample that does not depend on the
     list's order), in list order."""
     if max_clips is None or len(jobs) <= max_clips:
@@ -129,12 +123,12 @@ def _sample(jobs: list[ClipJob], max_clips: int | None) -> list[ClipJob]:
 
 def training_set(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path, world: World | None = None) -> TrainingSet:
     """Local clips and clips already fetched into `raw_dir` (training never downloads: fetch a remote list
-    first, e.g. with `--scorer none`, then train), at most `ssl.max_clips` of them (`_sample`), under torchrun
+    first, e.g. with `--scorer none`, then train), at most `ssl.max_clips` of them (`sample_clips`), under torchrun
     this rank's share of them, dealt round-robin into chunks."""
     local = [j for j in jobs if j.path is not None or raw_path(raw_dir, j.clip_id).is_file()]
     if len(local) < len(jobs):
         log.info("ssl-train: %d clips not fetched yet are left out", len(jobs) - len(local))
-    local = (world or World()).share(_sample(local, cfg.ssl.max_clips))
+    local = (world or World()).share(sample_clips(local, cfg.ssl.max_clips))
     n_chunks = max(1, math.ceil(len(local) / cfg.ssl.buffer_clips))
     return TrainingSet(tuple(tuple(local[k::n_chunks]) for k in range(n_chunks)), raw_dir)
 
@@ -211,7 +205,7 @@ def _augment_images(frames: torch.Tensor, size: int, gen: torch.Generator, colou
     contrast and saturation scaled by factors in 1 +- colour_jitter (never hue).
 
     Off by default: the jitter blurs the colour that tells look-alike objects apart (measured on the demo world,
-    docs/localisation.md), and background swap already removes the clip identity it was meant to hide."""
+    docs/localisation.md, "Colour jitter"), and background swap already removes the identity it was meant to hide."""
     b = frames.shape[0]
     x = frames.float() / 255.0
     scale = 0.6 + 0.4 * torch.rand(b, generator=gen)
@@ -401,7 +395,7 @@ def _truncate_log(loss_log: Path, step: int) -> None:
         atomic_write_bytes(loss_log, "".join(line + "\n" for line in lines).encode())
 
 
-def _device(ssl: SSLConfig) -> torch.device:
+def training_device(ssl: SSLConfig) -> torch.device:
     if ssl.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(ssl.device)
@@ -453,7 +447,7 @@ class _Trainer:
 
 def _trainer(cfg: RunConfig, blob: dict | None, checkpoint: Path) -> _Trainer:
     """Build the model (from `blob` when resuming, else seeded, from `ssl.image_init` when given) on the device."""
-    device = _device(cfg.ssl)
+    device = training_device(cfg.ssl)
     world = join(device)
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
@@ -494,7 +488,7 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
     Batches are drawn on the CPU from a generator seeded by the step (and rank), so a resumed run sees the same
     batches, and trained on `ssl.device`. Under torchrun rank 0 alone reads and writes the checkpoint and log."""
     torch.set_num_threads(cfg.ssl.threads)
-    world = join(_device(cfg.ssl))
+    world = join(training_device(cfg.ssl))
     blob = world.from_main(checkpoint_blob(checkpoint) if world.is_main and checkpoint.exists() else None)
     t = _trainer(cfg, blob, checkpoint)
     local = _local_batch_config(cfg.ssl, t.world)
@@ -565,7 +559,7 @@ def final_loss(loss_log: Path, steps: int) -> float:
     return float(np.mean(losses[-max(1, steps // 10):]))
 
 
-def _finished(checkpoint: Path, steps: int) -> bool:
+def is_finished(checkpoint: Path, steps: int) -> bool:
     """A checkpoint that exists and has trained all `steps` (anything less is resumed)."""
     return checkpoint.exists() and checkpoint_blob(checkpoint)["step"] >= steps
 
@@ -578,12 +572,12 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
 
     The same objective on the same clips, so its final value ranks the restarts without labels: of six single
     trainings on the demo world, the three with the lowest loss kept >= 93 % of good clips at >= 0.96 precision,
-    the other three <= 76 % (docs/localisation.md)."""
+    the other three <= 76 % (docs/localisation.md, "Restarts and ensembles")."""
     if cfg.ssl.restarts == 1:
         return train(source, cfg, checkpoint, progress)
-    world = join(_device(cfg.ssl))
+    world = join(training_device(cfg.ssl))
     paths = [checkpoint.parent / "restarts" / str(k) / "model.pt" for k in range(cfg.ssl.restarts)]
-    unfinished = world.from_main([world.is_main and not _finished(path, cfg.ssl.steps) for path in paths])
+    unfinished = world.from_main([world.is_main and not is_finished(path, cfg.ssl.steps) for path in paths])
     if any(unfinished) and isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all
         source = load_training_clips(list(source.chunks[0]), cfg, source.raw_dir, progress)
     runs = []
@@ -612,55 +606,3 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     atomic_write_bytes(checkpoint, with_ensemble(blob, others))  # last: its presence means finished
     world.barrier()
     return checkpoint
-
-
-def _model_on_store(cfg: RunConfig, jobs: list[ClipJob], out: str, name: str, progress: bool) -> tuple[str, str]:
-    """ensure_model's training with OUT on an object store: the client downloads the training clips (at most
-    `ssl.max_clips`) into a scratch folder, trains there, and uploads the finished checkpoint and its loss log
-    to `OUT/ssl/<settings>/` (the checkpoint last: its presence means finished). Returns its URL and sha256."""
-    url = storage.join(out, "ssl", name, "model.pt")
-    with tempfile.TemporaryDirectory(prefix="s2s-ssl-") as scratch:
-        local = Path(scratch) / "ssl" / name / "model.pt"
-        if storage.exists(url):
-            storage.get_file(url, local)
-        if not _finished(local, cfg.ssl.steps):
-            staged = [replace(j, path=stage_in(j.clip_id, j.path, out, Path(scratch))[0])
-                      for j in _sample(jobs, cfg.ssl.max_clips)]
-            train_restarts(training_set(staged, cfg, Path(scratch) / "raw"), cfg, local, progress)
-            storage.put_file(local.with_name("loss.jsonl"), storage.join(out, "ssl", name, "loss.jsonl"))
-            if local.with_name("restarts.json").exists():
-                storage.put_file(local.with_name("restarts.json"), storage.join(out, "ssl", name, "restarts.json"))
-            storage.put_file(local, url)
-        return url, file_digest(local)
-
-
-def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
-                 progress: bool = True) -> tuple[RunConfig, str | None]:
-    """The run's config with `score.checkpoint` set (training one on `jobs` when none is given), and the
-    checkpoint's sha256 (part of the per-clip cache key). A moments file is checked and digested the same way;
-    other scorers pass through."""
-    if cfg.score.scorer == "moments":
-        from curation.localise.moments import resolve_moments
-
-        return resolve_moments(cfg)
-    if cfg.score.scorer != "ssl":
-        return cfg, None
-    if cfg.score.checkpoint:
-        from curation.localise.published import ensure_bank, resolve_checkpoint
-
-        return ensure_bank(resolve_checkpoint(cfg), jobs, out), file_digest(storage.local_copy(cfg.score.checkpoint))
-    settings = json.dumps([cfg.ssl.settings(), cfg.decode.sample_rate], default=list)
-    name = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    world = join(_device(cfg.ssl))
-    if storage.is_url(str(out)):
-        if world.size > 1:
-            raise ConfigError(["out: ssl-train under torchrun writes its model to a local OUT (each rank decodes its "
-                               "own clips from OUT/raw); train into a local folder, then copy the model"])
-        checkpoint, digest = _model_on_store(cfg, jobs, str(out), name, progress)
-    else:
-        checkpoint = Path(out) / "ssl" / name / "model.pt"
-        if not world.from_main(world.is_main and _finished(checkpoint, cfg.ssl.steps)):
-            train_restarts(training_set(jobs, cfg, Path(out) / "raw", world), cfg, checkpoint,
-                           progress and world.is_main)
-        digest = file_digest(checkpoint) if world.is_main else None
-    return replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native")), digest

@@ -16,7 +16,7 @@ from conftest import make_av
 from curation.__main__ import main
 from curation.config import load_config
 from curation.fetch.mirror import plan_source, resolve_source
-from curation.localise.train import ensure_model
+from curation.localise.scorers import ensure_model
 from curation.pipeline import reselect, run, run_jobs
 from curation.staging import stage_inputs
 from manifests.readers import read_vggsound

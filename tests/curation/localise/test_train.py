@@ -19,6 +19,7 @@ from curation.demo import generate_world
 from curation.errors import CheckpointError
 from curation.localise.checkpoint import load_checkpoint, load_members
 from curation.localise.score import LearnedScorer
+from curation.localise.scorers import ensure_model
 from curation.localise.train import (
     ClipViews,
     TrainingClips,
@@ -30,7 +31,6 @@ from curation.localise.train import (
     _swap_backgrounds,
     _trainer,
     clip_backgrounds,
-    ensure_model,
     final_loss,
     load_image_init,
     load_training_clips,
