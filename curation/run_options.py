@@ -9,7 +9,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from curation.config import DATASETS
+from curation.config import DATASETS, SCORERS
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RunOption:
         return (value or None) if self.action == "store_true" else value
 
 
-FETCH = "fetching url / YouTube clips (README: Fetching)"
+FETCH = "fetching url / YouTube clips (docs/youtube_and_vegas.md, \"Options\")"
 
 RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("--dataset", f"clip list form: {' | '.join(DATASETS)} (default: demo)", "dataset", "DATASET", "always"),
@@ -61,7 +61,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("--workers", "LocalCluster worker processes (default: one per core)", "dask.workers", "WORKERS",
               type=int),
     RunOption("--demo-clips", "number of demo-world clips", "demo.clips", "CLIPS", type=int),
-    RunOption("--scorer", "per-frame scorer: ssl | synchrony | none | moments (a given file)", "score.scorer",
+    RunOption("--scorer", f"per-frame scorer: {' | '.join(SCORERS)} (curation/localise/registry.py)", "score.scorer",
               "SCORER"),
     RunOption("--checkpoint", "trained localisation model (else one is trained on the clips first)",
               "score.checkpoint", "CHECKPOINT"),
