@@ -319,9 +319,22 @@ def test_local_clip_id_is_stable_and_filename_safe():
         assert not is_safe_clip_id(bad)
 
 
-def test_reading_twice_gives_the_same_ids(tmp_path):
-    path = write_generic_csv(tmp_path / "list.csv")
-    assert read_clip_list(path).table.equals(read_clip_list(path).table)
+def test_a_rows_id_depends_on_its_content_not_on_its_place_in_the_list(tmp_path):
+    """Ids key the per-clip cache: reordering or moving a list must not rename its clips (a relative path's id
+    follows the file it names)."""
+    first = {r["label"]: r for r in read_clip_list(write_generic_csv(tmp_path / "list.csv")).table.to_pylist()}
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    with (moved / "reordered.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(GENERIC_HEADER)
+        writer.writerows(GENERIC_ROWS[::-1])
+    again = {r["label"]: r for r in read_clip_list(moved / "reordered.csv").table.to_pylist()}
+    assert set(again) == set(first) == {"dog", "cat", "owl"}
+    assert again["owl"]["clip_id"] == first["owl"]["clip_id"] == "glLQrEijrKg_0005000_0015000"
+    assert again["cat"]["clip_id"] == first["cat"]["clip_id"]  # a URL row
+    assert again["dog"]["path"] == str(moved / "media" / "dog bark.mp4")  # another file, so another id
+    assert again["dog"]["clip_id"] == local_clip_id(again["dog"]["path"], 0, 2.5) != first["dog"]["clip_id"]
 
 
 # ---------------------------------------------------------------- parquet round trip
