@@ -34,12 +34,13 @@ from curation.fetch.clip import standardise, verify
 from curation.fetch.youtube import clip_url, extract
 from curation.pipeline import run
 from manifests.io import write_json
+from manifests.layout import RunLayout
 from tests.media_server import MediaServer
 
 
 def _in_process(server: MediaServer, names: list[str], out: Path, start_s: float, end_s: float) -> dict:
     """One clip after the other in this process, timing yt-dlp and ffmpeg + ffprobe apart."""
-    raw = out / "raw"
+    raw = Path(RunLayout(str(out)).raw)
     shutil.rmtree(out, ignore_errors=True)
     raw.mkdir(parents=True)
     cfg, extract_s, cut_s = FetchConfig(), [], []
@@ -133,7 +134,7 @@ def _run_rows(rows: pd.DataFrame, out: Path, workers: int, scorer: str) -> dict:
     subprocess.run(args, check=True, capture_output=True)
     wall = time.perf_counter() - started
     cpu, server_cpu = _cpu_s(resource.RUSAGE_CHILDREN) - children, _cpu_s(resource.RUSAGE_SELF) - own
-    clips = pd.read_parquet(out / "run" / "manifests" / "clips.parquet")
+    clips = pd.read_parquet(RunLayout(str(out / "run")).clips_manifest)
     n = len(clips)
     return {"clips": n, "written": int(clips["shard"].notna().sum()), "wall_s": round(wall, 2),
             "clips_per_s": round(n / wall, 3), "cpu_s": round(cpu, 1), "cpu_s_per_clip": round(cpu / n, 3),

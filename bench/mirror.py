@@ -24,6 +24,7 @@ from curation.config import load_config
 from curation.fetch.mirror import extract_archive, member_key
 from curation.pipeline import run
 from manifests.io import write_json
+from manifests.layout import source_index_in
 
 REAL_IDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "vggsound_test.csv"
 
@@ -90,7 +91,7 @@ def _read_throughput(archive: Path, names: list[str], scratch: Path, repeats: in
     def ours(wanted: dict[str, str]):
         def read() -> None:
             raw = Path(tempfile.mkdtemp(dir=scratch))
-            extract_archive(str(archive), wanted, str(raw), str(raw / "source_index"))
+            extract_archive(str(archive), wanted, str(raw), source_index_in(raw))
             shutil.rmtree(raw)
         return read
 

@@ -20,6 +20,7 @@ from curation.config import SelectConfig, config_from_dict
 from curation.outputs.evaluate import frames_with_truth
 from curation.select import keep_clips, select_moments
 from manifests.io import write_json
+from manifests.layout import RunLayout
 
 
 def _clip_moments(joined: pd.DataFrame, cfg: SelectConfig) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -47,13 +48,14 @@ def _banks(score) -> list[dict]:
 def measure(out: Path, drops: list[float], seeds: int, quantiles: list[float]) -> dict:
     from curation.localise.bank import null_threshold
 
-    record = json.loads((out / "manifests" / "run.json").read_text())
+    layout = RunLayout(str(out))
+    record = json.loads(Path(layout.run_record).read_text())
     run_cfg = config_from_dict(record["config"])
     cfg = run_cfg.select
     joined = frames_with_truth(out)
-    kinds = json.loads((out / "raw" / "demo_world.json").read_text())["counts"]["clip_kinds"]
-    scored = set(pd.read_parquet(out / "manifests" / "clips.parquet").query("status in ['ok', 'rejected'] and "
-                                                                          "error_kind.isna()")["clip_id"])
+    kinds = json.loads(Path(layout.demo_world).read_text())["counts"]["clip_kinds"]
+    scored = set(pd.read_parquet(layout.clips_manifest).query("status in ['ok', 'rejected'] and "
+                                                              "error_kind.isna()")["clip_id"])
     joined = joined[joined["clip_id"].isin(scored)]
     scores, picked = _clip_moments(joined, cfg)
     thresholds = {}
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also the threshold of these score.bank_quantile values (with the run's margin)")
     args = parser.parse_args(argv)
     result = measure(Path(args.out), args.drop_good, args.seeds, args.quantiles)
-    write_json(Path(args.out) / "manifests" / "mismatch_bench.json", result)
+    write_json(RunLayout(args.out).manifest("mismatch_bench.json"), result)
     print(pd.DataFrame(result["mean_over_seeds"]).to_string(index=False))
     return 0
 

@@ -90,7 +90,7 @@ def _one_run(clip_list: Path, out: Path) -> dict:
     wall = time.perf_counter() - started
     peaks = _peak_rss_mib()  # before the per-clip costs below read any cache file
     client_cpu, worker_cpu = _cpu_s() - cpu_before, _cpu_s(resource.RUSAGE_CHILDREN)
-    timings = json.loads((out / "manifests" / "run.json").read_text())["timings_s"]
+    timings = json.loads(Path(summary.paths.layout.run_record).read_text())["timings_s"]
     n = summary.n_clips
     sample = [f"scale{i:06d}" for i in range(0, n, max(1, n // 500))]
     return {"clips": n, "wall_s": round(wall, 2), "clips_per_s": round(n / wall, 2),
@@ -120,7 +120,7 @@ def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
         finish(cfg, paths, clip_list_table, outcomes, {}, _dask_mapper(client, cfg))
         wall, client_cpu = time.perf_counter() - started, _cpu_s() - client_before
         worker_cpu = sum(client.run(_cpu_s).values()) - workers_before
-    record = json.loads((Path(paths.manifests) / "run.json").read_text())
+    record = json.loads(Path(paths.layout.run_record).read_text())
     timings, n_kept = record["timings_s"], record["counts"]["ok"]
     return {"workers": workers, "finish_s": round(wall, 2), "select_s": timings["select_s"],
             "write_shards_s": timings["write_shards_s"], "manifests_s": timings["manifests_s"],

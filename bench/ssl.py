@@ -32,6 +32,7 @@ from curation.localise.score import LearnedScorer
 from curation.localise.scorers import ensure_model
 from curation.pipeline import load_clip_list, run, run_jobs
 from manifests.io import write_json
+from manifests.layout import RunLayout
 
 # The bare model's batch: its fastest here (one thread, 1,280 concatenated frames, best of 7: batches of 32 / 64 /
 # 80 / 100 / 128 -> 1,609 / 1,688 / 1,359 / 1,455 / 1,440 frames/s), whatever `score.batch_size` the pipeline uses.
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = ensure_model(cfg, run_jobs(load_clip_list(cfg, world_out)), world_out, progress=False)
     train_s = time.perf_counter() - started
     workers = cfg.dask.workers or 2
-    paths = sorted((world_out / "raw").glob("demo*.mp4"))[:4 if args.model == "full" else 16]
+    paths = sorted(Path(RunLayout(str(world_out)).raw).glob("demo*.mp4"))[:4 if args.model == "full" else 16]
     clips = _decode(paths, cfg)
     scorer = LearnedScorer(cfg.score)  # sets one torch thread, as in a worker: the isolated run gets `workers`
     runs: dict[str, list[float]] = {"in_pipeline": [], "end_to_end": [], "isolated": [], "isolated_processes": [],
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     page_faults: list[float] = []
     frames = 0
     for _ in range(args.repeats):
-        shutil.rmtree(world_out / "cache", ignore_errors=True)
+        shutil.rmtree(RunLayout(str(world_out)).caches, ignore_errors=True)
         summary = run(cfg, progress=False)
-        record = json.loads((world_out / "manifests" / "run.json").read_text())
+        record = json.loads(Path(RunLayout(str(world_out)).run_record).read_text())
         runs["in_pipeline"].append(record["scorer_frames_per_s_per_worker"] * workers)
         page_faults.append(record["scorer_page_faults_per_clip"])
         runs["end_to_end"].append(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps)

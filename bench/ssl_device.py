@@ -37,6 +37,7 @@ from curation.localise.model import AVLocalizer, SSLModelConfig
 from curation.localise.scorers import ensure_model, load_scorer
 from curation.pipeline import load_clip_list, run, run_jobs
 from manifests.io import write_json
+from manifests.layout import RunLayout
 
 
 def _sync(device: torch.device) -> None:
@@ -108,7 +109,7 @@ def main(args) -> int:
     cfg = replace(cfg, score=score, dask=replace(cfg.dask, score_resource="GPU", clips_per_task=args.clips_per_task,
                                                    workers=args.workers or cfg.dask.workers))
     scorer = load_scorer(score)  # one torch thread, as in a worker
-    paths = sorted((world_out / "raw").glob("demo*.mp4"))[:16]
+    paths = sorted(Path(RunLayout(str(world_out)).raw).glob("demo*.mp4"))[:16]
     clips = [decode_clip(p, 0.0, cfg.demo.duration_s, cfg.decode) for p in paths]
     inputs = [scorer.inputs(c) for c in clips]
     frames = sum(i.n_frames for i in inputs)
@@ -121,9 +122,9 @@ def main(args) -> int:
     checks = _checks(scorer, load_scorer(replace(score, device="cpu", precision="fp32")), clips[:4], inputs[:4])
     pipeline = []
     for _ in range(args.pipeline_repeats):
-        shutil.rmtree(world_out / "cache", ignore_errors=True)
+        shutil.rmtree(RunLayout(str(world_out)).caches, ignore_errors=True)
         summary = run(cfg, progress=False)
-        record = json.loads((world_out / "manifests" / "run.json").read_text())
+        record = json.loads(Path(RunLayout(str(world_out)).run_record).read_text())
         pipeline.append({"scorer_frames_per_s": record["scorer_frames_per_s_per_worker"],
                          "end_to_end_frames_per_s": round(summary.clips_per_s * cfg.demo.duration_s * cfg.decode.fps,
                                                           1)})

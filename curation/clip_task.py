@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import resource
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,8 +35,8 @@ from curation.results import (
     write_cached,
 )
 from curation.select import select_moments
-from curation.staging import stage_in, stage_out
 from manifests.io import atomic_write_bytes
+from manifests.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,10 @@ def _minor_page_faults() -> int:
     return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_minflt
 
 
-def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, raw_dir: Path, started: float,
+def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, layout: RunLayout, started: float,
                    score_s: float, score_page_faults: int) -> tuple[ClipOutcome, dict[str, np.ndarray]]:
-    """A scored clip's outcome and cache arrays: moments, JPEGs of the chosen frames, FLAC, maps, quality."""
+    """A scored clip's outcome and cache arrays: moments, JPEGs of the chosen frames, FLAC, maps (with
+    `score.save_maps` also written to the local `layout`'s maps folder), quality."""
     moments, arrays = _moment_arrays(clip.times, result.scores, result.contrastive,
                                      lambda idx: clip.frames[idx], cfg)
     arrays.update(t=clip.times, score=result.scores,
@@ -71,7 +71,7 @@ def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, raw_d
         if cfg.score.save_maps:
             buf = io.BytesIO()
             np.save(buf, arrays["maps"])
-            atomic_write_bytes(raw_dir.parent / "maps" / f"{job.clip_id}.npy", buf.getvalue())
+            atomic_write_bytes(layout.clip_map(job.clip_id), buf.getvalue())
     quality = signals_dict(measure(clip.frames, clip.audio, clip.sample_rate))
     outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
                           seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults,
@@ -86,7 +86,8 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
     faults_before, score_started = _minor_page_faults(), time.perf_counter()
     result = clip_scorer.score(clip)
     score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
-    outcome, arrays = scored_arrays(job, clip, result, cfg, raw_dir, started, score_s, score_page_faults)
+    outcome, arrays = scored_arrays(job, clip, result, cfg, RunLayout.of_raw(raw_dir), started, score_s,
+                                    score_page_faults)
     return outcome, arrays, scorer.model_id
 
 
@@ -138,35 +139,29 @@ def warm_up(cfg: RunConfig) -> str:
     return scorer.model_id
 
 
-def _process_staged(job: ClipJob, cfg: RunConfig, out: str, scratch: Path, cache_dir: str,
-                    gate: FetchGate | None) -> ClipOutcome:
-    """`process_clip` with OUT on an object store: the clip's raw files pass through the task's scratch folder."""
+def _process_in(ws: storage.Workspace, job: ClipJob, cfg: RunConfig, cache_dir: str,
+                gate: FetchGate | None) -> ClipOutcome:
+    """`process_clip` in a workspace: the clip's earlier fetch is brought there first, what it makes is committed
+    after (nothing to move when OUT is local)."""
     if (cached := cached_outcome(cache_path(cache_dir, job.clip_id), cfg.decode.short_clips)) is not None:
         return cached
-    path, present = stage_in(job.clip_id, job.path, out, scratch)
-    try:
-        return process_clip(replace(job, path=path), cfg, scratch / "raw", cache_dir, gate)
-    finally:
-        stage_out(job.clip_id, out, scratch, present)
+    with ws.clip(job.clip_id, job.path) as path:
+        return process_clip(replace(job, path=path), cfg, Path(ws.layout.raw), cache_dir, gate)
 
 
-def process_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: str,
+def process_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, cache_dir: str,
                   gate: FetchGate | None = None) -> list[ClipOutcome]:
-    """One Dask task: a group of clips, processed in order on one worker. Once `gate` says the run is
-    stopping, the rest of the group is left out (those clips stay pending). `raw_dir` and `cache_dir` are
-    local folders or URLs (then each clip's files pass through a scratch folder of this task's own)."""
-    remote = storage.is_url(raw_dir)
-    if not remote:
-        Path(raw_dir).mkdir(parents=True, exist_ok=True)
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    """One Dask task: a group of clips, processed in order on one worker in a workspace of OUT (`folder`). Once
+    `gate` says the run is stopping, the rest of the group is left out (those clips stay pending). `cache_dir`
+    is a local folder or a URL."""
+    storage.makedirs(cache_dir)
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="s2s-clip-") as scratch:
-        (Path(scratch) / "raw").mkdir()
+    with folder.workspace("s2s-clip-") as ws:
+        Path(ws.layout.raw).mkdir(parents=True, exist_ok=True)
         for job in jobs:
             if gate is not None and gate.stopped():
                 break
-            outcomes.append(_process_staged(job, cfg, storage.parent(raw_dir), Path(scratch), cache_dir, gate)
-                            if remote else process_clip(job, cfg, Path(raw_dir), cache_dir, gate))
+            outcomes.append(_process_in(ws, job, cfg, cache_dir, gate))
     return outcomes
 
 
@@ -196,25 +191,19 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
     return outcome
 
 
-def _reselect_staged(job: ClipJob, cfg: RunConfig, out: str, scratch: Path, old_cache: str,
-                     new_cache: str) -> ClipOutcome:
-    """`reselect_clip` with OUT on an object store: the clip's raw files pass through the task's scratch folder."""
+def _reselect_in(ws: storage.Workspace, job: ClipJob, cfg: RunConfig, old_cache: str,
+                 new_cache: str) -> ClipOutcome:
+    """`reselect_clip` in a workspace, as `_process_in`."""
     if storage.exists(cache_path(new_cache, job.clip_id)):
         return read_outcome(cache_path(new_cache, job.clip_id))
-    path, present = stage_in(job.clip_id, job.path, out, scratch)
-    try:
-        return reselect_clip(replace(job, path=path), cfg, scratch / "raw", old_cache, new_cache)
-    finally:
-        stage_out(job.clip_id, out, scratch, present)
+    with ws.clip(job.clip_id, job.path) as path:
+        return reselect_clip(replace(job, path=path), cfg, Path(ws.layout.raw), old_cache, new_cache)
 
 
-def reselect_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, old_cache: str,
+def reselect_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, old_cache: str,
                    new_cache: str) -> list[ClipOutcome]:
-    """One Dask task of `curation select` (`raw_dir` and the caches: local folders or URLs, as `process_group`)."""
-    if not storage.is_url(raw_dir):
-        Path(new_cache).mkdir(parents=True, exist_ok=True)
-        return [reselect_clip(job, cfg, Path(raw_dir), old_cache, new_cache) for job in jobs]
-    with tempfile.TemporaryDirectory(prefix="s2s-clip-") as scratch:
-        (Path(scratch) / "raw").mkdir()
-        return [_reselect_staged(job, cfg, storage.parent(raw_dir), Path(scratch), old_cache, new_cache)
-                for job in jobs]
+    """One Dask task of `curation select` (the caches: local folders or URLs, as `process_group`)."""
+    storage.makedirs(new_cache)
+    with folder.workspace("s2s-clip-") as ws:
+        Path(ws.layout.raw).mkdir(parents=True, exist_ok=True)
+        return [_reselect_in(ws, job, cfg, old_cache, new_cache) for job in jobs]

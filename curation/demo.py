@@ -42,6 +42,7 @@ import soundfile as sf
 
 from curation.errors import UsageError, require_tools
 from manifests.io import write_json, write_parquet
+from manifests.layout import RunLayout, clip_in
 from manifests.schema import CLIP_LIST_SCHEMA, TRUTH_SCHEMA
 
 WIDTH, HEIGHT, FPS, SAMPLE_RATE = 288, 224, 10, 16000
@@ -405,7 +406,7 @@ def _clip(raw_dir: Path, seed: int, index: int, plan: ClipPlan, n_frames: int) -
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
     clip_id = f"demo{index:05d}"
     tracks = _plan_tracks(rng, plan.kind, plan.category, n_frames, plan.variant)
-    dst = raw_dir / f"{clip_id}.mp4"
+    dst = Path(clip_in(raw_dir, clip_id))
     if not dst.exists():
         audio, pulses = _render_audio(rng, tracks)
         if not plan.pulsing:
@@ -438,7 +439,7 @@ def _clip_list(raw_dir: Path, cats: np.ndarray, duration_s: float) -> pa.Table:
     n = len(cats)
     return pa.table({
         "clip_id": [f"demo{i:05d}" for i in range(n)], "dataset": ["demo"] * n, "ytid": [None] * n,
-        "url": [None] * n, "path": [str(raw_dir / f"demo{i:05d}.mp4") for i in range(n)],
+        "url": [None] * n, "path": [clip_in(raw_dir, f"demo{i:05d}") for i in range(n)],
         "start_s": [0.0] * n, "end_s": [float(duration_s)] * n,
         "label": [CATEGORIES[c].name for c in cats], "split": ["test" if i % 5 == 0 else "train" for i in range(n)],
         "source_row": np.arange(1, n + 1),
@@ -484,10 +485,11 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
                          f"(CLIPS=, --demo-clips) of >= {2 * MIN_SEGMENT_S} s, a whole number of frames at {FPS} fps "
                          "(--set demo.duration_s=...)")
     require_tools("ffmpeg")  # the demo world is encoded with the ffmpeg CLI
-    raw = Path(out_dir).resolve() / "raw"
+    layout = RunLayout(str(Path(out_dir).resolve()))
+    raw = Path(layout.raw)
     plans = _world_plan(seed, n_clips)
     kinds = [p.kind for p in plans]
-    world = DemoWorld(raw, raw / "demo_clips.parquet", raw / "truth.parquet", raw / "demo_world.json",
+    world = DemoWorld(raw, Path(layout.demo_clips), Path(layout.truth), Path(layout.demo_world),
                       n_clips, n_frames, {k: kinds.count(k) for k in KIND_FRACTIONS})
     params = world_params(n_clips, seed, duration_s)
     if world.world_json.exists():
@@ -512,4 +514,4 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
 def _complete(world: DemoWorld) -> bool:
     meta = json.loads(world.world_json.read_text())
     return ("counts" in meta and world.truth_path.exists() and world.clips_path.exists()
-            and all((world.raw_dir / f"demo{i:05d}.mp4").exists() for i in range(world.n_clips)))
+            and all(Path(clip_in(world.raw_dir, f"demo{i:05d}")).exists() for i in range(world.n_clips)))

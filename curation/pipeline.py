@@ -14,7 +14,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +38,7 @@ from curation.scoring_workers import finish_group, model_inputs, prepare_group, 
 from curation.scoring_workers import warm_up as split_warm_up
 from curation.staging import stage_inputs
 from manifests.io import parquet_bytes
+from manifests.layout import name_of
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
 from manifests.vegas import read_vegas
 
@@ -57,16 +57,10 @@ WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 <
 SCORING_WORKER_WAIT_S = 30.0  # a cluster's scoring workers may still be joining when a run starts
 
 
-def load_clip_list(cfg: RunConfig, out: str | Path) -> ClipList:
+def load_clip_list(cfg: RunConfig, out: str | os.PathLike | storage.RunFolder) -> ClipList:
     """The run's clip list; for the demo world, generate it first (a no-op when it already exists)."""
-    if cfg.dataset == "demo" and storage.is_url(str(out)):
-        return ClipList(table=_demo_world_on_store(cfg, str(out)), bad_rows=[], duplicates_dropped=0)
     if cfg.dataset == "demo":
-        from curation.demo import generate_world
-
-        generate_world(out, n_clips=cfg.demo.clips, seed=cfg.demo.seed, duration_s=cfg.demo.duration_s)
-        return ClipList(table=read_clip_table(Path(out) / "raw" / "demo_clips.parquet"), bad_rows=[],
-                        duplicates_dropped=0)
+        return ClipList(table=_demo_world(cfg, storage.run_folder(out)), bad_rows=[], duplicates_dropped=0)
     if cfg.dataset == "vggsound":
         return read_vggsound(cfg.meta)
     if cfg.dataset == "vegas":
@@ -74,40 +68,36 @@ def load_clip_list(cfg: RunConfig, out: str | Path) -> ClipList:
     return read_clip_list(cfg.meta)
 
 
-def _demo_world_on_store(cfg: RunConfig, out: str):
-    """The demo world for an OUT on an object store: generated in a scratch folder and uploaded to `OUT/raw`
-    once (its clip list last, so a listed world is complete); rows read the uploaded clips."""
+def _demo_world(cfg: RunConfig, folder: storage.RunFolder) -> pa.Table:
+    """The demo world's clip list. A local OUT holds the world in place (made, reused or resumed there); for an
+    object store it is made in a scratch folder and uploaded to `OUT/raw` once (its clip list last, so a listed
+    world is complete), and its rows read the uploaded clips."""
     from curation.demo import generate_world, world_params
 
-    listing, world_json = storage.join(out, "raw", "demo_clips.parquet"), storage.join(out, "raw", "demo_world.json")
-    if storage.exists(listing) and json.loads(storage.read_bytes(world_json))["params"] != world_params(
-            cfg.demo.clips, cfg.demo.seed, cfg.demo.duration_s):
-        raise UsageError(f"{out} holds a demo world with other parameters; choose another OUT")
-    with tempfile.TemporaryDirectory(prefix="s2s-demo-") as scratch:
-        if not storage.exists(listing):
-            world = generate_world(scratch, n_clips=cfg.demo.clips, seed=cfg.demo.seed, duration_s=cfg.demo.duration_s)
+    layout, demo = folder.layout, cfg.demo
+    with folder.workspace("s2s-demo-") as ws:
+        if ws.in_place:
+            world = generate_world(layout.out, n_clips=demo.clips, seed=demo.seed, duration_s=demo.duration_s)
+            return read_clip_table(world.clips_path)
+        if not storage.exists(layout.demo_clips):
+            world = generate_world(ws.layout.out, n_clips=demo.clips, seed=demo.seed, duration_s=demo.duration_s)
             for path in sorted(world.raw_dir.iterdir()):
                 if path != world.clips_path:
-                    storage.put_file(path, storage.join(out, "raw", path.name))
-            storage.put_file(world.clips_path, listing)
-        storage.get_file(listing, Path(scratch) / "demo_clips.parquet")
-        table = read_clip_table(Path(scratch) / "demo_clips.parquet")
-    paths = [storage.join(out, "raw", Path(p).name) for p in table.column("path").to_pylist()]
+                    ws.commit(storage.join(layout.raw, path.name))
+            ws.commit(layout.demo_clips)
+        elif json.loads(storage.read_bytes(layout.demo_world))["params"] != world_params(demo.clips, demo.seed,
+                                                                                        demo.duration_s):
+            raise UsageError(f"{layout.out} holds a demo world with other parameters; choose another OUT")
+        table = read_clip_table(ws.pull(layout.demo_clips))
+    paths = [layout.raw_clip(Path(p).stem) for p in table.column("path").to_pylist()]
     return table.set_column(table.column_names.index("path"), "path", pa.array(paths, pa.string()))
 
 
-def upload_local_rows(jobs: list[ClipJob], out: str) -> list[ClipJob]:
-    """Jobs whose local `path` (a file only the client sees) is uploaded to `OUT/inputs/<clip_id><suffix>`
-    (once: an object already there is reused) and read from there by the workers."""
-    staged = []
-    for job in jobs:
-        if job.path is not None and not storage.is_url(job.path) and os.path.isfile(job.path):
-            target = storage.join(out, "inputs", f"{job.clip_id}{Path(job.path).suffix}")
-            if not storage.exists(target):
-                storage.put_file(job.path, target)
-            job = replace(job, path=target)
-        staged.append(job)
-    return staged
+def upload_local_rows(jobs: list[ClipJob], out: storage.RunFolder) -> list[ClipJob]:
+    """Jobs whose `path` is a file only the client sees (OUT on an object store) read an upload of it, at
+    `OUT/inputs/<clip_id><suffix>` (made once: an object already there is reused)."""
+    return [replace(job, path=out.share(job.path, out.layout.input_clip(job.clip_id, Path(job.path).suffix)))
+            if out.client_only(job.path) else job for job in jobs]
 
 
 def run_jobs(clip_list: ClipList) -> list[ClipJob]:
@@ -179,17 +169,18 @@ def _task_submitter(client, task: Callable, cfg: RunConfig, args: tuple) -> Call
     return lambda group: client.submit(task, group, cfg, *args, retries=cfg.dask.retries, pure=False)
 
 
-def _split_submitter(client, cfg: RunConfig, paths: RunPaths, gate) -> Callable[[list[ClipJob]], object]:
+def _split_submitter(client, cfg: RunConfig, folder: storage.RunFolder, cache: str,
+                     gate) -> Callable[[list[ClipJob]], object]:
     """Submits a group as four tasks (curation.scoring_workers): prepare on any worker, pick out the model inputs
     there, score them on a worker offering `dask.score_resource`, finish where the decoded clips are (Dask runs a
     task where its largest input lies). Returns the future of the group's outcomes."""
     options = {"retries": cfg.dask.retries, "pure": False}
 
     def submit(group: list[ClipJob]):
-        prepared = client.submit(prepare_group, group, cfg, paths.raw, paths.cache, gate, **options)
+        prepared = client.submit(prepare_group, group, cfg, folder, cache, gate, **options)
         inputs = client.submit(model_inputs, prepared, **options)
         scores = client.submit(score_inputs, inputs, cfg, resources={cfg.dask.score_resource: 1}, **options)
-        return client.submit(finish_group, prepared, scores, cfg, paths.raw, paths.cache, **options)
+        return client.submit(finish_group, prepared, scores, cfg, folder, cache, **options)
 
     return submit
 
@@ -281,19 +272,20 @@ def _dask_mapper(client, cfg: RunConfig) -> Callable[[Callable, list], Iterable]
     return mapper
 
 
-def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: str, progress: bool, stack: contextlib.ExitStack):
-    """Bring SOURCE's clips into `raw` (docs/mirrors.md): one task per archive to read, each archive streamed once.
-    With `raw` on an object store the client reads the archives on its own disk itself (no worker may rely on
-    seeing it) while the workers read those in the store.
+def _from_source(cfg: RunConfig, jobs: list[ClipJob], folder: storage.RunFolder, progress: bool,
+                 stack: contextlib.ExitStack):
+    """Bring SOURCE's clips into OUT's raw folder (docs/mirrors.md): one task per archive to read, each archive
+    streamed once. Archives only the client sees (on its own disk, with OUT on an object store: no worker may rely
+    on seeing that disk) are read by the client itself while the workers read the others.
 
     Returns jobs reading the clips that are now there, failed outcomes for the others, a note for run.json, and
     the cluster when one was started (kept in `stack` for the clip wave)."""
     from dask.distributed import as_completed
 
     started = time.perf_counter()
+    raw, index = folder.layout.raw, folder.layout.source_index
     plan = plan_source(resolve_source(cfg.source.path), jobs, raw)
-    index = storage.join(raw, "source_index")
-    by_client = [a for a in plan.archives if storage.is_url(raw) and not storage.is_url(a)]
+    by_client = [a for a in plan.archives if folder.client_only(a)]
     by_tasks = [a for a in plan.archives if a not in by_client]
     passes, lost, client, futures = [], {}, None, {}
     bar = tqdm(total=len(plan.archives), unit="archive", disable=not progress or not plan.archives,
@@ -326,16 +318,6 @@ def _from_source(cfg: RunConfig, jobs: list[ClipJob], raw: str, progress: bool, 
     return ready, {o.clip_id: o for o in failed}, note, client
 
 
-def _remove_temp_files(paths: RunPaths) -> None:
-    """Temp files a killed run left behind (finished files are only ever renamed into place)."""
-    if storage.is_url(paths.out):
-        return  # an object store holds no temp objects: a write is one upload, seen only once complete
-    for folder in map(Path, (paths.raw, paths.cache, paths.manifests, paths.shards)):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp*"):
-                tmp.unlink(missing_ok=True)
-
-
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Curate `cfg`'s clip list into shards and manifests under `cfg.out`."""
     with contextlib.ExitStack() as stack:  # a cluster started for SOURCE's archives serves the clips too
@@ -346,19 +328,19 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     started = time.perf_counter()
     require_tools("ffmpeg", "ffprobe")
     cfg = check_scorer(cfg)  # a wrong checkpoint or missing device fails now, before the clip list is built
-    out = storage.resolve(cfg.out)
-    clip_list = load_clip_list(cfg, out)
+    folder = storage.run_folder(cfg.out)  # OUT opened once: on this machine or on an object store
+    clip_list = load_clip_list(cfg, folder)
     jobs = run_jobs(clip_list)
-    unreached, source_note, client, inputs = {}, None, None, {}
+    unreached, source_note, client = {}, None, None
     if cfg.source.path:
-        jobs, unreached, source_note, client = _from_source(cfg, jobs, storage.join(out, "raw"), progress, stack)
-    cfg, digest = ensure_model(cfg, jobs, out, progress)  # the scorer's preparation: e.g. trains the ssl model
-    if storage.is_url(out):  # after training, which reads the client's own files where it has them
-        jobs = upload_local_rows(jobs, out)
-        cfg, inputs = stage_inputs(cfg, out)  # a given checkpoint or moments file, uploaded once
+        jobs, unreached, source_note, client = _from_source(cfg, jobs, folder, progress, stack)
+    cfg, digest = ensure_model(cfg, jobs, folder, progress)  # the scorer's preparation: e.g. trains the ssl model
+    # after training, which reads the client's own files where it has them: what only the client sees, uploaded once
+    jobs = upload_local_rows(jobs, folder)
+    cfg, inputs = stage_inputs(cfg, folder)  # a given checkpoint or moments file
     paths = RunPaths.for_config(cfg, digest)
-    _remove_temp_files(paths)
-    storage.write_bytes(storage.join(paths.manifests, "clips.parquet"),
+    folder.remove_temp_files((paths.raw, paths.cache, paths.manifests, paths.shards))
+    storage.write_bytes(paths.layout.clips_manifest,
                         parquet_bytes(pending_clips_table(clip_list, label_index_of(clip_list))))
     retried = forget_transient_failures(paths.cache, [j.clip_id for j in jobs]) if cfg.fetch.retry_failed else 0
     remote_rows = any(j.path is None for j in jobs)  # url / YouTube rows
@@ -368,9 +350,9 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
     with _client(cfg, client) as client:
         if cfg.dask.score_resource:
             _ensure_scoring_worker(client, cfg)
-            submit, warm = _split_submitter(client, cfg, paths, gate), functools.partial(_warm_split, cfg)
+            submit, warm = _split_submitter(client, cfg, folder, paths.cache, gate), functools.partial(_warm_split, cfg)
         else:
-            submit = _task_submitter(client, process_group, cfg, (paths.raw, paths.cache, gate))
+            submit = _task_submitter(client, process_group, cfg, (folder, paths.cache, gate))
             warm = functools.partial(warm_up, cfg)
         outcomes, ready = _run_tasks(client, submit, jobs, cfg, progress, warm, stop=stop)
         timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
@@ -394,9 +376,9 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
 
     Clip scores come from the run's per-clip results; only newly chosen frames are decoded from `raw/`."""
     started = time.perf_counter()
-    out = storage.resolve(out)  # a local folder or an object store: read and written through curation.storage
-    record = read_run_record(out)
-    data = dict(record["config"], out=out)
+    folder = storage.run_folder(out)  # OUT opened once: on this machine or on an object store
+    record = read_run_record(folder.layout.out)
+    data = dict(record["config"], out=folder.layout.out)
     # a run recorded before decode.short_clips existed failed its short clips `too_short`, as its cache holds them
     data["decode"] = {"short_clips": "reject", **data.get("decode", {})}
     for dotted, value in overrides.items():
@@ -406,13 +388,12 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
             raise ValueError(f"{dotted}: re-selection only changes {', '.join(others)} and {last} options")
         data.setdefault(section, {})[key] = value
     cfg = config_from_dict(data)
-    clip_list = load_clip_list(cfg, out)
-    old_cache = storage.join(out, "cache", record["cache_dir"])
+    clip_list = load_clip_list(cfg, folder)
+    old_cache = folder.layout.cache(record["cache_dir"])
     paths = RunPaths.for_config(cfg, record.get("model_digest"))
     cached = set(storage.listdir(old_cache))  # one listing, not a request per clip
-    jobs = [j for j in run_jobs(clip_list) if f"{j.clip_id}.npz" in cached]
-    if storage.is_url(out):
-        jobs = upload_local_rows(jobs, out)  # (already there from the run: nothing is uploaded again)
+    jobs = [j for j in run_jobs(clip_list) if name_of(cache_path(old_cache, j.clip_id)) in cached]
+    jobs = upload_local_rows(jobs, folder)  # (already there from the run: nothing is uploaded again)
     loaded = time.perf_counter()
     record = dict(model_digest=record.get("model_digest"), reselected_from=record["cache_dir"],
                   **{key: record[key] for key in ("inputs",) if key in record})
@@ -421,7 +402,7 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
         timings = {"load_s": loaded - started, "cluster_start_s": 0.0, "process_s": time.perf_counter() - loaded}
         return finish(cfg, paths, clip_list, outcomes, timings, **record)
     with _client(cfg) as client:  # selection needs no model: warm the decoders only
-        submit = _task_submitter(client, reselect_group, cfg, (paths.raw, old_cache, paths.cache))
+        submit = _task_submitter(client, reselect_group, cfg, (folder, old_cache, paths.cache))
         outcomes, ready = _run_tasks(client, submit, jobs, cfg, progress, import_decoders, desc="reselect")
         timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}

@@ -11,6 +11,7 @@ from typing import Any
 
 from curation import storage
 from curation.errors import UsageError
+from manifests.layout import RunLayout
 
 _PACKAGES = ("torch", "torchaudio", "torchcodec", "decord", "numpy", "webdataset", "wids", "dask",
              "distributed", "pandas", "pyarrow", "yt-dlp", "soundfile", "pillow")
@@ -65,7 +66,7 @@ def run_record(cfg, summary, timings: dict[str, float], **extra: Any) -> dict[st
 def read_run_record(out: str) -> dict:
     """A finished run's run.json (`out` a local folder or a URL); one UsageError line when there is none."""
     try:
-        return json.loads(storage.read_bytes(storage.join(out, "manifests", "run.json")))
+        return json.loads(storage.read_bytes(RunLayout(out).run_record))
     except FileNotFoundError:
         raise UsageError(f"{out} is not a finished run (no manifests/run.json): curate it first "
                          "(make shards OUT=...)") from None

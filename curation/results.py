@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from curation import storage
+from manifests.layout import cache_file
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class CachedClip:
 
 def cache_path(cache_dir: str | Path, clip_id: str) -> str:
     """Where a clip's cache file is: a local path or a URL under OUT."""
-    return storage.join(str(cache_dir), f"{clip_id}.npz")
+    return cache_file(cache_dir, clip_id)
 
 
 def write_cached(path: str, outcome: ClipOutcome, arrays: dict[str, np.ndarray], model_id: str | None) -> None:
@@ -79,8 +80,7 @@ def write_cached(path: str, outcome: ClipOutcome, arrays: dict[str, np.ndarray],
 
 def _npz(path: str):
     """An npz reader (never pickles); an object store's file is read whole in one request."""
-    source = io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path
-    return np.load(source, allow_pickle=False)
+    return np.load(storage.load_source(path), allow_pickle=False)
 
 
 def read_cached(path: str) -> CachedClip:

@@ -16,7 +16,6 @@ scores them again; a rerun skips every clip with a cache file, as in the per-cli
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,6 @@ from curation.localise.result import ScoreResult
 from curation.localise.scorers import load_scorer
 from curation.quality import measure
 from curation.results import ClipJob, ClipOutcome, cache_path, cached_outcome, write_cached
-from curation.staging import stage_in, stage_out
 
 log = logging.getLogger(__name__)
 
@@ -74,29 +72,21 @@ def _internal_error(job: ClipJob, error: str, seconds: float) -> ClipOutcome:
     return ClipOutcome(job.clip_id, scored=False, error_kind="internal_error", error=error, seconds=seconds)
 
 
-def _decode(job: ClipJob, cfg: RunConfig, raw_dir: str, scratch: Path, gate: FetchGate | None) -> DecodedClip:
-    """Fetch and decode one clip; with OUT on an object store its raw files pass through `scratch`."""
-    if not storage.is_url(raw_dir):
-        return decode_job(job, cfg, Path(raw_dir), gate)
-    out = storage.parent(raw_dir)
-    path, present = stage_in(job.clip_id, job.path, out, scratch)
-    try:
-        return decode_job(replace(job, path=path), cfg, scratch / "raw", gate)
-    finally:
-        stage_out(job.clip_id, out, scratch, present)
+def _decode(job: ClipJob, cfg: RunConfig, ws: storage.Workspace, gate: FetchGate | None) -> DecodedClip:
+    """Fetch and decode one clip in the workspace (its raw files brought there and committed, as a clip task's)."""
+    with ws.clip(job.clip_id, job.path) as path:
+        return decode_job(replace(job, path=path), cfg, Path(ws.layout.raw), gate)
 
 
-def prepare_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: str,
+def prepare_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, cache_dir: str,
                   gate: FetchGate | None = None) -> PreparedGroup:
     """Step 1 (any worker): cached clips and failures as outcomes, the other clips decoded with their model inputs.
     Once `gate` says the run is stopping, the rest of the group is left out (those clips stay pending)."""
-    if not storage.is_url(raw_dir):
-        Path(raw_dir).mkdir(parents=True, exist_ok=True)
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(cache_dir)
     scorer = load_scorer(input_config(cfg.score))
     done, clips = [], []
-    with tempfile.TemporaryDirectory(prefix="s2s-clip-") as scratch:
-        (Path(scratch) / "raw").mkdir()
+    with folder.workspace("s2s-clip-") as ws:
+        Path(ws.layout.raw).mkdir(parents=True, exist_ok=True)
         for job in jobs:
             if gate is not None and gate.stopped():
                 break
@@ -106,7 +96,7 @@ def prepare_group(jobs: list[ClipJob], cfg: RunConfig, raw_dir: str, cache_dir: 
                 continue
             started = time.perf_counter()
             try:
-                clip = _decode(job, cfg, raw_dir, Path(scratch), gate)
+                clip = _decode(job, cfg, ws, gate)
                 clips.append(PreparedClip(job, clip, scorer.inputs(clip), time.perf_counter() - started))
             except ClipError as exc:
                 outcome = _failed(job, exc, started)
@@ -137,16 +127,13 @@ def score_inputs(inputs: list[ModelInputs], cfg: RunConfig) -> GroupScores:
     return GroupScores(results, None, time.perf_counter() - started, scorer.model_id)
 
 
-def _finish_clip(prepared: PreparedClip, result: ScoreResult, score_s: float, cfg: RunConfig, raw_dir: str,
-                 cache_dir: str, model_id: str) -> ClipOutcome:
+def _finish_clip(prepared: PreparedClip, result: ScoreResult, score_s: float, cfg: RunConfig,
+                 folder: storage.RunFolder, cache_dir: str, model_id: str) -> ClipOutcome:
     job, started = prepared.job, time.perf_counter() - prepared.seconds - score_s
-    remote = storage.is_url(raw_dir)
     try:
-        with tempfile.TemporaryDirectory(prefix="s2s-clip-") as scratch:  # `score.save_maps` files, OUT remote
-            local_raw = Path(scratch) / "raw" if remote else Path(raw_dir)
-            outcome, arrays = scored_arrays(job, prepared.clip, result, cfg, local_raw, started, score_s, 0)
-            if remote:
-                stage_out(job.clip_id, storage.parent(raw_dir), Path(scratch), set())
+        with folder.workspace("s2s-clip-") as ws:  # where `score.save_maps` writes, committed to OUT
+            outcome, arrays = scored_arrays(job, prepared.clip, result, cfg, ws.layout, started, score_s, 0)
+            ws.commit_clip(job.clip_id)
     except ClipError as exc:
         outcome, arrays, model_id = _failed(job, exc, started), {}, None
     except Exception as exc:  # not cached, so a rerun tries the clip again
@@ -156,7 +143,7 @@ def _finish_clip(prepared: PreparedClip, result: ScoreResult, score_s: float, cf
     return outcome
 
 
-def finish_group(group: PreparedGroup, scores: GroupScores, cfg: RunConfig, raw_dir: str,
+def finish_group(group: PreparedGroup, scores: GroupScores, cfg: RunConfig, folder: storage.RunFolder,
                  cache_dir: str) -> list[ClipOutcome]:
     """Step 3 (where the decoded clips are): every clip's cache file from its scores; the group's outcomes.
     Each clip is charged its share (by frames) of the scoring task's time as `score_s`."""
@@ -167,7 +154,7 @@ def finish_group(group: PreparedGroup, scores: GroupScores, cfg: RunConfig, raw_
         if scores.results is None:
             outcomes.append(_internal_error(prepared.job, scores.error or "scoring failed", prepared.seconds + share))
             continue
-        outcomes.append(_finish_clip(prepared, scores.results[i], share, cfg, raw_dir, cache_dir, scores.model_id))
+        outcomes.append(_finish_clip(prepared, scores.results[i], share, cfg, folder, cache_dir, scores.model_id))
     return outcomes
 
 

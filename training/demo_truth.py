@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from manifests.layout import RunLayout
 from training.config import DataConfig
 
 
 def find_truth(data: DataConfig) -> Path | None:
     """`raw/truth.parquet` next to a shard folder `<OUT>/shards`, when there is one."""
-    path = Path(data.shards).parent / "raw" / "truth.parquet"
+    path = Path(RunLayout.of_shards(Path(data.shards)).truth)
     return path if "::" not in data.shards and Path(data.shards).is_dir() and path.is_file() else None
 
 

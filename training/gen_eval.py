@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from manifests.io import write_json
+from manifests.layout import labels_in
 from training import cli
 from training.config import TrainConfig
 from training.config_gan import GenEvalConfig, ProbeConfig, parse_gains
@@ -161,7 +162,7 @@ def samples_grid(m: SoundToImage, waves: torch.Tensor, labels: list[int], real: 
 
 
 def category_names(shards: str) -> list[str]:
-    path = Path(shards) / "labels.json"
+    path = Path(labels_in(shards))
     return json.loads(path.read_text()) if path.is_file() else []
 
 

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +30,10 @@ from curation.fetch.errors import from_ffmpeg, network_trouble, source_duration_
 from curation.fetch.http import cookie_headers, cookie_jar, download, open_source, read_whole, scratch_path
 from curation.fetch.youtube import MediaInput, clip_url, extract, host_of
 from curation.results import ClipJob
+from curation.storage import link_into_place
 from manifests.ids import is_safe_clip_id, is_youtube_clip_id
 from manifests.io import atomic_write_bytes
+from manifests.layout import FETCH_RECORD_SUFFIX, RunLayout, raw_clip_name
 
 FFPROBE_TIMEOUT_S = 60
 DURATION_TOLERANCE_S = 0.3  # frame and AAC-frame rounding of a cut, well under one scoring window
@@ -74,20 +75,7 @@ def raw_path(raw_dir: Path, clip_id: str) -> Path:
     YouTube clip ids may start with '-' (so do YouTube ids); the path is only ever used whole and absolute."""
     if not (is_safe_clip_id(clip_id) or is_youtube_clip_id(clip_id)):
         raise ClipError("invalid_id", f"unsafe clip id {clip_id!r}")
-    return raw_dir / f"{clip_id}.mp4"
-
-
-def link_into_place(src: str | Path, dst: Path,
-                    fallback: Callable[[str | Path, Path], object] = shutil.copyfile) -> None:
-    """`dst` becomes `src` at once: a hard link, or `fallback(src, tmp)` where one cannot be made (another file
-    system), under a temp name renamed over `dst`, so `dst` is never half there."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        fallback(src, tmp)
-    os.replace(tmp, dst)
+    return raw_dir / raw_clip_name(clip_id)
 
 
 def _scale_filter(max_side: int) -> str:
@@ -295,12 +283,12 @@ def _record(dst: Path, offset_s: float, how: str) -> None:
     """Say, beside `dst` and before it appears, where the clip starts inside it: a later run reusing the file
     must decode the same [start, end). `how`: kept (the source's bytes), copied (a stream-copied section) or
     encoded (a cut standardised by ffmpeg, starting at 0)."""
-    atomic_write_bytes(dst.with_suffix(".fetch.json"), json.dumps({"offset_s": offset_s, "how": how}).encode())
+    atomic_write_bytes(dst.with_suffix(FETCH_RECORD_SUFFIX), json.dumps({"offset_s": offset_s, "how": how}).encode())
 
 
 def _reused(dst: Path) -> Fetched:
     """A clip fetched by an earlier run (or put there by the user: no record, so a cut starting at 0)."""
-    record = dst.with_suffix(".fetch.json")
+    record = dst.with_suffix(FETCH_RECORD_SUFFIX)
     return Fetched(dst, json.loads(record.read_text())["offset_s"] if record.is_file() else 0.0)
 
 
@@ -389,7 +377,7 @@ def fetch_remote(clip_id: str, ytid: str | None, url: str | None, start_s: float
         return _reused(dst)
     source_url = clip_url(ytid, url)  # validated before it reaches yt-dlp
     gate = gate or FetchGate()
-    cache_dir = raw_dir.parent / "cache" / "yt-dlp"
+    cache_dir = Path(RunLayout.of_raw(raw_dir).yt_dlp_cache)
     direct = [url is not None]  # a row's own URL is tried as a media file first; a page goes to yt-dlp
 
     def attempt() -> Fetched:

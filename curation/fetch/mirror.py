@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import re
-import shutil
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -31,8 +29,9 @@ import pyarrow.parquet as pq
 
 from curation import storage
 from curation.errors import SourceError
-from curation.fetch.clip import link_into_place, raw_path
+from curation.fetch.clip import raw_path
 from curation.results import ClipJob, ClipOutcome
+from manifests.layout import clip_in, raw_clip_name, source_index_in
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 COPY_CHUNK = 1 << 20
@@ -101,11 +100,11 @@ def resolve_source(spec: str) -> Source:
     clips = {key: f for f in found if not is_archive(f) and (key := member_key(f))}
     if not archives and not clips:
         raise SourceError(f"SOURCE {spec}: holds no .tar/.tar.gz archives and no <ytid>_<start:06d>.mp4 clips")
-    unreadable = [a for a in archives if not storage.is_url(a) and not storage.readable(a)]
+    unreadable = storage.unreadable(archives)
     if unreadable:
         raise SourceError(f"SOURCE {spec}: cannot read {unreadable[0]} (permissions)"
                           + (f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""))
-    if clips and any(storage.is_url(c) for c in clips.values()):
+    if any(storage.local_path(c) is None for c in clips.values()):
         raise SourceError(f"SOURCE {spec}: loose clips in an object store are not supported; pack them in archives")
     return Source(spec, clips, archives)
 
@@ -158,29 +157,14 @@ class ArchivePass:
 
 def raw_file(raw_dir: str | Path, clip_id: str) -> str:
     """`raw_dir/<clip_id>.mp4`, a local path or a URL (the id checked as `fetch.raw_path` checks it)."""
-    return storage.join(str(raw_dir), raw_path(Path(), clip_id).name)
+    raw_path(Path(), clip_id)  # refuses an unsafe id
+    return clip_in(raw_dir, clip_id)
 
 
 def raw_clips(raw_dir: str | Path) -> set[str]:
     """The clip ids that have a raw file in `raw_dir`: one listing, not a request per clip."""
-    return {name[:-4] for name in storage.listdir(str(raw_dir)) if name.endswith(".mp4")}
-
-
-def _copy_member(src, dst: str) -> None:
-    """The member's bytes to `dst` under a temp name, renamed when complete (a cut read leaves nothing); on an
-    object store through a local temp file committed by one upload."""
-    if storage.is_url(dst):
-        with storage.atomic_output(dst) as out:
-            shutil.copyfileobj(src, out, COPY_CHUNK)
-        return
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, COPY_CHUNK)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    suffix = raw_clip_name("")
+    return {name.removesuffix(suffix) for name in storage.listdir(str(raw_dir)) if name.endswith(suffix)}
 
 
 def _end_problem(tar: tarfile.TarFile) -> str | None:
@@ -219,7 +203,8 @@ def extract_archive(archive: str, wanted: dict[str, str], raw_dir: str, index_di
                         continue
                     clip_id = wanted.get(member_key(member.name) or "")
                     if clip_id is not None and not storage.exists(raw_file(raw_dir, clip_id)):
-                        _copy_member(tar.extractfile(member), raw_file(raw_dir, clip_id))
+                        # seen under its name only once complete: a cut read leaves nothing
+                        storage.write_stream(tar.extractfile(member), raw_file(raw_dir, clip_id), COPY_CHUNK)
                         extracted += 1
                     members.append((member.name, member.size))  # listed once whole: a cut one is not "held"
                 damaged = _end_problem(tar)
@@ -230,10 +215,6 @@ def extract_archive(archive: str, wanted: dict[str, str], raw_dir: str, index_di
 
 
 # ---------------------------------------------------------------- the client's side: plan, then resolve
-
-
-def _symlink(src: str | Path, link: Path) -> None:
-    os.symlink(os.path.abspath(src), link)
 
 
 @dataclass(frozen=True)
@@ -251,22 +232,17 @@ def plan_source(source: Source, jobs: list[ClipJob], raw: str | Path) -> SourceP
     choose the archives to read: every one without a valid listing, and every one listing a clip that has no raw
     file yet (a rerun reads none whose clips are all there)."""
     raw = str(raw)
-    if not storage.is_url(raw):
-        Path(raw).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(raw)
     present, wanted = raw_clips(raw), {}
     for job in jobs:
         key = row_key(job)
         if key is None or job.clip_id in present:
             continue
         if key in source.clips:
-            dst = raw_file(raw, job.clip_id)
-            if storage.is_url(dst):
-                storage.put_file(source.clips[key], dst)
-            else:
-                link_into_place(source.clips[key], Path(dst), _symlink)  # a loose clip is never copied
+            storage.place_file(source.clips[key], raw_file(raw, job.clip_id))  # a loose clip is never copied
         else:
             wanted[key] = job.clip_id
-    indexes = read_indexes(storage.join(raw, "source_index"), source.archives)
+    indexes = read_indexes(source_index_in(raw), source.archives)
     chosen = tuple(a for a in source.archives
                    if wanted and (a not in indexes or not indexes[a].keys.isdisjoint(wanted)))
     return SourcePlan(source, chosen, wanted, skipped=len(source.archives) - len(chosen))
@@ -299,7 +275,7 @@ def source_jobs(plan: SourcePlan, jobs: list[ClipJob], raw: str | Path,
     """After the archive passes: a job reading `raw/<clip_id>.mp4` from its start for each clip that has its
     file, a failed outcome for each that has none. `lost`: archives whose task died, with the reason."""
     raw = str(raw)
-    indexes = read_indexes(storage.join(raw, "source_index"), plan.source.archives)
+    indexes = read_indexes(source_index_in(raw), plan.source.archives)
     present, ready, failed = raw_clips(raw), [], []
     for job in jobs:
         if job.clip_id in present:  # a mirror file is the clip itself: it starts at 0 in the file

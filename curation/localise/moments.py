@@ -131,7 +131,7 @@ class _ListedFrames(Scorer):
 class MomentsKind(ScorerKind):
     given_moments = True
 
-    def prepare(self, cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
+    def prepare(self, cfg: RunConfig, jobs: list[ClipJob], out: storage.RunFolder,
                 progress: bool) -> tuple[RunConfig, str | None]:
         return resolve_moments(cfg)
 

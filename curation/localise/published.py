@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -276,49 +275,51 @@ class PublishedScorer(DeviceScorer):
         return self._spectrograms(inputs.audio, inputs.times)
 
 
-def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path) -> RunConfig:
+def ensure_bank(cfg: RunConfig, jobs: list[ClipJob], out: str | Path | storage.RunFolder) -> RunConfig:
     """The run's config with `score.bank` set when a published localiser scores with the margin: a bank built
     once from `score.bank_clips` of the run's local or already-fetched clips (a sample fixed by clip id), one
     moment each, with the scorer's own front end, and kept at `OUT/ssl/bank-<key>.pt` (reused by later runs).
     Without 2 such clips there is no bank (a warning). An ssl-train checkpoint carries its own bank; other
-    scorers and settings pass through."""
-    from curation.errors import ClipError
+    scorers and settings pass through. Built in a workspace of OUT (`storage.Workspace`): with OUT on an object
+    store, clips fetched into it are not read, and the bank is uploaded."""
     from curation.fetch.clip import raw_path
-    from curation.fetch_decode import decode_job
     from curation.localise.checkpoint import file_digest
 
     score = cfg.score
     if (score.scorer != "ssl" or score.checkpoint_format not in ("ezvsl", "slavc") or score.contrast != "margin"
             or score.bank or score.bank_clips == 0):
         return cfg
-    raw_dir = Path(out) / "raw" if not storage.is_url(str(out)) else None
-    local = [j for j in jobs if j.path is not None or (raw_dir is not None and raw_path(raw_dir, j.clip_id).is_file())]
-    if len(local) < 2:  # e.g. a YouTube list not fetched yet: no margin, the raw score ranks and cuts clips
-        log.warning("reference bank: fewer than 2 local or fetched clips, so no margin (score_contrastive) in this "
-                    "run; fetch first (SCORER=none) and rerun for one")
-        return cfg
-    wanted = set(sample_ids([j.clip_id for j in local], score.bank_clips))
-    chosen = [j for j in local if j.clip_id in wanted]
-    digest = file_digest(score.checkpoint)
-    key = hashlib.sha256(json.dumps([digest, [j.clip_id for j in chosen], cfg.decode.__dict__]).encode()).hexdigest()
-    url = storage.join(str(out), "ssl", f"bank-{key[:12]}.pt")
-    if not storage.exists(url):
-        scorer = PublishedScorer(replace(score, bank=None))
-        with tempfile.TemporaryDirectory(prefix="s2s-bank-") as scratch:
-            fetch_dir = raw_dir or Path(scratch) / "raw"
+    folder = storage.run_folder(out)
+    with folder.workspace("s2s-bank-") as ws:
+        raw_dir = Path(ws.layout.raw)
+        local = [j for j in jobs if j.path is not None or raw_path(raw_dir, j.clip_id).is_file()]
+        if len(local) < 2:  # e.g. a YouTube list not fetched yet: no margin, the raw score ranks and cuts clips
+            log.warning("reference bank: fewer than 2 local or fetched clips, so no margin (score_contrastive) in "
+                        "this run; fetch first (SCORER=none) and rerun for one")
+            return cfg
+        wanted = set(sample_ids([j.clip_id for j in local], score.bank_clips))
+        chosen = [j for j in local if j.clip_id in wanted]
+        digest = file_digest(score.checkpoint)
+        key = hashlib.sha256(json.dumps([digest, [j.clip_id for j in chosen], cfg.decode.__dict__]).encode())
+        bank = folder.layout.bank(key.hexdigest()[:12])
+        if not storage.exists(bank):
+            scorer = PublishedScorer(replace(score, bank=None))
+            save_bank(ws.local(bank), build_bank(_bank_moments(chosen, cfg, raw_dir), scorer.features), digest)
+            ws.commit(bank)
+    log.info("reference bank: %s", bank)
+    return replace(cfg, score=replace(score, bank=bank))
 
-            def moments():
-                for job in chosen:
-                    try:
-                        clip = decode_job(job, cfg, fetch_dir)
-                    except ClipError as exc:
-                        log.info("reference bank: clip %s left out (%s)", job.clip_id, exc.kind)
-                        continue
-                    seed = int.from_bytes(hashlib.sha1(job.clip_id.encode()).digest()[:4], "big")
-                    yield clip, np.random.default_rng(seed).integers(len(clip.times), size=1)
 
-            local_file = Path(scratch) / "bank.pt"
-            save_bank(local_file, build_bank(moments(), scorer.features), digest)
-            storage.put_file(local_file, url)
-    log.info("reference bank: %s", url)
-    return replace(cfg, score=replace(score, bank=url))
+def _bank_moments(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path):
+    """(decoded clip, one frame index drawn by its clip id) of each clip of `jobs` that decodes."""
+    from curation.errors import ClipError
+    from curation.fetch_decode import decode_job
+
+    for job in jobs:
+        try:
+            clip = decode_job(job, cfg, raw_dir)
+        except ClipError as exc:
+            log.info("reference bank: clip %s left out (%s)", job.clip_id, exc.kind)
+            continue
+        seed = int.from_bytes(hashlib.sha1(job.clip_id.encode()).digest()[:4], "big")
+        yield clip, np.random.default_rng(seed).integers(len(clip.times), size=1)

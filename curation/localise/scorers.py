@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from curation.decode import DecodedClip
     from curation.localise.result import ScoreResult
     from curation.results import ClipJob
+    from curation.storage import RunFolder
 
 
 class Scorer:
@@ -49,10 +50,10 @@ class ScorerKind:
         """Before the clip list is read: the config with its inputs checked (a wrong file is one line now)."""
         return cfg
 
-    def prepare(self, cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
+    def prepare(self, cfg: RunConfig, jobs: list[ClipJob], out: RunFolder,
                 progress: bool) -> tuple[RunConfig, str | None]:
-        """On the client, at the run's start: the config the workers score with, and the sha256 of what scores
-        beyond the config (a model, a file; part of the per-clip cache key), or None."""
+        """On the client, at the run's start (`out`: the run's OUT): the config the workers score with, and the
+        sha256 of what scores beyond the config (a model, a file; part of the per-clip cache key), or None."""
         return cfg, None
 
     def build(self, score: ScoreConfig) -> Scorer:
@@ -72,12 +73,14 @@ def check_scorer(cfg: RunConfig) -> RunConfig:
     return scorer_kind(cfg.score.scorer).check(cfg)
 
 
-def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
+def ensure_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path | RunFolder,
                  progress: bool = True) -> tuple[RunConfig, str | None]:
     """The run's config as the workers score with it (an ssl run's `score.checkpoint` set, training one on `jobs`
     when none is given), and the sha256 of its model or moments file (part of the per-clip cache key; None for
-    scorers that have neither)."""
-    return scorer_kind(cfg.score.scorer).prepare(cfg, jobs, out, progress)
+    scorers that have neither). `out`: the run's OUT, opened (`storage.run_folder`) or a location."""
+    from curation.storage import run_folder
+
+    return scorer_kind(cfg.score.scorer).prepare(cfg, jobs, run_folder(out), progress)
 
 
 @functools.lru_cache(maxsize=4)

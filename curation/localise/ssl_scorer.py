@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from curation.localise.score import LearnedScorer
 from curation.localise.scorers import Scorer, ScorerKind
 from curation.localise.train import is_finished, sample_clips, train_restarts, training_device, training_set
 from curation.results import ClipJob
-from curation.staging import stage_in
 
 
 class SSLKind(ScorerKind):
@@ -38,7 +36,7 @@ class SSLKind(ScorerKind):
             resolve_device(cfg.score.device)
         return cfg
 
-    def prepare(self, cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
+    def prepare(self, cfg: RunConfig, jobs: list[ClipJob], out: storage.RunFolder,
                 progress: bool) -> tuple[RunConfig, str | None]:
         if cfg.score.checkpoint:
             resolved = ensure_bank(resolve_checkpoint(cfg), jobs, out)  # a wrong file fails before it is digested
@@ -46,10 +44,9 @@ class SSLKind(ScorerKind):
         return trained_model(cfg, jobs, out, progress)
 
     def build(self, score: ScoreConfig) -> Scorer:
-        if score.checkpoint and storage.is_url(score.checkpoint):  # a model in OUT on an object store
-            score = replace(score, checkpoint=storage.local_copy(score.checkpoint))
-        if score.bank and storage.is_url(score.bank):
-            score = replace(score, bank=storage.local_copy(score.bank))
+        # torch loads local files: a model or bank on an object store is downloaded once per machine
+        score = replace(score, **{name: storage.local_copy(getattr(score, name))
+                                  for name in ("checkpoint", "bank") if getattr(score, name)})
         fmt = checkpoint_format(score.checkpoint) if score.checkpoint and score.checkpoint_format == "auto" \
             else score.checkpoint_format
         if fmt in ("ezvsl", "slavc"):
@@ -57,42 +54,31 @@ class SSLKind(ScorerKind):
         return LearnedScorer(score)
 
 
-def trained_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path,
+def trained_model(cfg: RunConfig, jobs: list[ClipJob], out: str | Path | storage.RunFolder,
                   progress: bool = True) -> tuple[RunConfig, str | None]:
     """The run's config with `score.checkpoint` the model trained on `jobs` with the run's `ssl` settings (trained
-    now unless `OUT/ssl/<settings>/model.pt` has finished), and its sha256 (None on the other ranks under torchrun)."""
+    now unless `OUT/ssl/<settings>/model.pt` has finished), and its sha256 (None on the other ranks under torchrun).
+
+    Trained by this process in a workspace of OUT: OUT itself when local; with OUT on an object store a scratch
+    folder, into which the training clips (at most `ssl.max_clips`) are downloaded and from which the loss log and
+    then the checkpoint (its presence means finished) are uploaded."""
+    folder = storage.run_folder(out)
     settings = json.dumps([cfg.ssl.settings(), cfg.decode.sample_rate], default=list)
-    name = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    model = folder.layout.ssl_model(hashlib.sha256(settings.encode()).hexdigest()[:12])
     world = join(training_device(cfg.ssl))
-    if storage.is_url(str(out)):
-        if world.size > 1:
+    with folder.workspace("s2s-ssl-") as ws:
+        if world.size > 1 and not ws.in_place:
             raise ConfigError(["out: ssl-train under torchrun writes its model to a local OUT (each rank decodes its "
                                "own clips from OUT/raw); train into a local folder, then copy the model"])
-        checkpoint, digest = _model_on_store(cfg, jobs, str(out), name, progress)
-    else:
-        checkpoint = Path(out) / "ssl" / name / "model.pt"
+        checkpoint = Path(ws.pull(model.model))
         if not world.from_main(world.is_main and is_finished(checkpoint, cfg.ssl.steps)):
-            train_restarts(training_set(jobs, cfg, Path(out) / "raw", world), cfg, checkpoint,
+            # a scratch folder gets only the sample training may read; a local OUT has every clip in place
+            wanted = jobs if ws.in_place else sample_clips(jobs, cfg.ssl.max_clips)
+            staged = [replace(j, path=ws.bring_clip(j.clip_id, j.path)[0]) for j in wanted]
+            train_restarts(training_set(staged, cfg, Path(ws.layout.raw), world), cfg, checkpoint,
                            progress and world.is_main)
+            for location in (model.loss_log, model.restarts_record, model.model):  # the checkpoint last
+                if Path(ws.local(location)).exists():
+                    ws.commit(location)
         digest = file_digest(checkpoint) if world.is_main else None
-    return replace(cfg, score=replace(cfg.score, checkpoint=str(checkpoint), checkpoint_format="native")), digest
-
-
-def _model_on_store(cfg: RunConfig, jobs: list[ClipJob], out: str, name: str, progress: bool) -> tuple[str, str]:
-    """`trained_model` with OUT on an object store: the client downloads the training clips (at most
-    `ssl.max_clips`) into a scratch folder, trains there, and uploads the finished checkpoint and its loss log
-    to `OUT/ssl/<settings>/` (the checkpoint last: its presence means finished). Returns its URL and sha256."""
-    url = storage.join(out, "ssl", name, "model.pt")
-    with tempfile.TemporaryDirectory(prefix="s2s-ssl-") as scratch:
-        local = Path(scratch) / "ssl" / name / "model.pt"
-        if storage.exists(url):
-            storage.get_file(url, local)
-        if not is_finished(local, cfg.ssl.steps):
-            staged = [replace(j, path=stage_in(j.clip_id, j.path, out, Path(scratch))[0])
-                      for j in sample_clips(jobs, cfg.ssl.max_clips)]
-            train_restarts(training_set(staged, cfg, Path(scratch) / "raw"), cfg, local, progress)
-            storage.put_file(local.with_name("loss.jsonl"), storage.join(out, "ssl", name, "loss.jsonl"))
-            if local.with_name("restarts.json").exists():
-                storage.put_file(local.with_name("restarts.json"), storage.join(out, "ssl", name, "restarts.json"))
-            storage.put_file(local, url)
-        return url, file_digest(local)
+    return replace(cfg, score=replace(cfg.score, checkpoint=model.model, checkpoint_format="native")), digest

@@ -45,6 +45,7 @@ from curation.localise.model import (
 )
 from curation.results import ClipJob
 from manifests.io import atomic_write_bytes, json_bytes
+from manifests.layout import ModelFiles
 
 log = logging.getLogger(__name__)
 _CROP_MARGIN = 1.15  # frames are kept this much larger than the model input, for random crops
@@ -493,7 +494,7 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
     t = _trainer(cfg, blob, checkpoint)
     local = _local_batch_config(cfg.ssl, t.world)
     step = int(blob["step"]) if blob is not None else 0
-    loss_log = checkpoint.with_name("loss.jsonl")
+    loss_log = Path(ModelFiles(str(checkpoint)).loss_log)
     if t.world.is_main:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         _truncate_log(loss_log, step)
@@ -576,7 +577,8 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     if cfg.ssl.restarts == 1:
         return train(source, cfg, checkpoint, progress)
     world = join(training_device(cfg.ssl))
-    paths = [checkpoint.parent / "restarts" / str(k) / "model.pt" for k in range(cfg.ssl.restarts)]
+    files = ModelFiles(str(checkpoint))
+    paths = [Path(files.restart(k).model) for k in range(cfg.ssl.restarts)]
     unfinished = world.from_main([world.is_main and not is_finished(path, cfg.ssl.steps) for path in paths])
     if any(unfinished) and isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all
         source = load_training_clips(list(source.chunks[0]), cfg, source.raw_dir, progress)
@@ -588,21 +590,20 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
         if not world.is_main:
             continue
         runs.append({"restart": k, "seed": seed,
-                     "final_loss": round(final_loss(path.with_name("loss.jsonl"), cfg.ssl.steps), 5)})
+                     "final_loss": round(final_loss(Path(files.restart(k).loss_log), cfg.ssl.steps), 5)})
     if not world.is_main:
         world.barrier()  # rank 0 assembles the checkpoint
         return checkpoint
     runs_by_loss = sorted(runs, key=lambda run: (run["final_loss"], run["restart"]))
     best = runs_by_loss[0]
-    chosen = checkpoint.parent / "restarts" / str(best["restart"])
+    chosen = files.restart(best["restart"])
     log.info("ssl-train: restart %d (seed %d) ended with the lowest loss, %.4f", best["restart"], best["seed"],
              best["final_loss"])
-    atomic_write_bytes(checkpoint.with_name("loss.jsonl"), (chosen / "loss.jsonl").read_bytes())
+    atomic_write_bytes(files.loss_log, Path(chosen.loss_log).read_bytes())
     record = {"chosen": best["restart"], "runs": runs, "by_loss": [run["restart"] for run in runs_by_loss]}
-    atomic_write_bytes(checkpoint.with_name("restarts.json"), json_bytes(record))
-    others = [checkpoint_blob(checkpoint.parent / "restarts" / str(run["restart"]) / "model.pt")
-              for run in runs_by_loss[1:]]
-    blob = checkpoint_blob(chosen / "model.pt")
+    atomic_write_bytes(files.restarts_record, json_bytes(record))
+    others = [checkpoint_blob(Path(files.restart(run["restart"]).model)) for run in runs_by_loss[1:]]
+    blob = checkpoint_blob(Path(chosen.model))
     atomic_write_bytes(checkpoint, with_ensemble(blob, others))  # last: its presence means finished
     world.barrier()
     return checkpoint

@@ -31,6 +31,7 @@ from curation.quality import Verdicts, judge_measured
 from curation.results import cache_path, read_media, read_scores
 from curation.select import keep_clips, moment_scores
 from manifests.io import json_bytes, parquet_bytes, stream_parquet_parts
+from manifests.layout import RunLayout, name_of
 from manifests.readers import ClipList
 from manifests.schema import CLIPS_SCHEMA, FRAMES_SCHEMA, SHARDS_SCHEMA
 
@@ -39,7 +40,8 @@ SAMPLE_FIELDS = ("clip_id", "dataset", "ytid", "start_s", "end_s", "label", "spl
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a run's outputs are: absolute local paths, or URLs when OUT is on an object store."""
+    """Where a run's outputs are: absolute local paths, or URLs when OUT is on an object store (`layout`), and
+    the per-clip cache folder of its configuration (`cache`)."""
 
     out: str
     raw: str
@@ -49,10 +51,13 @@ class RunPaths:
 
     @classmethod
     def for_config(cls, cfg: RunConfig, model_digest: str | None = None) -> RunPaths:
-        out = storage.resolve(cfg.out)
-        return cls(out=out, raw=storage.join(out, "raw"),
-                   cache=storage.join(out, "cache", cfg.clip_stage_fingerprint(model_digest)),
-                   manifests=storage.join(out, "manifests"), shards=storage.join(out, "shards"))
+        layout = RunLayout(storage.resolve(cfg.out))
+        return cls(out=layout.out, raw=layout.raw, cache=layout.cache(cfg.clip_stage_fingerprint(model_digest)),
+                   manifests=layout.manifests, shards=layout.shards)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.out)
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ def _write_shards(plans: dict[str, list[PlannedShard]], paths: RunPaths, mapper:
     written = {info.shard for info in infos}
     for name in plans:
         index = write_wids_index(paths.shards, name, [i for i in infos if i.shard.startswith(f"{name}-")])
-        written.add(index.rsplit("/", 1)[-1])
+        written.add(name_of(index))
     remove_stale_shards(paths.shards, written)
     return infos
 
@@ -189,7 +194,7 @@ def _frame_parts(scored: pa.Array, kept: pa.Array) -> Iterator[tuple[list[str], 
 
 def _write_frames(scored: pa.Array, kept: pa.Array, cfg: RunConfig, paths: RunPaths, mapper: Mapper) -> int:
     part = functools.partial(frames_part, cache_dir=str(paths.cache), moment_window_s=cfg.select.moment_window_s)
-    with storage.atomic_output(storage.join(paths.manifests, "frames.parquet")) as f:
+    with storage.atomic_output(paths.layout.frames_manifest) as f:
         return stream_parquet_parts(f, mapper(part, _frame_parts(scored, kept)), FRAMES_SCHEMA)
 
 
@@ -329,10 +334,10 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: Outco
     shards = _shard_of(plans)
     clips = _clip_table(clip_list, table, kept, shards, label_index, verdicts)
     _write_frames(scored["clip_id"].combine_chunks(), kept, cfg, paths, mapper)
-    storage.write_bytes(storage.join(paths.manifests, "shards.parquet"), parquet_bytes(
+    storage.write_bytes(paths.layout.shards_manifest, parquet_bytes(
         pa.Table.from_pylist([{k: getattr(i, k) for k in SHARDS_SCHEMA.names} for i in infos], schema=SHARDS_SCHEMA)))
-    storage.write_bytes(storage.join(paths.manifests, "clips.parquet"), parquet_bytes(clips))
-    storage.write_bytes(storage.join(paths.shards, "labels.json"), json_bytes(list(label_index)))
+    storage.write_bytes(paths.layout.clips_manifest, parquet_bytes(clips))
+    storage.write_bytes(paths.layout.labels, json_bytes(list(label_index)))
     timings = {**timings, "select_s": selected - started, "write_shards_s": shards_written - selected,
                "manifests_s": time.perf_counter() - shards_written}
 
@@ -346,8 +351,8 @@ def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: Outco
                          clips_per_s=table.num_rows / max(timings.get("process_s", 0.0), 1e-9),
                          duplicates_dropped=clip_list.duplicates_dropped, paths=paths,
                          filtered=_counts(kind.filter(pc.and_(has_kind, is_rejected))))
-    storage.write_bytes(storage.join(paths.manifests, "run.json"), json_bytes(provenance.run_record(
-        cfg, summary, timings=timings, labels=list(label_index), cache_dir=paths.cache.rsplit("/", 1)[-1],
+    storage.write_bytes(paths.layout.run_record, json_bytes(provenance.run_record(
+        cfg, summary, timings=timings, labels=list(label_index), cache_dir=name_of(paths.cache),
         bad_rows=[{"row": b.row, "error_kind": b.error_kind, "reason": b.reason} for b in clip_list.bad_rows],
         keep_rate_per_label=keep_rates(clips), filters=_filter_counts(clips, summary.filtered), **record)))
     return summary

@@ -10,7 +10,6 @@ per category of object: good-clip recall.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -22,11 +21,12 @@ from curation.demo import CATEGORIES
 from curation.errors import UsageError
 from curation.provenance import read_run_record
 from manifests.io import json_bytes
+from manifests.layout import RunLayout
 
 
 def read_table(location: str) -> pd.DataFrame:
     """A parquet file of a run, local or on an object store (there read whole in one request)."""
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(location)) if storage.is_url(location) else location)
+    return pd.read_parquet(storage.load_source(location))
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -41,9 +41,9 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def frames_with_truth(out: str | os.PathLike) -> pd.DataFrame:
     """frames.parquet joined with the demo truth on (clip_id, t), with a `good` column."""
-    out = storage.resolve(out)
-    frames = read_table(storage.join(out, "manifests", "frames.parquet"))
-    truth = read_table(storage.join(out, "raw", "truth.parquet"))
+    layout = RunLayout(storage.resolve(out))
+    frames = read_table(layout.frames_manifest)
+    truth = read_table(layout.truth)
     frames["t_ms"] = np.round(frames["t"] * 1000).astype(np.int64)
     truth["t_ms"] = np.round(truth["t"] * 1000).astype(np.int64)
     joined = frames.merge(truth.drop(columns="t"), on=["clip_id", "t_ms"], how="inner", validate="one_to_one")
@@ -53,9 +53,9 @@ def frames_with_truth(out: str | os.PathLike) -> pd.DataFrame:
 
 def truth_metrics(out: str | os.PathLike) -> dict:
     """AP of each score for good pairs, and precision/recall of what the run kept."""
-    out = storage.resolve(out)
-    joined = frames_with_truth(out)
-    clips = read_table(storage.join(out, "manifests", "clips.parquet"))
+    layout = RunLayout(storage.resolve(out))
+    joined = frames_with_truth(layout.out)
+    clips = read_table(layout.clips_manifest)
     good = joined["good"].to_numpy()
     metrics = {"frames": len(joined), "good_pair_rate": round(float(good.mean()), 4),
                "ap_score": round(average_precision(joined["score"].to_numpy(), good), 4),
@@ -75,7 +75,7 @@ def truth_metrics(out: str | os.PathLike) -> dict:
     if good_clips:
         metrics["recall_per_category"] = recall_per_category(joined, ok_clips)
         metrics["min_category_recall"] = min(c["recall"] for c in metrics["recall_per_category"].values())
-    world_json = storage.join(out, "raw", "demo_world.json")
+    world_json = layout.demo_world
     if storage.exists(world_json):
         by_kind = per_kind(joined, ok_clips, json.loads(storage.read_bytes(world_json))["counts"])
         metrics["per_kind"] = by_kind
@@ -124,10 +124,10 @@ def per_kind(joined: pd.DataFrame, ok_clips: set[str], counts: dict) -> dict[str
 def write_truth_metrics(out: str | os.PathLike) -> tuple[str, dict]:
     """Write `OUT/manifests/truth_metrics.json` whole (temp file + rename, or one upload); returns where, and the
     metrics."""
-    out = storage.resolve(out)
-    read_run_record(out)  # a finished run, or one line saying so
-    if not storage.exists(storage.join(out, "raw", "truth.parquet")):
-        raise UsageError(f"{out} has no raw/truth.parquet: evaluate measures runs on the demo world only")
-    location, metrics = storage.join(out, "manifests", "truth_metrics.json"), truth_metrics(out)
-    storage.write_bytes(location, json_bytes(metrics))
-    return location, metrics
+    layout = RunLayout(storage.resolve(out))
+    read_run_record(layout.out)  # a finished run, or one line saying so
+    if not storage.exists(layout.truth):
+        raise UsageError(f"{layout.out} has no raw/truth.parquet: evaluate measures runs on the demo world only")
+    metrics = truth_metrics(layout.out)
+    storage.write_bytes(layout.truth_metrics, json_bytes(metrics))
+    return layout.truth_metrics, metrics

@@ -21,6 +21,7 @@ from curation.localise.moments import FILE_NAME, frame_numbers, official_key, sq
 from curation.provenance import read_run_record
 from curation.results import cache_path, read_cached
 from manifests.io import json_bytes
+from manifests.layout import OfficialFiles, RunLayout
 
 
 @dataclass(frozen=True)
@@ -30,39 +31,36 @@ class Export:
     removed: int  # pairs of an earlier export at the same place whose clip is no longer kept
 
 
-def _remove_stale(json_path: str, keys: set[str]) -> int:
+def _remove_stale(files: OfficialFiles, keys: set[str]) -> int:
     """Delete the image/wav pairs that an earlier export to the same file wrote for clips no longer kept (the
     official loader takes every pair in the folders)."""
     try:
-        old = set(json.loads(storage.read_bytes(json_path)))
+        old = set(json.loads(storage.read_bytes(files.moments)))
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return 0
-    folder = storage.parent(json_path)
     for key in old - keys:
-        storage.remove(storage.join(folder, "images", f"{key}.jpg"))
-        storage.remove(storage.join(folder, "audios", f"{key}.wav"))
+        storage.remove(files.image(key))
+        storage.remove(files.audio(key))
     return len(old - keys)
 
 
 def export_moments(out: str | os.PathLike, json_path: str | os.PathLike | None = None) -> Export:
     """Write the official moments file of a run's kept clips (default `OUT/official/top1_boxes_top10_moments.json`)
     with their images and wavs beside it."""
-    out = storage.resolve(out)
-    record = read_run_record(out)
-    cfg = config_from_dict(dict(record["config"], out=out))
-    cache = storage.join(out, "cache", record["cache_dir"])
-    target = storage.resolve(json_path) if json_path else storage.join(out, "official", FILE_NAME)
-    folder = storage.parent(target)
-    clips = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(out, "manifests", "clips.parquet"))))
+    layout = RunLayout(storage.resolve(out))
+    record = read_run_record(layout.out)
+    cfg = config_from_dict(dict(record["config"], out=layout.out))
+    cache = layout.cache(record["cache_dir"])
+    files = OfficialFiles(storage.resolve(json_path)) if json_path else layout.official(FILE_NAME)
+    clips = pq.read_table(pa.BufferReader(storage.read_bytes(layout.clips_manifest)))
     rows = [r for r in clips.to_pylist() if r["status"] == "ok"]
     moments = {}
     for row in sorted(rows, key=lambda r: r["clip_id"]):
         cached = read_cached(cache_path(cache, row["clip_id"]))
         key = official_key(row["ytid"], row["start_s"], row["end_s"], row["clip_id"])
         moments[key] = frame_numbers(cached.selected, cached.ranks, cached.times)  # official: 1-based
-        storage.write_bytes(storage.join(folder, "images", f"{key}.jpg"),
-                            square_jpeg(cached.jpgs[0], cfg.write.jpeg_quality))
-        storage.write_bytes(storage.join(folder, "audios", f"{key}.wav"), wav_16k(cached.flac))
-    removed = _remove_stale(target, set(moments))
-    storage.write_bytes(target, json_bytes(moments))
-    return Export(target, len(moments), removed)
+        storage.write_bytes(files.image(key), square_jpeg(cached.jpgs[0], cfg.write.jpeg_quality))
+        storage.write_bytes(files.audio(key), wav_16k(cached.flac))
+    removed = _remove_stale(files, set(moments))
+    storage.write_bytes(files.moments, json_bytes(moments))
+    return Export(files.moments, len(moments), removed)

@@ -21,8 +21,8 @@ from PIL import Image
 
 from curation import storage
 from manifests.io import json_bytes
+from manifests.layout import shard_name, wids_index_name
 
-SHARD_PATTERN = "{name}-{index:06d}.tar"
 _TAR_MTIME = 0  # fixed header time: byte-identical shards across runs
 
 
@@ -87,10 +87,6 @@ def chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def shard_name(name: str, index: int) -> str:
-    return SHARD_PATTERN.format(name=name, index=index)
-
-
 def write_shard(samples: Iterable[dict], shard_dir: str, shard: str, split: str | None) -> ShardInfo:
     """Write one shard (`samples` in their final order) and commit it under its name only once complete
     (`storage.atomic_output`: temp file + rename locally, one upload on an object store)."""
@@ -115,7 +111,7 @@ def write_shard_set(samples: Iterable[dict], shard_dir: str, name: str, split: s
 
 def write_wids_index(shard_dir: str, name: str, infos: list[ShardInfo]) -> str:
     """`name.wids.json`: the shard list with sample counts, for random access with `wids`; returns where."""
-    index = storage.join(str(shard_dir), f"{name}.wids.json")
+    index = storage.join(str(shard_dir), wids_index_name(name))
     storage.write_bytes(index, json_bytes(
         {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
          "shardlist": [{"url": i.shard, "nsamples": i.n_samples, "filesize": i.bytes, "sha256": i.sha256}

@@ -18,6 +18,7 @@ from curation.errors import UsageError
 from curation.pipeline import _client, _ensure_scoring_worker, run
 from curation.results import ClipJob, cache_path, read_outcome
 from curation.scoring_workers import GroupScores, finish_group, model_inputs, prepare_group, score_inputs
+from curation.storage import run_folder
 
 DEMO = {"demo.clips": 8, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
         "write.samples_per_shard": 5, "score.batch_size": 48,
@@ -108,7 +109,7 @@ def test_failures_before_and_during_scoring_are_recorded_per_clip(runs, tmp_path
     good = sorted((out / "raw").glob("demo*.mp4"))[:2]
     jobs = [ClipJob(p.stem, str(p), None, 0.0, 3.0) for p in good]
     jobs.insert(1, ClipJob("broken", str(bad_media["truncated"]), None, 0.0, 5.0))
-    raw, cache = str(tmp_path / "raw"), str(tmp_path / "cache")
+    raw, cache = run_folder(tmp_path), str(tmp_path / "cache")  # OUT = tmp_path: its raw/ and maps/
     group = prepare_group(jobs, cfg, raw, cache)
     assert [o.error_kind for o in group.done] == ["truncated"] and [p.job.clip_id for p in group.clips] == [
         p.stem for p in good]

@@ -81,3 +81,13 @@ def test_only_storage_knows_fsspec_and_only_pipeline_knows_dask():
             if root in ("dask", "distributed"):
                 users["dask"].add(name)
     assert users == {"fsspec": {"curation.storage"}, "dask": {"curation.pipeline"}}
+
+
+def test_only_storage_tells_a_url_from_a_local_path():
+    """OUT is opened once (`storage.run_folder`) and stages work through the object they are given; a location's
+    kind is storage's business alone."""
+    offenders = sorted(f"{path.relative_to(PACKAGE.parent)}:{number}"
+                       for root in ("curation", "training", "manifests")
+                       for path in (PACKAGE.parent / root).rglob("*.py") if path.name != "storage.py"
+                       for number, line in enumerate(path.read_text().splitlines(), 1) if "is_url(" in line)
+    assert not offenders, f"is_url outside curation/storage.py (use storage.run_folder / load_source): {offenders}"
