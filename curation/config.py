@@ -258,11 +258,13 @@ class FilterConfig:
 
     still_motion: float = 1.0  # still: the moving part of the thumbnail changes less than this (grey levels)
     silent_db: float = -50.0  # silent: 90 % of the clip's 100-ms blocks are below this level (dBFS)
-    dup_hamming: int = 10  # two frames match when their 64-bit hashes differ in at most this many bits
-    dup_frames: float = 0.8  # duplicates: this fraction of the overlapping frames match at the best alignment
-    dup_audio_corr: float = 0.9  # ... and their loudness envelopes correlate at least this much there
+    dup_hamming: int = 10  # two frames' smooth pictures match when their 64-bit hashes differ in <= this many bits
+    dup_frames: float = 0.8  # duplicates: this fraction of the overlapping frames match at one alignment
+    dup_detail: float = 0.6  # two frames' fine detail matches: this fraction of the more detailed one's agrees
+    dup_peaks: float = 0.4  # two sounds with peaks match: this fraction of the sparser one's peaks coincide
+    dup_audio_corr: float = 0.9  # two sounds without peaks: their loudness envelopes correlate this much there
     dup_min_overlap_s: float = 3.0  # ... over at least this long a stretch
-    dup_spectrum_db: float = 10.0  # two steady sounds: no band of their spectra differs by more than this (dB)
+    dup_spectrum_db: float = 10.0  # ... and no quarter-tone band of their mean spectra differs by more (dB)
     reject_still: bool = True
     reject_silent: bool = False
     reject_duplicates: bool = True  # one representative (the smallest clip_id) of each group is kept
@@ -270,8 +272,9 @@ class FilterConfig:
 
     AFTER_SCORING: ClassVar[bool] = True
     CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys((
-        "still_motion", "silent_db", "dup_hamming", "dup_frames", "dup_audio_corr", "dup_min_overlap_s",
-        "dup_spectrum_db", "reject_still", "reject_silent", "reject_duplicates", "reject_overlaps"), None)
+        "still_motion", "silent_db", "dup_hamming", "dup_frames", "dup_detail", "dup_peaks", "dup_audio_corr",
+        "dup_min_overlap_s", "dup_spectrum_db", "reject_still", "reject_silent", "reject_duplicates",
+        "reject_overlaps"), None)
 
 
 @dataclass(frozen=True)
@@ -527,6 +530,8 @@ def _check_filters(f: FilterConfig, need) -> None:
     need(-120 <= f.silent_db <= 0, "filters.silent_db: must be in -120..0 (dBFS)")
     need(0 <= f.dup_hamming <= 32, "filters.dup_hamming: must be in 0..32")
     need(0 < f.dup_frames <= 1, "filters.dup_frames: must be in (0, 1]")
+    need(0 < f.dup_detail <= 1, "filters.dup_detail: must be in (0, 1]")
+    need(0 < f.dup_peaks <= 1, "filters.dup_peaks: must be in (0, 1]")
     need(-1 <= f.dup_audio_corr <= 1, "filters.dup_audio_corr: must be in -1..1")
     need(f.dup_min_overlap_s > 0, "filters.dup_min_overlap_s: must be > 0")
     need(f.dup_spectrum_db > 0, "filters.dup_spectrum_db: must be > 0")

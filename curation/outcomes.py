@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.outputs.shards import chunks
-from curation.quality import SPECTRUM_BANDS, Fingerprints, fingerprint
+from curation.quality import ARRAYS, Fingerprints, fingerprint
 from curation.results import ClipOutcome
 
 OUTCOMES_SCHEMA = pa.schema([
@@ -34,10 +34,8 @@ OUTCOMES_SCHEMA = pa.schema([
     pa.field("motion", pa.float64()),
     pa.field("loud_db", pa.float64()),
     pa.field("quality_s", pa.float64()),
-    pa.field("hashes", pa.list_(pa.uint64())),
-    pa.field("flat", pa.list_(pa.bool_())),
-    pa.field("env", pa.list_(pa.int8())),
-    pa.field("spectrum", pa.list_(pa.int8())),
+    # the duplicate fingerprint's arrays (curation.quality.ARRAYS: their names and types are quality's to choose)
+    *(pa.field(name, pa.list_(pa.from_numpy_dtype(dtype))) for name, dtype in ARRAYS.items()),
 ])
 _PLAIN = OUTCOMES_SCHEMA.names[:11]
 BATCH_ROWS = 256  # outcomes converted at a time when more come at once (a task returns a few)
@@ -51,9 +49,7 @@ def _batch(outcomes: list[ClipOutcome]) -> pa.RecordBatch:
     columns.update(motion=[q["motion"] if q else None for q in measured],
                    loud_db=[q["loud_db"] if q else None for q in measured],
                    quality_s=[q["seconds"] if q else None for q in measured],
-                   hashes=[f.hashes if f else None for f in fps], flat=[f.flat if f else None for f in fps],
-                   env=[f.env.astype(np.int8) if f else None for f in fps],
-                   spectrum=[f.spectrum.astype(np.int8) if f else None for f in fps])
+                   **{name: [getattr(f, name) if f else None for f in fps] for name in ARRAYS})
     return pa.RecordBatch.from_pydict(columns, schema=OUTCOMES_SCHEMA)
 
 
@@ -98,10 +94,7 @@ def measured_clips(measured: pa.Table) -> tuple[Fingerprints, np.ndarray]:
         offsets = column.offsets.to_numpy().astype(np.int64)
         return column.flatten().to_numpy(zero_copy_only=False).astype(dtype), offsets - offsets[0]
 
-    hashes, hash_ends = flat("hashes", np.uint64)
-    flags, _ = flat("flat", bool)
-    env, env_ends = flat("env", np.float32)
-    spectrum, _ = flat("spectrum", np.float32)
-    fps = Fingerprints(measured["clip_id"].to_pylist(), hashes, flags, hash_ends, env, env_ends,
-                       spectrum.reshape(measured.num_rows, len(SPECTRUM_BANDS) - 1), measured["motion"].to_numpy())
+    fps = Fingerprints.from_columns(measured["clip_id"].to_pylist(),
+                                    {name: flat(name, dtype) for name, dtype in ARRAYS.items()},
+                                    measured["motion"].to_numpy())
     return fps, measured["loud_db"].to_numpy()

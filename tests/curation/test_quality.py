@@ -1,8 +1,11 @@
 """Data-quality filters on small in-memory clips (the planted-world measurement is `bench.quality`)."""
 
+import base64
+
 import numpy as np
 
 from curation.config import FilterConfig, SelectConfig
+from curation.outcomes import Outcomes, measured_clips
 from curation.quality import (
     candidate_pairs,
     fingerprint,
@@ -12,6 +15,7 @@ from curation.quality import (
     overlaps,
     signals_dict,
 )
+from curation.results import ClipOutcome
 from curation.select import keep_clips
 
 SR, FPS = 16000, 10.0
@@ -103,3 +107,19 @@ def test_per_label_selection_keeps_each_labels_top_fraction_and_the_floor():
     assert keep_clips(scores, per_label, labels) == {"a0", "a1", "b0"}
     floor = SelectConfig(keep_quantile=0.25, per_label=True, min_per_label=3, min_clip_score=0.085)
     assert keep_clips(scores, floor, labels) == {"a0", "a1", "a2", "b0", "b1"}
+
+
+def test_signals_of_an_older_version_are_judged_still_and_silent_but_never_compared():
+    """Cache files written before the detail and peak signals existed hold smooth-picture hashes and a 16-band
+    spectrum: such a clip is not comparable (never grouped), its motion and loudness still judge it."""
+    frames, audio = _footage(0), _sound(0)
+    new, copy = _signals(frames, audio), _signals(frames, audio, start_s=0.5)
+    old = {k: new[k] for k in ("motion", "loud_db", "vhash", "flat", "aenv", "seconds")}
+    old["aspec"] = base64.b64encode(np.zeros(16, np.int8).tobytes()).decode()
+    assert judge([], {"a": new, "b": copy}, FilterConfig(), FPS).dup_group == {"a": "a", "b": "a"}
+    v = judge([], {"a": {**old, "loud_db": -70.0}, "b": copy}, FilterConfig(reject_silent=True), FPS)
+    assert v.dup_group == {} and v.silent.tolist() == [True, False]
+    assert {cid: kind for cid, (kind, _) in v.rejected.items()} == {"a": "silent"}
+    table = Outcomes([ClipOutcome("a", scored=True, quality=old), ClipOutcome("b", scored=True, quality=copy)]).table()
+    fps, _ = measured_clips(table)
+    assert len(fps.clip(0).hashes) == 0 and len(fps.clip(1).hashes) == len(fingerprint(copy).hashes)
