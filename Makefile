@@ -11,10 +11,13 @@ DATASET ?= demo
 setup: $(STAMP)
 
 # Re-installs only when pyproject.toml changes; a complete .venv makes this a no-op.
+# vggsounder (`evaluate --vggsounder`) is a labels-only wheel (its CSV): --no-deps, because it declares
+# `datasets`, used only by its optional sample download, heavy and with its own fsspec pins.
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q --no-deps vggsounder==1.0
 	touch $(STAMP)
 
 # Each variable is a row of curation/run_options.py, which builds the flags (tests/curation/test_run_options.py

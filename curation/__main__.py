@@ -37,7 +37,7 @@ def _ssl_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if cfg.score.checkpoint:
         raise ConfigError(["score.checkpoint: ssl-train trains a new model; leave it empty"])
-    out = storage.resolve(cfg.out)  # a local folder or a bucket (the model goes to OUT/ssl/ in either)
+    out = storage.run_folder(cfg.out)  # a local folder or a bucket (the model goes to OUT/ssl/ in either)
     try:
         resolved, digest = ensure_model(replace(cfg, score=replace(cfg.score, scorer="ssl")),
                                         run_jobs(load_clip_list(cfg, out)), out, progress=not args.quiet)
@@ -73,6 +73,12 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.vggsounder is not None:  # a run over VGGSound test clips, judged by VGGSounder's annotations
+        from curation.outputs.vggsounder import format_summary, write_vggsounder_metrics
+
+        location, metrics = write_vggsounder_metrics(args.out, args.vggsounder or None)
+        print(f"{format_summary(metrics)}\nwrote {location}")
+        return 0
     from curation.outputs.evaluate import write_truth_metrics
     from manifests.io import json_bytes
 
@@ -137,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="demo world: AP of the scores for good pairs, precision/recall kept")
     evaluate.add_argument("--out", default="work/demo", help="the run's output folder (a local path or s3://...)")
+    evaluate.add_argument("--vggsounder", nargs="?", const="", metavar="CSV",
+                          help="instead: judge a run over VGGSound test clips by VGGSounder's annotations (the CSV, "
+                               "default the installed vggsounder package's) -> OUT/manifests/vggsounder.json")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=_evaluate)
 

@@ -26,8 +26,10 @@ from scipy.ndimage import zoom  # noqa: E402
 
 from curation import storage  # noqa: E402
 from curation.outputs.evaluate import read_table, truth_metrics  # noqa: E402
+from curation.outputs.vggsounder import report_section as vggsounder_section  # noqa: E402
 from curation.provenance import read_run_record  # noqa: E402
 from curation.results import cache_path, read_cached  # noqa: E402
+from manifests.layout import RunLayout  # noqa: E402
 
 _N_MOMENTS = 8
 _CAPTION_WIDTH = 18  # characters a caption line holds in its 2.2-in panel at font size 7
@@ -164,11 +166,12 @@ def _filters(clips: pd.DataFrame) -> str:
 
 def build_report(out: str | os.PathLike) -> str:
     """The report's HTML for the run in `out`."""
-    out = storage.resolve(out)
+    layout = RunLayout(storage.resolve(out))
+    out = layout.out
     record = read_run_record(out)
-    clips = read_table(storage.join(out, "manifests", "clips.parquet"))
-    frames = read_table(storage.join(out, "manifests", "frames.parquet"))
-    cache_dir = storage.join(out, "cache", record["cache_dir"])
+    clips = read_table(layout.clips_manifest)
+    frames = read_table(layout.frames_manifest)
+    cache_dir = layout.cache(record["cache_dir"])
     errors = clips[clips["status"] == "failed"].groupby("error_kind").size().rename("clips").reset_index()
     status = clips.groupby("status").size().rename("clips").reset_index()
     sections = [
@@ -181,7 +184,7 @@ def build_report(out: str | os.PathLike) -> str:
         "<h2>Failures by error kind</h2>", _table(errors) if len(errors) else "<p>none</p>",
         "<h2>Scores</h2>", _histograms(clips, frames),
     ]
-    if storage.exists(storage.join(out, "raw", "truth.parquet")):
+    if storage.exists(layout.truth):
         metrics = truth_metrics(out)
         by_kind = metrics.pop("per_kind", None)
         by_category = metrics.pop("recall_per_category", None)
@@ -193,6 +196,7 @@ def build_report(out: str | os.PathLike) -> str:
         if by_category:
             sections += ["<h3>Good-clip recall per object category</h3>",
                          _table(pd.DataFrame([{"category": k, **v} for k, v in by_category.items()]))]
+    sections += vggsounder_section(out, clips)  # when `evaluate --vggsounder` has judged the run
     sections += ["<h2>Best moments (highest clip scores)</h2>", _moments(clips, cache_dir, best=True),
                  "<h2>Worst moments (lowest clip scores)</h2>", _moments(clips, cache_dir, best=False),
                  "<h2>Data-quality filters</h2>", _filters(clips),
@@ -206,6 +210,6 @@ def build_report(out: str | os.PathLike) -> str:
 def write_report(out: str | os.PathLike, html_path: str | os.PathLike | None = None) -> str:
     """Write the report (default `OUT/report.html`; a local path or a URL) whole: temp file + rename, or one
     upload. Returns where."""
-    location = storage.resolve(html_path) if html_path else storage.join(storage.resolve(out), "report.html")
+    location = storage.resolve(html_path) if html_path else RunLayout(storage.resolve(out)).report
     storage.write_bytes(location, build_report(out).encode())
     return location
