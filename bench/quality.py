@@ -35,32 +35,22 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from curation.clip_cache import cache_path, read_summary
 from curation.config import DecodeConfig, FilterConfig, load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
 from curation.pipeline import RunPaths, run
 from curation.quality import (
-    BLOCK_S,
     DETAIL_BYTES,
-    HASH_STEP,
-    HOP_S,
-    PEAK_TOL,
     SPECTRUM_BANDS,
     Fingerprint,
+    alignments,
     candidate_pairs,
-    detail_match,
-    envelope_correlations,
     fingerprint,
-    footage_alignments,
     measure,
-    min_overlap_steps,
-    peak_offsets,
-    peaks_match,
     signals_dict,
-    smooth_sound_match,
     spectrum_distance,
 )
-from curation.results import cache_path, read_outcome
 from manifests.io import write_json
 from manifests.layout import RunLayout
 
@@ -347,26 +337,15 @@ def pair_evidence(a: Fingerprint, b: Fingerprint, cfg: FilterConfig) -> dict | N
     """What the duplicate check saw of a pair, at the alignments the smooth pictures allow (None: no such
     alignment): the best fine-detail score (frames matching), the best peak score, whether the sound had
     peaks, the spectra's distance."""
-    hash_s = HASH_STEP / FPS
-    min_overlap = min_overlap_steps(len(a.hashes), len(b.hashes), hash_s, cfg)
-    if min(len(a.hashes), len(b.hashes)) < min_overlap or not len(a.detail) or not len(b.detail):
+    seen = list(alignments(a, b, cfg, FPS))
+    if not seen:
         return None
-    shifts = footage_alignments(a, b, cfg, min_overlap)
-    if not shifts:
-        return None
-    offsets, matched = peak_offsets(a, b)
-    corr = envelope_correlations(a.env.astype(np.float32), b.env.astype(np.float32),
-                                 min_overlap_steps(len(a.env), len(b.env), BLOCK_S, cfg))
     found = {"detail": None, "peaks": None, "smooth_sound": False, "spectrum_db": spectrum_distance(a.spectrum,
                                                                                                      b.spectrum)}
-    reach = hash_s / 2 / HOP_S + PEAK_TOL
-    for shift in shifts:
-        picture = detail_match(a, b, shift, cfg)
-        centre = shift * hash_s / HOP_S
-        sound = peaks_match(a, b, offsets, matched, int(np.floor(centre - reach)), int(np.ceil(centre + reach)), cfg)
-        if sound is None:
+    for picture, sound_at in seen:
+        sound, had_peaks = sound_at()
+        if not had_peaks:
             found["smooth_sound"] = True
-            sound = smooth_sound_match(a, b, int(round(shift * hash_s / BLOCK_S)), corr, cfg)
         elif found["peaks"] is None or sound.score > found["peaks"]:
             found["peaks"] = sound.score
         if picture.score is not None and (found["detail"] is None or picture.score > found["detail"]):
@@ -412,7 +391,7 @@ def margins(clips: pd.DataFrame, rows: list[dict], signals: dict[str, dict]) -> 
 def cost(paths: RunPaths, clip_ids: list[str]) -> dict:
     """The filters' time per clip (measured inside each clip's task) against the clip's whole task time, and the
     signals' size (JSON bytes, as stored in the outcome and cache file)."""
-    outcomes = [read_outcome(cache_path(paths.cache, cid)) for cid in clip_ids]
+    outcomes = [read_summary(cache_path(paths.cache, cid)) for cid in clip_ids]
     measured = [o for o in outcomes if o.quality]
     filter_s = sum(o.quality["seconds"] for o in measured) / len(measured)
     clip_s = sum(o.seconds for o in measured) / len(measured)
@@ -458,7 +437,7 @@ def _run_world(clip_list: Path, run_dir: Path, scorer: str) -> tuple[pd.DataFram
                              "score.scorer": scorer})
     summary = run(cfg, progress=False)
     clips = pd.read_parquet(RunLayout(str(run_dir)).clips_manifest)
-    signals = {cid: read_outcome(cache_path(summary.paths.cache, cid)).quality for cid in clips["clip_id"]}
+    signals = {cid: read_summary(cache_path(summary.paths.cache, cid)).quality for cid in clips["clip_id"]}
     return clips, signals, summary.paths, summary
 
 

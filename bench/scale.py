@@ -68,10 +68,10 @@ def _cpu_s(who: int = resource.RUSAGE_SELF) -> float:
 def _stage_costs(cache: str, clip_ids: list[str]) -> dict:
     """Per-clip means over a sample of the run's clips (their cache files): the clip task's time on its worker,
     the scorer's share and the data-quality signals' share (single-threaded workers: ~CPU s when not starved)."""
-    from curation.results import cache_path, read_outcome
+    from curation.clip_cache import cache_path, read_summary
 
-    outcomes = [read_outcome(cache_path(cache, cid)) for cid in clip_ids]
-    scored = [o for o in outcomes if o.scored]
+    clip_summaries = [read_summary(cache_path(cache, cid)) for cid in clip_ids]
+    scored = [o for o in clip_summaries if o.scored]
     return {"sampled_clips": len(scored),
             "clip_task_s": round(sum(o.seconds for o in scored) / len(scored), 5),
             "score_s": round(sum(o.score_s for o in scored) / len(scored), 5),
@@ -102,22 +102,22 @@ def _one_run(clip_list: Path, out: Path) -> dict:
 
 def _write_wave(clip_list: Path, out: Path, workers: int) -> dict:
     """Child process: the write wave alone (shards + frames.parquet) from a finished run's per-clip results."""
+    from curation.clip_cache import cache_path, read_summary
     from curation.config import load_config
-    from curation.outcomes import Outcomes
     from curation.outputs.assemble import RunPaths, finish
     from curation.pipeline import _client, _dask_mapper, load_clip_list, run_jobs
-    from curation.results import cache_path, read_outcome
+    from curation.summary_table import SummaryTable
 
     cfg = load_config(None, {"dataset": "csv", "meta": str(clip_list), "out": str(out), **SETTINGS,
                              "dask.workers": workers})
     paths = RunPaths.for_config(cfg)
     clip_list_table = load_clip_list(cfg, out)
-    outcomes = Outcomes(read_outcome(cache_path(paths.cache, j.clip_id)) for j in run_jobs(clip_list_table))
+    clip_summaries = SummaryTable(read_summary(cache_path(paths.cache, j.clip_id)) for j in run_jobs(clip_list_table))
     with _client(cfg) as client:
         client.run(importlib.import_module, "curation.outputs.assemble")  # as in a run, the workers have imported it
         workers_before = sum(client.run(_cpu_s).values())
         started, client_before = time.perf_counter(), _cpu_s()
-        finish(cfg, paths, clip_list_table, outcomes, {}, _dask_mapper(client, cfg))
+        finish(cfg, paths, clip_list_table, clip_summaries, {}, _dask_mapper(client, cfg))
         wall, client_cpu = time.perf_counter() - started, _cpu_s() - client_before
         worker_cpu = sum(client.run(_cpu_s).values()) - workers_before
     record = json.loads(Path(paths.layout.run_record).read_text())

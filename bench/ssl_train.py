@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from curation.clip_cache import ClipJob
 from curation.config import load_config
 from curation.demo import generate_world
 from curation.localise.train import _batch, _trainer, clip_backgrounds, load_training_clips, train
-from curation.results import ClipJob
 from manifests.io import write_json
 from manifests.readers import read_clip_table
 

@@ -1,6 +1,6 @@
 """One clip through fetch -> decode -> score -> select, its result stored as one atomic cache file.
 
-A clip that has its cache file (`curation.results`) is done: a rerun skips it. Plain functions, no Dask: the
+A clip that has its cache file (`curation.clip_cache`) is done: a rerun skips it. Plain functions, no Dask: the
 pipeline maps `process_group` over groups of clips (`scoring_workers` splits the same work across CPU and
 scoring workers).
 """
@@ -17,23 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from curation import storage
+from curation.clip_cache import (
+    ClipJob,
+    ClipSummary,
+    cache_path,
+    cached_summary,
+    read_cached,
+    read_summary,
+    write_cached,
+)
 from curation.config import RunConfig
 from curation.decode import DecodedClip, read_frames
 from curation.errors import ClipError
 from curation.fetch.clip import FetchGate, fetch_job
 from curation.fetch_decode import decode_job
+from curation.localise.clip_scores import ClipScores
 from curation.localise.scorers import load_scorer, scorer_kind
-from curation.outputs.shards import encode_flac, encode_jpeg
+from curation.outputs.sample_media import encode_flac, encode_jpeg
 from curation.quality import measure, signals_dict
-from curation.results import (
-    ClipJob,
-    ClipOutcome,
-    cache_path,
-    cached_outcome,
-    read_cached,
-    read_outcome,
-    write_cached,
-)
 from curation.select import select_moments
 from manifests.io import atomic_write_bytes
 from manifests.layout import RunLayout
@@ -56,27 +57,27 @@ def _minor_page_faults() -> int:
     return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_minflt
 
 
-def scored_arrays(job: ClipJob, clip: DecodedClip, result, cfg: RunConfig, layout: RunLayout, started: float,
-                   score_s: float, score_page_faults: int) -> tuple[ClipOutcome, dict[str, np.ndarray]]:
-    """A scored clip's outcome and cache arrays: moments, JPEGs of the chosen frames, FLAC, maps (with
+def scored_arrays(job: ClipJob, clip: DecodedClip, clip_scores: ClipScores, cfg: RunConfig, layout: RunLayout,
+                  started: float, score_s: float, score_page_faults: int) -> tuple[ClipSummary, dict[str, np.ndarray]]:
+    """A scored clip's summary and cache arrays: moments, JPEGs of the chosen frames, FLAC, maps (with
     `score.save_maps` also written to the local `layout`'s maps folder), quality."""
-    moments, arrays = _moment_arrays(clip.times, result.scores, result.contrastive,
+    moments, arrays = _moment_arrays(clip.times, clip_scores.scores, clip_scores.contrastive,
                                      lambda idx: clip.frames[idx], cfg)
-    arrays.update(t=clip.times, score=result.scores,
+    arrays.update(t=clip.times, score=clip_scores.scores,
                   flac=np.frombuffer(encode_flac(clip.audio, clip.sample_rate), dtype=np.uint8))
-    if result.contrastive is not None:
-        arrays["contrastive"] = result.contrastive
-    if result.maps is not None:
-        arrays["maps"] = result.maps.astype(np.float16)
+    if clip_scores.contrastive is not None:
+        arrays["contrastive"] = clip_scores.contrastive
+    if clip_scores.maps is not None:
+        arrays["maps"] = clip_scores.maps.astype(np.float16)
         if cfg.score.save_maps:
             buf = io.BytesIO()
             np.save(buf, arrays["maps"])
             atomic_write_bytes(layout.clip_map(job.clip_id), buf.getvalue())
     quality = signals_dict(measure(clip.frames, clip.audio, clip.sample_rate))
-    outcome = ClipOutcome(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
+    summary = ClipSummary(job.clip_id, scored=True, clip_score=moments.clip_score, n_frames=len(clip.times),
                           seconds=time.perf_counter() - started, score_s=score_s, score_page_faults=score_page_faults,
                           quality=quality, audio_tiled=clip.audio_tiled)
-    return outcome, arrays
+    return summary, arrays
 
 
 def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gate: FetchGate | None):
@@ -84,33 +85,33 @@ def _score_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, started: float, gat
     clip_scorer = scorer.for_clip(job)  # e.g. a clip a moments file does not list fails here, before it is fetched
     clip = decode_job(job, cfg, raw_dir, gate)
     faults_before, score_started = _minor_page_faults(), time.perf_counter()
-    result = clip_scorer.score(clip)
+    clip_scores = clip_scorer.score(clip)
     score_s, score_page_faults = time.perf_counter() - score_started, _minor_page_faults() - faults_before
-    outcome, arrays = scored_arrays(job, clip, result, cfg, RunLayout.of_raw(raw_dir), started, score_s,
+    summary, arrays = scored_arrays(job, clip, clip_scores, cfg, RunLayout.of_raw(raw_dir), started, score_s,
                                     score_page_faults)
-    return outcome, arrays, scorer.model_id
+    return summary, arrays, scorer.model_id
 
 
 def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
-                 gate: FetchGate | None = None) -> ClipOutcome:
+                 gate: FetchGate | None = None) -> ClipSummary:
     """Process one clip unless its cache file exists (and holds under `decode.short_clips`); every failure becomes
-    a recorded outcome."""
+    a recorded summary."""
     path = cache_path(cache_dir, job.clip_id)
-    if (cached := cached_outcome(path, cfg.decode.short_clips)) is not None:
+    if (cached := cached_summary(path, cfg.decode.short_clips)) is not None:
         return cached
     started = time.perf_counter()
     try:
-        outcome, arrays, model_id = _score_clip(job, cfg, raw_dir, started, gate)
+        summary, arrays, model_id = _score_clip(job, cfg, raw_dir, started, gate)
     except ClipError as exc:
-        outcome = ClipOutcome(job.clip_id, scored=False, error_kind=exc.kind, error=str(exc),
+        summary = ClipSummary(job.clip_id, scored=False, error_kind=exc.kind, error=str(exc),
                               seconds=time.perf_counter() - started)
         arrays, model_id = {}, None
     except Exception as exc:  # a bug must not sink the run; not cached, so a rerun tries the clip again
         log.exception("unexpected failure on clip %s", job.clip_id)
-        return ClipOutcome(job.clip_id, scored=False, error_kind="internal_error",
+        return ClipSummary(job.clip_id, scored=False, error_kind="internal_error",
                            error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started)
-    write_cached(path, outcome, arrays, model_id)
-    return outcome
+    write_cached(path, summary, arrays, model_id)
+    return summary
 
 
 def import_decoders() -> None:
@@ -140,40 +141,40 @@ def warm_up(cfg: RunConfig) -> str:
 
 
 def _process_in(ws: storage.Workspace, job: ClipJob, cfg: RunConfig, cache_dir: str,
-                gate: FetchGate | None) -> ClipOutcome:
+                gate: FetchGate | None) -> ClipSummary:
     """`process_clip` in a workspace: the clip's earlier fetch is brought there first, what it makes is committed
     after (nothing to move when OUT is local)."""
-    if (cached := cached_outcome(cache_path(cache_dir, job.clip_id), cfg.decode.short_clips)) is not None:
+    if (cached := cached_summary(cache_path(cache_dir, job.clip_id), cfg.decode.short_clips)) is not None:
         return cached
     with ws.clip(job.clip_id, job.path) as path:
         return process_clip(replace(job, path=path), cfg, Path(ws.layout.raw), cache_dir, gate)
 
 
 def process_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, cache_dir: str,
-                  gate: FetchGate | None = None) -> list[ClipOutcome]:
+                  gate: FetchGate | None = None) -> list[ClipSummary]:
     """One Dask task: a group of clips, processed in order on one worker in a workspace of OUT (`folder`). Once
     `gate` says the run is stopping, the rest of the group is left out (those clips stay pending). `cache_dir`
     is a local folder or a URL."""
     storage.makedirs(cache_dir)
-    outcomes = []
+    summaries = []
     with folder.workspace("s2s-clip-") as ws:
         Path(ws.layout.raw).mkdir(parents=True, exist_ok=True)
         for job in jobs:
             if gate is not None and gate.stopped():
                 break
-            outcomes.append(_process_in(ws, job, cfg, cache_dir, gate))
-    return outcomes
+            summaries.append(_process_in(ws, job, cfg, cache_dir, gate))
+    return summaries
 
 
-def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, new_cache: str) -> ClipOutcome:
+def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, new_cache: str) -> ClipSummary:
     """Re-rank a scored clip under new selection options without re-scoring: decode only the chosen frames."""
     target = cache_path(new_cache, job.clip_id)
     if storage.exists(target):
-        return read_outcome(target)
+        return read_summary(target)
     old = read_cached(cache_path(old_cache, job.clip_id))
-    if not old.outcome.scored:
-        write_cached(target, old.outcome, {}, old.model_id)
-        return old.outcome
+    if not old.summary.scored:
+        write_cached(target, old.summary, {}, old.model_id)
+        return old.summary
     started = time.perf_counter()
     fetched = fetch_job(job, raw_dir, cfg.fetch)
 
@@ -186,22 +187,22 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
         arrays["contrastive"] = old.contrastive
     if old.maps is not None:
         arrays["maps"] = old.maps
-    outcome = replace(old.outcome, clip_score=moments.clip_score, seconds=time.perf_counter() - started)
-    write_cached(target, outcome, arrays, old.model_id)
-    return outcome
+    summary = replace(old.summary, clip_score=moments.clip_score, seconds=time.perf_counter() - started)
+    write_cached(target, summary, arrays, old.model_id)
+    return summary
 
 
 def _reselect_in(ws: storage.Workspace, job: ClipJob, cfg: RunConfig, old_cache: str,
-                 new_cache: str) -> ClipOutcome:
+                 new_cache: str) -> ClipSummary:
     """`reselect_clip` in a workspace, as `_process_in`."""
     if storage.exists(cache_path(new_cache, job.clip_id)):
-        return read_outcome(cache_path(new_cache, job.clip_id))
+        return read_summary(cache_path(new_cache, job.clip_id))
     with ws.clip(job.clip_id, job.path) as path:
         return reselect_clip(replace(job, path=path), cfg, Path(ws.layout.raw), old_cache, new_cache)
 
 
 def reselect_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, old_cache: str,
-                   new_cache: str) -> list[ClipOutcome]:
+                   new_cache: str) -> list[ClipSummary]:
     """One Dask task of `curation select` (the caches: local folders or URLs, as `process_group`)."""
     storage.makedirs(new_cache)
     with folder.workspace("s2s-clip-") as ws:

@@ -80,8 +80,8 @@ class DecodeConfig:
 
     # short_clips is never part of the key: it changes only clips with less audio than one window, so caches made
     # before it existed (which failed those clips `too_short`) and caches of either setting keep every other clip.
-    # A cached outcome of a short clip is reused only where it holds under the run's setting
-    # (`curation.results.reusable`): a `too_short` failure is redone under `tile`, a tiled score under `reject`
+    # A cached summary of a short clip is reused only where it holds under the run's setting
+    # (`curation.clip_cache.reusable`): a `too_short` failure is redone under `tile`, a tiled score under `reject`
     CLIP_KEY: ClassVar[ClipKeys] = {"fps": KEYED, "short_side": KEYED, "sample_rate": KEYED, "window_s": KEYED,
                                     "short_clips": None}
 

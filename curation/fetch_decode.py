@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curation.clip_cache import ClipJob
 from curation.config import DecodeConfig, RunConfig
 from curation.decode import DecodedClip, decode_clip
 from curation.fetch.clip import FetchGate, fetch_job
-from curation.results import ClipJob
 
 
 def decode_job(job: ClipJob, cfg: RunConfig, raw_dir: Path, gate: FetchGate | None = None,

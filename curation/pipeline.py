@@ -24,19 +24,19 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from curation import storage
+from curation.clip_cache import ClipJob, ClipSummary, cache_path, read_summary
 from curation.clip_task import import_decoders, process_group, reselect_group, warm_up
 from curation.config import AFTER_SCORING_SECTIONS, RunConfig, config_from_dict
 from curation.errors import UsageError, require_tools
 from curation.fetch.control import ClusterGate, StopCounter, forget_transient_failures
 from curation.fetch.mirror import extract_archive, plan_source, resolve_source, source_jobs
 from curation.localise.scorers import check_scorer, ensure_model
-from curation.outcomes import Outcomes
 from curation.outputs.assemble import RunPaths, RunSummary, finish, format_summary, label_index_of, pending_clips_table
 from curation.provenance import read_run_record
-from curation.results import ClipJob, ClipOutcome, cache_path, read_outcome
 from curation.scoring_workers import finish_group, model_inputs, prepare_group, score_inputs
 from curation.scoring_workers import warm_up as split_warm_up
 from curation.staging import stage_inputs
+from curation.summary_table import SummaryTable
 from manifests.io import parquet_bytes
 from manifests.layout import name_of
 from manifests.readers import ClipList, read_clip_list, read_clip_table, read_vggsound
@@ -173,7 +173,7 @@ def _split_submitter(client, cfg: RunConfig, folder: storage.RunFolder, cache: s
                      gate) -> Callable[[list[ClipJob]], object]:
     """Submits a group as four tasks (curation.scoring_workers): prepare on any worker, pick out the model inputs
     there, score them on a worker offering `dask.score_resource`, finish where the decoded clips are (Dask runs a
-    task where its largest input lies). Returns the future of the group's outcomes."""
+    task where its largest input lies). Returns the future of the group's clip summaries."""
     options = {"retries": cfg.dask.retries, "pure": False}
 
     def submit(group: list[ClipJob]):
@@ -209,15 +209,15 @@ def _warm_split(cfg: RunConfig, dask_worker=None) -> str:
 
 def _run_tasks(client, submit_group: Callable[[list[ClipJob]], object], jobs: list[ClipJob], cfg: RunConfig,
                progress: bool, warm: Callable[[], object], desc: str = "curate",
-               stop: StopCounter | None = None) -> tuple[Outcomes, float]:
-    """Submit each group of clips (`submit_group(group)` -> the future of its outcomes) with a bounded number of
-    groups in flight, after `warm()` has run once on every worker; once `stop` says so, nothing more is submitted
-    (clips never submitted stay pending).
+               stop: StopCounter | None = None) -> tuple[SummaryTable, float]:
+    """Submit each group of clips (`submit_group(group)` -> the future of its clip summaries) with a bounded
+    number of groups in flight, after `warm()` has run once on every worker; once `stop` says so, nothing more is
+    submitted (clips never submitted stay pending).
 
-    Returns the outcomes and the moment the cluster was ready (to time processing without start-up)."""
+    Returns the summary table and the moment the cluster was ready (to time processing without start-up)."""
     from dask.distributed import as_completed
 
-    outcomes = Outcomes()
+    clip_summaries = SummaryTable()
     bar = tqdm(total=len(jobs), unit="clip", disable=not progress, desc=desc, smoothing=0.1)
     client.run(warm)
     ready = time.perf_counter()
@@ -239,19 +239,19 @@ def _run_tasks(client, submit_group: Callable[[list[ClipJob]], object], jobs: li
     for fut in queue:
         group = in_flight.pop(fut)
         try:
-            results = fut.result()
+            summaries = fut.result()
         except Exception as exc:  # the worker died or the task failed on every retry
-            results = [ClipOutcome(j.clip_id, scored=False, error_kind="worker_lost",
-                                   error=f"{type(exc).__name__}: {exc}") for j in group]
-        outcomes.add(results)  # as columns: the client keeps no Python object per clip
+            summaries = [ClipSummary(j.clip_id, scored=False, error_kind="worker_lost",
+                                     error=f"{type(exc).__name__}: {exc}") for j in group]
+        clip_summaries.add(summaries)  # as columns: the client keeps no Python object per clip
         if stop is not None:
-            stop.record(results)
-        bar.update(len(results))
-        done.update(o.scored for o in results)  # running counts: a sum over all outcomes per task is quadratic
+            stop.record(summaries)
+        bar.update(len(summaries))
+        done.update(s.scored for s in summaries)  # running counts: a sum over all summaries per task is quadratic
         bar.set_postfix(ok=done[True], failed=done[False], refresh=False)
         submit_next()
     bar.close()
-    return outcomes, ready
+    return clip_summaries, ready
 
 
 def _dask_mapper(client, cfg: RunConfig) -> Callable[[Callable, list], Iterable]:
@@ -278,7 +278,7 @@ def _from_source(cfg: RunConfig, jobs: list[ClipJob], folder: storage.RunFolder,
     streamed once. Archives only the client sees (on its own disk, with OUT on an object store: no worker may rely
     on seeing that disk) are read by the client itself while the workers read the others.
 
-    Returns jobs reading the clips that are now there, failed outcomes for the others, a note for run.json, and
+    Returns jobs reading the clips that are now there, failed summaries for the others, a note for run.json, and
     the cluster when one was started (kept in `stack` for the clip wave)."""
     from dask.distributed import as_completed
 
@@ -354,15 +354,15 @@ def _run(cfg: RunConfig, progress: bool, stack: contextlib.ExitStack) -> RunSumm
         else:
             submit = _task_submitter(client, process_group, cfg, (folder, paths.cache, gate))
             warm = functools.partial(warm_up, cfg)
-        outcomes, ready = _run_tasks(client, submit, jobs, cfg, progress, warm, stop=stop)
+        clip_summaries, ready = _run_tasks(client, submit, jobs, cfg, progress, warm, stop=stop)
         timings = {"load_and_model_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}
-        outcomes.add(unreached.values())
-        score_s, n_scored = outcomes.total("score_s"), outcomes.total("scored")
-        frames = outcomes.total("n_frames", scored_only=True)
-        summary = finish(cfg, paths, clip_list, outcomes, timings, _dask_mapper(client, cfg), model_digest=digest,
+        clip_summaries.add(unreached.values())
+        score_s, n_scored = clip_summaries.total("score_s"), clip_summaries.total("scored")
+        frames = clip_summaries.total("n_frames", scored_only=True)
+        summary = finish(cfg, paths, clip_list, clip_summaries, timings, _dask_mapper(client, cfg), model_digest=digest,
                          scorer_frames_per_s_per_worker=round(frames / score_s, 2) if score_s else None,
-                         scorer_page_faults_per_clip=round(outcomes.total("score_page_faults", scored_only=True)
+                         scorer_page_faults_per_clip=round(clip_summaries.total("score_page_faults", scored_only=True)
                                                            / n_scored, 1) if n_scored else None,
                          fetch={"stopped": stop.reason, "retried_failed": retried}, source=source_note,
                          **({"inputs": inputs} if inputs else {}))
@@ -398,12 +398,12 @@ def reselect(out: str | os.PathLike, overrides: dict, progress: bool = True) -> 
     record = dict(model_digest=record.get("model_digest"), reselected_from=record["cache_dir"],
                   **{key: record[key] for key in ("inputs",) if key in record})
     if paths.cache == old_cache:  # only clip selection or shard options changed: no cluster needed
-        outcomes = Outcomes(read_outcome(cache_path(old_cache, j.clip_id)) for j in jobs)
+        clip_summaries = SummaryTable(read_summary(cache_path(old_cache, j.clip_id)) for j in jobs)
         timings = {"load_s": loaded - started, "cluster_start_s": 0.0, "process_s": time.perf_counter() - loaded}
-        return finish(cfg, paths, clip_list, outcomes, timings, **record)
+        return finish(cfg, paths, clip_list, clip_summaries, timings, **record)
     with _client(cfg) as client:  # selection needs no model: warm the decoders only
         submit = _task_submitter(client, reselect_group, cfg, (folder, old_cache, paths.cache))
-        outcomes, ready = _run_tasks(client, submit, jobs, cfg, progress, import_decoders, desc="reselect")
+        clip_summaries, ready = _run_tasks(client, submit, jobs, cfg, progress, import_decoders, desc="reselect")
         timings = {"load_s": loaded - started, "cluster_start_s": ready - loaded,
                    "process_s": time.perf_counter() - ready}
-        return finish(cfg, paths, clip_list, outcomes, timings, _dask_mapper(client, cfg), **record)
+        return finish(cfg, paths, clip_list, clip_summaries, timings, _dask_mapper(client, cfg), **record)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -422,34 +424,45 @@ def smooth_sound_match(a: Fingerprint, b: Fingerprint, block_shift: int, corr: d
     return Match(best >= cfg.dup_audio_corr, False, best)
 
 
-def is_duplicate(a: Fingerprint, b: Fingerprint, cfg: FilterConfig, fps: float) -> bool:
-    """Same footage and same recording at one alignment.
-
-    The smooth-picture hashes propose alignments (dup_frames of the frames within dup_hamming bits); at one of
-    them the fine detail (`detail_match`) and the sound (`peaks_match`, or `smooth_sound_match` for a sound
-    without peaks) must both be consistent, and at least one of them must identify: a smooth picture and a
-    steady sound are shared by distinct clips, so together they never make a duplicate."""
-    if not len(a.detail) or not len(b.detail):  # signals of an older version: not comparable
-        return False
+def alignments(a: Fingerprint, b: Fingerprint, cfg: FilterConfig,
+               fps: float) -> Iterator[tuple[Match, Callable[[], tuple[Match, bool]]]]:
+    """At each alignment the smooth-picture hashes propose (dup_frames of the frames within dup_hamming bits):
+    the fine-detail match (`detail_match`), and a call that compares the sound there: (its match, whether it had
+    peaks: `peaks_match`, else `smooth_sound_match` of a sound without peaks). Nothing for signals of an older
+    version, which have no fine detail."""
+    if not len(a.detail) or not len(b.detail):
+        return
     hash_s = HASH_STEP / fps
     min_overlap = min_overlap_steps(len(a.hashes), len(b.hashes), hash_s, cfg)
     if min(len(a.hashes), len(b.hashes)) < min_overlap:
-        return False
+        return
     shifts = footage_alignments(a, b, cfg, min_overlap)
     if not shifts:
-        return False
+        return
     offsets, matched = peak_offsets(a, b)
     corr = envelope_correlations(a.env.astype(np.float32), b.env.astype(np.float32),
                                  min_overlap_steps(len(a.env), len(b.env), BLOCK_S, cfg))
     reach = hash_s / 2 / HOP_S + PEAK_TOL  # a hashed frame stands for HASH_STEP decoded frames
-    for shift in shifts:
-        picture = detail_match(a, b, shift, cfg)
-        if not picture.consistent:
-            continue
+
+    def sound_at(shift: int) -> tuple[Match, bool]:
         centre = shift * hash_s / HOP_S
         sound = peaks_match(a, b, offsets, matched, int(np.floor(centre - reach)), int(np.ceil(centre + reach)), cfg)
         if sound is None:
-            sound = smooth_sound_match(a, b, int(round(shift * hash_s / BLOCK_S)), corr, cfg)
+            return smooth_sound_match(a, b, int(round(shift * hash_s / BLOCK_S)), corr, cfg), False
+        return sound, True
+
+    for shift in shifts:
+        yield detail_match(a, b, shift, cfg), functools.partial(sound_at, shift)
+
+
+def is_duplicate(a: Fingerprint, b: Fingerprint, cfg: FilterConfig, fps: float) -> bool:
+    """Same footage and same recording at one alignment: there the fine detail and the sound must both be
+    consistent, and at least one of them must identify (`alignments`): a smooth picture and a steady sound are
+    shared by distinct clips, so together they never make a duplicate."""
+    for picture, sound_at in alignments(a, b, cfg, fps):
+        if not picture.consistent:
+            continue
+        sound, _ = sound_at()
         if sound.consistent and (picture.identifies or sound.identifies):
             return True
     return False

@@ -3,7 +3,7 @@
 Plain functions over one group of clips; `pipeline` wires them as Dask tasks:
 1. `prepare_group` (any worker): a clip with a cache file is done; the others are fetched and decoded, and their
    model inputs made (frames at the model's input size, the audio). Fetch and decode failures are recorded
-   outcomes, cached as in the per-clip path. The decoded clips stay on this worker.
+   summaries, cached as in the per-clip path. The decoded clips stay on this worker.
 2. `model_inputs` (the same worker) picks out the small inputs; `score_inputs` (a worker offering the resource)
    scores the group's clips together in batches of `score.batch_size` frames that run across clips
    (`DeviceScorer.score_across`).
@@ -21,17 +21,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from curation import storage
+from curation.clip_cache import ClipJob, ClipSummary, cache_path, cached_summary, write_cached
 from curation.clip_task import blank_clip, import_decoders, scored_arrays
 from curation.config import RunConfig, ScoreConfig
 from curation.decode import DecodedClip
 from curation.errors import ClipError
 from curation.fetch.clip import FetchGate
 from curation.fetch_decode import decode_job
+from curation.localise.clip_scores import ClipScores
 from curation.localise.device import ModelInputs
-from curation.localise.result import ScoreResult
 from curation.localise.scorers import load_scorer
 from curation.quality import measure
-from curation.results import ClipJob, ClipOutcome, cache_path, cached_outcome, write_cached
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ class PreparedClip:
 
 @dataclass(frozen=True)
 class PreparedGroup:
-    done: list[ClipOutcome]  # clips read from their cache files, or failed before scoring
+    done: list[ClipSummary]  # clips read from their cache files, or failed before scoring
     clips: list[PreparedClip]
 
 
 @dataclass(frozen=True)
 class GroupScores:
-    results: list[ScoreResult] | None  # one per prepared clip; None when scoring failed
+    per_clip: list[ClipScores] | None  # one per prepared clip; None when scoring failed
     error: str | None
     seconds: float
     model_id: str
@@ -63,13 +63,13 @@ def input_config(score: ScoreConfig) -> ScoreConfig:
     return replace(score, device="cpu", precision="fp32")
 
 
-def _failed(job: ClipJob, exc: Exception, started: float) -> ClipOutcome:
-    return ClipOutcome(job.clip_id, scored=False, error_kind=exc.kind, error=str(exc),
+def _failed(job: ClipJob, exc: Exception, started: float) -> ClipSummary:
+    return ClipSummary(job.clip_id, scored=False, error_kind=exc.kind, error=str(exc),
                        seconds=time.perf_counter() - started)
 
 
-def _internal_error(job: ClipJob, error: str, seconds: float) -> ClipOutcome:
-    return ClipOutcome(job.clip_id, scored=False, error_kind="internal_error", error=error, seconds=seconds)
+def _internal_error(job: ClipJob, error: str, seconds: float) -> ClipSummary:
+    return ClipSummary(job.clip_id, scored=False, error_kind="internal_error", error=error, seconds=seconds)
 
 
 def _decode(job: ClipJob, cfg: RunConfig, ws: storage.Workspace, gate: FetchGate | None) -> DecodedClip:
@@ -80,7 +80,7 @@ def _decode(job: ClipJob, cfg: RunConfig, ws: storage.Workspace, gate: FetchGate
 
 def prepare_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, cache_dir: str,
                   gate: FetchGate | None = None) -> PreparedGroup:
-    """Step 1 (any worker): cached clips and failures as outcomes, the other clips decoded with their model inputs.
+    """Step 1 (any worker): cached clips and failures as summaries, the other clips decoded with their model inputs.
     Once `gate` says the run is stopping, the rest of the group is left out (those clips stay pending)."""
     storage.makedirs(cache_dir)
     scorer = load_scorer(input_config(cfg.score))
@@ -91,7 +91,7 @@ def prepare_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder
             if gate is not None and gate.stopped():
                 break
             path = cache_path(cache_dir, job.clip_id)
-            if (cached := cached_outcome(path, cfg.decode.short_clips)) is not None:
+            if (cached := cached_summary(path, cfg.decode.short_clips)) is not None:
                 done.append(cached)
                 continue
             started = time.perf_counter()
@@ -99,9 +99,9 @@ def prepare_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder
                 clip = _decode(job, cfg, ws, gate)
                 clips.append(PreparedClip(job, clip, scorer.inputs(clip), time.perf_counter() - started))
             except ClipError as exc:
-                outcome = _failed(job, exc, started)
-                write_cached(path, outcome, {}, None)
-                done.append(outcome)
+                summary = _failed(job, exc, started)
+                write_cached(path, summary, {}, None)
+                done.append(summary)
             except Exception as exc:  # a bug must not sink the run; not cached, so a rerun tries the clip again
                 log.exception("unexpected failure on clip %s", job.clip_id)
                 done.append(_internal_error(job, f"{type(exc).__name__}: {exc}", time.perf_counter() - started))
@@ -120,42 +120,42 @@ def score_inputs(inputs: list[ModelInputs], cfg: RunConfig) -> GroupScores:
     if not inputs:
         return GroupScores([], None, 0.0, scorer.model_id)
     try:
-        results = scorer.score_across(inputs)
+        per_clip = scorer.score_across(inputs)
     except Exception as exc:  # e.g. CUDA out of memory at this batch size: the clips fail, uncached
         log.exception("scoring a group of %d clips failed", len(inputs))
         return GroupScores(None, f"{type(exc).__name__}: {exc}", time.perf_counter() - started, scorer.model_id)
-    return GroupScores(results, None, time.perf_counter() - started, scorer.model_id)
+    return GroupScores(per_clip, None, time.perf_counter() - started, scorer.model_id)
 
 
-def _finish_clip(prepared: PreparedClip, result: ScoreResult, score_s: float, cfg: RunConfig,
-                 folder: storage.RunFolder, cache_dir: str, model_id: str) -> ClipOutcome:
+def _finish_clip(prepared: PreparedClip, clip_scores: ClipScores, score_s: float, cfg: RunConfig,
+                 folder: storage.RunFolder, cache_dir: str, model_id: str) -> ClipSummary:
     job, started = prepared.job, time.perf_counter() - prepared.seconds - score_s
     try:
         with folder.workspace("s2s-clip-") as ws:  # where `score.save_maps` writes, committed to OUT
-            outcome, arrays = scored_arrays(job, prepared.clip, result, cfg, ws.layout, started, score_s, 0)
+            summary, arrays = scored_arrays(job, prepared.clip, clip_scores, cfg, ws.layout, started, score_s, 0)
             ws.commit_clip(job.clip_id)
     except ClipError as exc:
-        outcome, arrays, model_id = _failed(job, exc, started), {}, None
+        summary, arrays, model_id = _failed(job, exc, started), {}, None
     except Exception as exc:  # not cached, so a rerun tries the clip again
         log.exception("unexpected failure on clip %s", job.clip_id)
         return _internal_error(job, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
-    write_cached(cache_path(cache_dir, job.clip_id), outcome, arrays, model_id)
-    return outcome
+    write_cached(cache_path(cache_dir, job.clip_id), summary, arrays, model_id)
+    return summary
 
 
 def finish_group(group: PreparedGroup, scores: GroupScores, cfg: RunConfig, folder: storage.RunFolder,
-                 cache_dir: str) -> list[ClipOutcome]:
-    """Step 3 (where the decoded clips are): every clip's cache file from its scores; the group's outcomes.
+                 cache_dir: str) -> list[ClipSummary]:
+    """Step 3 (where the decoded clips are): every clip's cache file from its scores; the group's summaries.
     Each clip is charged its share (by frames) of the scoring task's time as `score_s`."""
-    outcomes = list(group.done)
+    summaries = list(group.done)
     frames = sum(p.inputs.n_frames for p in group.clips) or 1
     for i, prepared in enumerate(group.clips):
         share = scores.seconds * prepared.inputs.n_frames / frames
-        if scores.results is None:
-            outcomes.append(_internal_error(prepared.job, scores.error or "scoring failed", prepared.seconds + share))
+        if scores.per_clip is None:
+            summaries.append(_internal_error(prepared.job, scores.error or "scoring failed", prepared.seconds + share))
             continue
-        outcomes.append(_finish_clip(prepared, scores.results[i], share, cfg, folder, cache_dir, scores.model_id))
-    return outcomes
+        summaries.append(_finish_clip(prepared, scores.per_clip[i], share, cfg, folder, cache_dir, scores.model_id))
+    return summaries
 
 
 def warm_up(cfg: RunConfig, scoring: bool) -> str:

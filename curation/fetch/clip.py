@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.clip_cache import ClipJob
 from curation.config import FetchConfig
 from curation.decode import MediaInfo, probe_media
 from curation.errors import ClipError
 from curation.fetch.errors import from_ffmpeg, network_trouble, source_duration_s
 from curation.fetch.http import cookie_headers, cookie_jar, download, open_source, read_whole, scratch_path
 from curation.fetch.youtube import MediaInput, clip_url, extract, host_of
-from curation.results import ClipJob
 from curation.storage import link_into_place
 from manifests.ids import is_safe_clip_id, is_youtube_clip_id
 from manifests.io import atomic_write_bytes

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from curation import storage
+from curation.clip_cache import ClipSummary, cache_path, read_summary
 from curation.config import FetchConfig
 from curation.errors import TRANSIENT_KINDS, ClipError
 from curation.fetch.clip import FetchGate
-from curation.results import ClipOutcome, cache_path, read_outcome
 
 STOP_KINDS = frozenset({"rate_limited", "bot_check"})
 _SEMAPHORES: dict[str, object] = {}  # per worker process: one Semaphore object per host and cap
@@ -71,22 +71,22 @@ class ClusterGate(FetchGate):
 
 
 class StopCounter:
-    """Counts consecutive rate-limit / bot-check outcomes as they come back; says when to stop the run."""
+    """Counts consecutive rate-limit / bot-check summaries as they come back; says when to stop the run."""
 
     def __init__(self, stop_after: int, on_stop: Callable[[], None] | None = None):
         self.stop_after, self.on_stop = stop_after, on_stop
         self.run = 0
         self.reason: str | None = None
 
-    def record(self, outcomes: Iterable[ClipOutcome]) -> None:
-        """Feed a task's outcomes (those read back from cache do not count); sets `reason` on stopping."""
-        for outcome in outcomes:
-            if outcome.from_cache:
+    def record(self, summaries: Iterable[ClipSummary]) -> None:
+        """Feed a task's summaries (those read back from cache do not count); sets `reason` on stopping."""
+        for summary in summaries:
+            if summary.from_cache:
                 continue
-            self.run = self.run + 1 if outcome.error_kind in STOP_KINDS else 0
+            self.run = self.run + 1 if summary.error_kind in STOP_KINDS else 0
             if self.stop_after and self.run >= self.stop_after and self.reason is None:
                 self.reason = (f"stopped after {self.run} clips in a row were refused as rate_limited/bot_check "
-                               f"(last: {outcome.error_kind}: {outcome.error}); unprocessed clips stay pending: "
+                               f"(last: {summary.error_kind}: {summary.error}); unprocessed clips stay pending: "
                                "rerun later, with RETRY_FAILED=1 to retry the refused ones")
                 if self.on_stop is not None:
                     self.on_stop()  # tasks already running leave their remaining clips alone
@@ -99,7 +99,7 @@ def forget_transient_failures(cache_dir: str, clip_ids: Iterable[str]) -> int:
     forgotten = 0
     for clip_id in clip_ids:
         path = cache_path(cache_dir, clip_id)
-        if storage.exists(path) and read_outcome(path).error_kind in TRANSIENT_KINDS:
+        if storage.exists(path) and read_summary(path).error_kind in TRANSIENT_KINDS:
             storage.remove(path)
             forgotten += 1
     return forgotten

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.clip_cache import ClipJob, ClipSummary
 from curation.errors import SourceError
 from curation.fetch.clip import raw_path
-from curation.results import ClipJob, ClipOutcome
 from manifests.layout import clip_in, raw_clip_name, source_index_in
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -248,32 +248,32 @@ def plan_source(source: Source, jobs: list[ClipJob], raw: str | Path) -> SourceP
     return SourcePlan(source, chosen, wanted, skipped=len(source.archives) - len(chosen))
 
 
-def _unreached(job: ClipJob, indexes: dict[str, ArchiveIndex], lost: dict[str, str], spec: str) -> ClipOutcome:
-    """Why a clip has no raw file after the archive passes, as a failed outcome (recomputed on every run)."""
+def _unreached(job: ClipJob, indexes: dict[str, ArchiveIndex], lost: dict[str, str], spec: str) -> ClipSummary:
+    """Why a clip has no raw file after the archive passes, as a failed summary (recomputed on every run)."""
     key = row_key(job)
     if key is None:
-        return ClipOutcome(job.clip_id, scored=False, error_kind="missing_source",
+        return ClipSummary(job.clip_id, scored=False, error_kind="missing_source",
                            error="the row has no YouTube id and whole-second start to name a mirror file")
     holder = next((a for a, i in indexes.items() if key in i.keys), None)  # listed = read whole
     damaged = {a: i.damaged for a, i in indexes.items() if i.damaged}
     if lost and (holder is None or holder in lost):
         archive, why = next(iter(lost.items()))
-        return ClipOutcome(job.clip_id, scored=False, error_kind="worker_lost",
+        return ClipSummary(job.clip_id, scored=False, error_kind="worker_lost",
                            error=f"{len(lost)} archive(s) could not be read, e.g. {archive}: {why}")
     if holder is None and damaged:
         archive = next(iter(damaged))
-        return ClipOutcome(job.clip_id, scored=False, error_kind="archive_damaged",
+        return ClipSummary(job.clip_id, scored=False, error_kind="archive_damaged",
                            error=f"{key}.mp4 is in no intact part of SOURCE; {archive} (one of {len(damaged)} "
                                  f"damaged) may hold it in the part it lost: {damaged[archive]}")
     where = f"{holder} lists it, but its file left raw/ during the run" if holder else \
         f"it is in no archive or folder of SOURCE {spec}"
-    return ClipOutcome(job.clip_id, scored=False, error_kind="missing_source", error=f"{key}.mp4: {where}")
+    return ClipSummary(job.clip_id, scored=False, error_kind="missing_source", error=f"{key}.mp4: {where}")
 
 
 def source_jobs(plan: SourcePlan, jobs: list[ClipJob], raw: str | Path,
-                lost: dict[str, str]) -> tuple[list[ClipJob], list[ClipOutcome]]:
+                lost: dict[str, str]) -> tuple[list[ClipJob], list[ClipSummary]]:
     """After the archive passes: a job reading `raw/<clip_id>.mp4` from its start for each clip that has its
-    file, a failed outcome for each that has none. `lost`: archives whose task died, with the reason."""
+    file, a failed summary for each that has none. `lost`: archives whose task died, with the reason."""
     raw = str(raw)
     indexes = read_indexes(source_index_in(raw), plan.source.archives)
     present, ready, failed = raw_clips(raw), [], []

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from curation.errors import UsageError
-from curation.localise.result import ScoreResult
+from curation.localise.clip_scores import ClipScores
 from curation.localise.scorers import Scorer
 
 
@@ -57,7 +57,9 @@ class ModelInputs:
 
 @dataclass(frozen=True)
 class FrameScores:
-    """What `forward` returns for a batch of frames: one row per frame."""
+    """What `forward` returns for a batch of frames: one row per frame, as tensors on the device. A batch may hold
+    several clips' frames (`score_across`); one clip's rows become its `clip_scores.ClipScores` (numpy arrays:
+    what a scorer returns for a whole clip) in `DeviceScorer.clip_scores`."""
 
     best: torch.Tensor  # (B,) the frame's score (the map's maximum)
     maps: torch.Tensor  # (B, h, w) localisation maps
@@ -110,20 +112,21 @@ class DeviceScorer(Scorer):
             x = x.contiguous(memory_format=torch.channels_last)
         return x.float() / 255.0
 
-    def result(self, frames: FrameScores):
-        return ScoreResult(scores=_numpy(frames.best), maps=_numpy(frames.maps),
-                           contrastive=None if frames.contrast is None else _numpy(frames.contrast))
+    def clip_scores(self, frames: FrameScores) -> ClipScores:
+        """One clip's rows of the batch tensors as its numpy `ClipScores`."""
+        return ClipScores(scores=_numpy(frames.best), maps=_numpy(frames.maps),
+                          contrastive=None if frames.contrast is None else _numpy(frames.contrast))
 
     def score(self, clip):
         """One clip's frames in batches of at most `batch_size` (a batch never holds two clips' frames)."""
         with torch.inference_mode(), self.autocast():
             parts = [self.forward(*self.batch(clip, slice(lo, lo + self.batch_size)))
                      for lo in range(0, len(clip.times), self.batch_size)]
-        return self.result(FrameScores.cat(parts))
+        return self.clip_scores(FrameScores.cat(parts))
 
-    def score_across(self, inputs: list[ModelInputs]) -> list:
+    def score_across(self, inputs: list[ModelInputs]) -> list[ClipScores]:
         """Several clips' inputs in batches of exactly `batch_size` frames that run across clip boundaries (the
-        last batch padded with zeros): one ScoreResult per clip, in order."""
+        last batch padded with zeros): one ClipScores per clip, in order."""
         sizes = [i.n_frames for i in inputs]
         total, bs = sum(sizes), self.batch_size
         pad = -total % bs
@@ -139,4 +142,4 @@ class DeviceScorer(Scorer):
                          for lo in range(0, total + pad, bs)]
             frames = FrameScores.cat(parts).to_cpu()
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        return [self.result(frames.rows(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [self.clip_scores(frames.rows(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -26,11 +26,11 @@ from scipy.signal import resample_poly
 from curation import storage
 from curation.config import RunConfig, ScoreConfig
 from curation.errors import ClipError, UsageError
-from curation.localise.result import ScoreResult
+from curation.localise.clip_scores import ClipScores
 from curation.localise.scorers import Scorer, ScorerKind
 
 if TYPE_CHECKING:
-    from curation.results import ClipJob
+    from curation.clip_cache import ClipJob
 
 FPS = 10  # the official frames are extracted at 10 fps
 TOP = 10
@@ -104,7 +104,7 @@ class MomentsScorer(Scorer):
     def warm(self, clip) -> None:
         """Nothing to warm: it reads a file, it runs no model."""
 
-    def result(self, numbers: list[int], times: np.ndarray) -> ScoreResult:
+    def clip_scores(self, numbers: list[int], times: np.ndarray) -> ClipScores:
         """The listed frames as scores: the i-th of k scores (k - i) / k, every other frame 0; `select_moments`
         with `given=True` then keeps them in the file's order."""
         fps = 1.0 / (times[1] - times[0]) if len(times) > 1 else FPS
@@ -115,7 +115,7 @@ class MomentsScorer(Scorer):
                                                     f"{len(times)} frames")
         scores = np.zeros(len(times), dtype=np.float32)
         scores[index] = (len(index) - np.arange(len(index))) / len(index)
-        return ScoreResult(scores=scores)
+        return ClipScores(scores=scores)
 
 
 class _ListedFrames(Scorer):
@@ -124,8 +124,8 @@ class _ListedFrames(Scorer):
     def __init__(self, scorer: MomentsScorer, numbers: list[int]):
         self.scorer, self.numbers, self.model_id = scorer, numbers, scorer.model_id
 
-    def score(self, clip) -> ScoreResult:
-        return self.scorer.result(self.numbers, clip.times)
+    def score(self, clip) -> ClipScores:
+        return self.scorer.clip_scores(self.numbers, clip.times)
 
 
 class MomentsKind(ScorerKind):

@@ -41,7 +41,7 @@ from curation.localise.model import (
 )
 
 if TYPE_CHECKING:
-    from curation.results import ClipJob
+    from curation.clip_cache import ClipJob
 
 log = logging.getLogger(__name__)
 

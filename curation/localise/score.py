@@ -12,8 +12,8 @@ import numpy as np
 from curation.config import ScoreConfig
 from curation.decode import DecodedClip
 from curation.localise.bank import bank_matches, load_bank, null_threshold
+from curation.localise.clip_scores import ClipScores
 from curation.localise.device import DeviceScorer, FrameScores, ModelInputs
-from curation.localise.result import ScoreResult
 from curation.localise.scorers import Scorer, ScorerKind
 
 
@@ -22,8 +22,8 @@ class NoScorer(Scorer):
 
     model_id = "none"
 
-    def score(self, clip: DecodedClip) -> ScoreResult:
-        return ScoreResult(scores=np.zeros(len(clip.times), dtype=np.float32))
+    def score(self, clip: DecodedClip) -> ClipScores:
+        return ClipScores(scores=np.zeros(len(clip.times), dtype=np.float32))
 
 
 class NoneKind(ScorerKind):
@@ -82,7 +82,7 @@ class SynchronyScorer(Scorer):
         power = np.concatenate([[0.0], np.cumsum(clip.audio.astype(np.float64) ** 2)])
         return np.log(np.sqrt((power[hi] - power[lo]) / (hi - lo)) + 1e-4)
 
-    def score(self, clip: DecodedClip) -> ScoreResult:
+    def score(self, clip: DecodedClip) -> ClipScores:
         n = len(clip.times)
         fps = 1.0 / (clip.times[1] - clip.times[0]) if n > 1 else 1.0
         width = min(n, max(2, int(round(clip.window_s * fps))))
@@ -90,8 +90,8 @@ class SynchronyScorer(Scorer):
         rho = _sliding_pearson(self._energy(clip), self._region_change(clip.frames), starts, width)
         positive = np.clip(rho, 0.0, 0.999)
         mutual_info = -0.5 * np.log1p(-(positive**2))
-        return ScoreResult(scores=mutual_info.max(axis=1).astype(np.float32),
-                           maps=rho.reshape(n, self.grid, self.grid).astype(np.float32))
+        return ClipScores(scores=mutual_info.max(axis=1).astype(np.float32),
+                          maps=rho.reshape(n, self.grid, self.grid).astype(np.float32))
 
 
 class SynchronyKind(ScorerKind):

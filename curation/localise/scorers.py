@@ -18,9 +18,9 @@ from curation.config import RunConfig, ScoreConfig
 from curation.localise.registry import KINDS
 
 if TYPE_CHECKING:
+    from curation.clip_cache import ClipJob
     from curation.decode import DecodedClip
-    from curation.localise.result import ScoreResult
-    from curation.results import ClipJob
+    from curation.localise.clip_scores import ClipScores
     from curation.storage import RunFolder
 
 
@@ -29,7 +29,7 @@ class Scorer:
 
     model_id: str
 
-    def score(self, clip: DecodedClip) -> ScoreResult:
+    def score(self, clip: DecodedClip) -> ClipScores:
         raise NotImplementedError
 
     def for_clip(self, job: ClipJob) -> Scorer:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from curation import storage
+from curation.clip_cache import ClipJob
 from curation.config import ConfigError, RunConfig, ScoreConfig
 from curation.localise.checkpoint import file_digest
 from curation.localise.device import resolve_device
@@ -23,7 +24,6 @@ from curation.localise.published import PublishedScorer, checkpoint_format, ensu
 from curation.localise.score import LearnedScorer
 from curation.localise.scorers import Scorer, ScorerKind
 from curation.localise.train import is_finished, sample_clips, train_restarts, training_device, training_set
-from curation.results import ClipJob
 
 
 class SSLKind(ScorerKind):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from curation.clip_cache import ClipJob
 from curation.config import ConfigError, RunConfig, SSLConfig
 from curation.errors import ClipError
 from curation.fetch.clip import raw_path
@@ -43,7 +44,6 @@ from curation.localise.model import (
     square_frames,
     stretched,
 )
-from curation.results import ClipJob
 from manifests.io import atomic_write_bytes, json_bytes
 from manifests.layout import ModelFiles
 

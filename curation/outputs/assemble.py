@@ -1,7 +1,7 @@
 """Assembly of a run's outputs from its per-clip results: selection across clips, shards, manifests, run.json.
 
 Runs after the per-clip work (or a re-selection) and reads only the cache files, so the same cache and config
-always give the same shards and manifests. The client selects from the small per-clip outcomes; shards and
+always give the same shards and manifests. The client selects from the small per-clip summaries; shards and
 frames.parquet parts are written by a second wave of tasks (`write_planned_shard`, `frames_part`).
 """
 
@@ -17,19 +17,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import provenance, storage
+from curation.clip_cache import cache_path, read_media, read_scores
 from curation.config import RunConfig
-from curation.outcomes import Outcomes, measured_clips
+from curation.outputs.sample_media import build_sample
 from curation.outputs.shards import (
     ShardInfo,
-    build_sample,
     remove_stale_shards,
     shard_name,
     write_shard,
     write_wids_index,
 )
 from curation.quality import Verdicts, judge_measured
-from curation.results import cache_path, read_media, read_scores
 from curation.select import keep_clips, moment_scores
+from curation.summary_table import SummaryTable, measured_clips
 from manifests.io import json_bytes, parquet_bytes, stream_parquet_parts
 from manifests.layout import RunLayout, name_of
 from manifests.readers import ClipList
@@ -213,12 +213,12 @@ def _filter_columns(ids: pa.ChunkedArray, v: Verdicts | None) -> dict[str, pa.Ar
             "overlap_of": _by_clip(ids, v.overlap_of, pa.string())}
 
 
-def _clip_table(clip_list: ClipList, outcomes: pa.Table, kept: pa.Array, shards: pa.Table,
+def _clip_table(clip_list: ClipList, summary_rows: pa.Table, kept: pa.Array, shards: pa.Table,
                 label_index: dict[str, int], verdicts: Verdicts | None = None) -> pa.Table:
-    """clips.parquet: the valid rows with their outcome, then the bad rows as failed; columns, no row objects."""
+    """clips.parquet: the valid rows with their summary, then the bad rows as failed; columns, no row objects."""
     valid = clip_list.table
     ids = valid["clip_id"]
-    o = _lookup(ids, outcomes)
+    o = _lookup(ids, summary_rows)
     pending = o["scored"].is_null().to_numpy(zero_copy_only=False)
     scored = o["scored"].fill_null(False).to_numpy(zero_copy_only=False)
     is_kept = pc.is_in(ids, value_set=kept).to_numpy(zero_copy_only=False)
@@ -293,7 +293,7 @@ def _filter_counts(clips: pa.Table, rejected: dict[str, int]) -> dict[str, int]:
 
 def pending_clips_table(clip_list: ClipList, label_index: dict[str, int]) -> pa.Table:
     """clips.parquet before any work: every row `pending` (bad rows already `failed`)."""
-    return _clip_table(clip_list, Outcomes().table(), pa.array([], pa.string()), _shard_of({}), label_index)
+    return _clip_table(clip_list, SummaryTable().table(), pa.array([], pa.string()), _shard_of({}), label_index)
 
 
 def label_index_of(clip_list: ClipList) -> dict[str, int]:
@@ -302,7 +302,7 @@ def label_index_of(clip_list: ClipList) -> dict[str, int]:
 
 
 def _select(cfg: RunConfig, clip_list: ClipList, scored: pa.Table) -> tuple[pa.Array, Verdicts]:
-    """The kept clips' ids (sorted) and the filters' verdicts, from the scored clips' outcome rows."""
+    """The kept clips' ids (sorted) and the filters' verdicts, from the scored clips' summary rows."""
     verdicts = _judge(cfg, clip_list, scored)
     candidates = scored.filter(pc.invert(pc.is_in(scored["clip_id"], value_set=pa.array(list(verdicts.rejected),
                                                                                             pa.string()))))
@@ -314,16 +314,16 @@ def _select(cfg: RunConfig, clip_list: ClipList, scored: pa.Table) -> tuple[pa.A
     return pa.array(sorted(kept), pa.string()), verdicts
 
 
-def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, outcomes: Outcomes,
+def finish(cfg: RunConfig, paths: RunPaths, clip_list: ClipList, clip_summaries: SummaryTable,
            timings: dict[str, float], mapper: Mapper = map, **record) -> RunSummary:
     """Select clips, write shards and manifests, and run.json; returns the run's summary.
 
-    Selection needs only the clip scores the outcomes carry; shards and frames.parquet parts are written by
+    Selection needs only the clip scores the summaries carry; shards and frames.parquet parts are written by
     `mapper` calls that each read their own clips' cache files, so no one process holds the run's media. The
     client holds columns, never a Python object per clip."""
     started = time.perf_counter()
     label_index = label_index_of(clip_list)
-    table = outcomes.table()
+    table = clip_summaries.table()
     scored = table.filter(table["scored"])
     kept, verdicts = _select(cfg, clip_list, scored)
     selected = time.perf_counter()

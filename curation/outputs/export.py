@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.clip_cache import cache_path, read_cached
 from curation.config import config_from_dict
 from curation.localise.moments import FILE_NAME, frame_numbers, official_key, square_jpeg, wav_16k
 from curation.provenance import read_run_record
-from curation.results import cache_path, read_cached
 from manifests.io import json_bytes
 from manifests.layout import OfficialFiles, RunLayout
 

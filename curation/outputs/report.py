@@ -25,10 +25,10 @@ from PIL import Image  # noqa: E402
 from scipy.ndimage import zoom  # noqa: E402
 
 from curation import storage  # noqa: E402
+from curation.clip_cache import cache_path, read_cached  # noqa: E402
 from curation.outputs.evaluate import read_table, truth_metrics  # noqa: E402
 from curation.outputs.vggsounder import report_section as vggsounder_section  # noqa: E402
 from curation.provenance import read_run_record  # noqa: E402
-from curation.results import cache_path, read_cached  # noqa: E402
 from manifests.layout import RunLayout  # noqa: E402
 
 _N_MOMENTS = 8

@@ -1,4 +1,6 @@
-"""Write stage: kept clips -> WebDataset shards (webdataset's TarWriter), a wids index, shard rows.
+"""Write stage: WebDataset samples -> shard tars (webdataset's TarWriter), their wids index, shard rows.
+
+The samples themselves (a clip's JPEGs, FLAC, label, metadata) are `sample_media`'s; this module writes tars.
 
 Shards are byte-identical for the same inputs and config: samples go in clip-id order, tar headers carry a
 fixed mtime/owner, and each shard is written to a temp file and renamed, so a killed run never leaves a
@@ -8,16 +10,11 @@ half-written shard under its final name (`curation.storage.atomic_output`, on a 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
-import soundfile
 import webdataset as wds
-from PIL import Image
 
 from curation import storage
 from manifests.io import json_bytes
@@ -34,29 +31,6 @@ class ShardInfo:
     bytes: int
     sha256: str
     clip_ids: tuple[str, ...]
-
-
-def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    """Baseline JPEG with fixed settings (deterministic for the same pixels)."""
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
-    return buf.getvalue()
-
-
-def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
-    """16-bit mono FLAC of float audio in [-1, 1]."""
-    buf = io.BytesIO()
-    soundfile.write(buf, np.clip(audio, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def build_sample(clip_id: str, jpgs: list[bytes], flac: bytes, label_index: int, meta: dict) -> dict:
-    """One WebDataset sample: `jpg` is the best moment, `top2.jpg` ... the next ones."""
-    sample = {"__key__": clip_id, "jpg": jpgs[0], "flac": flac, "cls": str(label_index).encode(),
-              "json": json.dumps(meta, sort_keys=True).encode()}
-    for rank, jpg in enumerate(jpgs[1:], start=2):
-        sample[f"top{rank}.jpg"] = jpg
-    return sample
 
 
 class _Counting:

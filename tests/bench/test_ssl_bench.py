@@ -20,10 +20,10 @@ def test_device_cuda_without_cuda_is_one_line_and_does_nothing(tmp_path, capsys)
 def test_the_gpu_check_runs_on_cpu_with_a_tiny_model(tmp_path):
     """The command prepared for a GPU machine runs here end to end: bare model, scorer across clips, a pipeline
     run with a scoring worker, the checks (a tiny localiser trained first stands in for the demo model)."""
+    from curation.clip_cache import ClipJob
     from curation.config import load_config
     from curation.demo import generate_world
     from curation.localise.train import load_training_clips, train
-    from curation.results import ClipJob
     from manifests.readers import read_clip_table
 
     world = generate_world(tmp_path / "train", n_clips=4, seed=3, duration_s=3.0)

@@ -3,10 +3,10 @@ from dataclasses import replace
 import pytest
 from conftest import make_av
 
+from curation.clip_cache import ClipJob, cache_path, read_summary
 from curation.clip_task import process_clip, warm_up
 from curation.config import DecodeConfig, RunConfig, ScoreConfig
 from curation.localise.scorers import load_scorer
-from curation.results import ClipJob, cache_path, read_outcome
 
 
 @pytest.mark.parametrize("scorer", ["none", "synchrony"])
@@ -15,7 +15,7 @@ def test_warm_up_builds_the_workers_scorer_and_scores_a_blank_clip(scorer):
     assert warm_up(cfg) == load_scorer(cfg.score).model_id
 
 
-def test_a_short_clips_cached_outcome_is_reused_only_under_the_setting_it_was_made_with(tmp_path):
+def test_a_short_clips_cached_summary_is_reused_only_under_the_setting_it_was_made_with(tmp_path):
     """decode.short_clips is not in the cache key (RunConfig.clip_stage_fingerprint): a clip shorter than the window
     that failed `too_short` (under `reject`, or before the option existed) is scored under `tile`, and its tiled
     score is not reused under `reject`; a normal clip's cache serves both."""
@@ -33,7 +33,7 @@ def test_a_short_clips_cached_outcome_is_reused_only_under_the_setting_it_was_ma
     assert (failed.scored, failed.error_kind, failed.audio_tiled) == (False, "too_short", False)
     scored = process(short, tile)  # the cached too_short failure is not reused
     assert scored.scored and scored.audio_tiled and scored.n_frames == 15 and not scored.from_cache
-    assert read_outcome(cache_path(cache, "short")).audio_tiled  # the cache file now holds the tiled score
+    assert read_summary(cache_path(cache, "short")).audio_tiled  # the cache file now holds the tiled score
     assert process(short, tile).from_cache
     again = process(short, reject)  # a tiled score is not reused where short clips are rejected
     assert (again.scored, again.error_kind, again.from_cache) == (False, "too_short", False)

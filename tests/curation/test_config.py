@@ -76,7 +76,7 @@ def test_short_clips_is_checked_and_leaves_the_cache_key_as_it_was():
     with pytest.raises(ConfigError, match="decode.short_clips: must be one of tile, reject, got 'pad'"):
         load_config(None, {"decode.short_clips": "pad"})
     # the key of a default config from before the option existed: its cached clips are reused (a cached too_short
-    # failure is redone under `tile`, curation.results.reusable), under either setting
+    # failure is redone under `tile`, curation.clip_cache.reusable), under either setting
     keys = {load_config(None, {"decode.short_clips": mode}).clip_stage_fingerprint() for mode in ("tile", "reject")}
     assert keys == {"becb85653a5e"}
 

@@ -4,8 +4,8 @@ import base64
 
 import numpy as np
 
+from curation.clip_cache import ClipSummary
 from curation.config import FilterConfig, SelectConfig
-from curation.outcomes import Outcomes, measured_clips
 from curation.quality import (
     candidate_pairs,
     fingerprint,
@@ -15,8 +15,8 @@ from curation.quality import (
     overlaps,
     signals_dict,
 )
-from curation.results import ClipOutcome
 from curation.select import keep_clips
+from curation.summary_table import SummaryTable, measured_clips
 
 SR, FPS = 16000, 10.0
 
@@ -120,6 +120,7 @@ def test_signals_of_an_older_version_are_judged_still_and_silent_but_never_compa
     v = judge([], {"a": {**old, "loud_db": -70.0}, "b": copy}, FilterConfig(reject_silent=True), FPS)
     assert v.dup_group == {} and v.silent.tolist() == [True, False]
     assert {cid: kind for cid, (kind, _) in v.rejected.items()} == {"a": "silent"}
-    table = Outcomes([ClipOutcome("a", scored=True, quality=old), ClipOutcome("b", scored=True, quality=copy)]).table()
+    summaries = [ClipSummary("a", scored=True, quality=old), ClipSummary("b", scored=True, quality=copy)]
+    table = SummaryTable(summaries).table()
     fps, _ = measured_clips(table)
     assert len(fps.clip(0).hashes) == 0 and len(fps.clip(1).hashes) == len(fingerprint(copy).hashes)

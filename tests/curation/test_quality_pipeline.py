@@ -6,9 +6,9 @@ import subprocess
 import pandas as pd
 import pytest
 
+from curation.clip_cache import cache_path, read_summary
 from curation.config import load_config
 from curation.pipeline import reselect, run
-from curation.results import cache_path, read_outcome
 
 
 def _ffmpeg(*args):
@@ -58,7 +58,7 @@ def test_filters_record_and_reject_with_their_error_kind(filtered_run):
     assert clips.loc["silent", "silent"] and clips.loc["silent", "status"] == "ok"  # recorded only
     assert clips["overlap_of"].dropna().to_dict() == {"abcdefghijk_0002500_0006000": "abcdefghijk_0000000_0003500"}
     record = json.loads((filtered_run / "manifests" / "run.json").read_text())
-    cached = read_outcome(cache_path(filtered_run / "cache" / record["cache_dir"], "a_small"))
+    cached = read_summary(cache_path(filtered_run / "cache" / record["cache_dir"], "a_small"))
     assert cached.quality["vhash"] and cached.quality["motion"] > 1  # a resumed run reads, never re-measures
     assert record["filters"]["rejected_duplicate"] == 1 and record["filters"]["rejected_still"] == 1
     assert record["keep_rate_per_label"]["tone"] == {"clips": 2, "scored": 2, "kept": 1, "keep_rate": 0.5}

@@ -13,10 +13,10 @@ import webdataset as wds
 from dask_cluster import cli_cluster
 
 from curation.__main__ import main
+from curation.clip_cache import ClipJob, cache_path, read_summary
 from curation.config import load_config
 from curation.errors import UsageError
 from curation.pipeline import _client, _ensure_scoring_worker, run
-from curation.results import ClipJob, cache_path, read_outcome
 from curation.scoring_workers import GroupScores, finish_group, model_inputs, prepare_group, score_inputs
 from curation.storage import run_folder
 
@@ -113,15 +113,15 @@ def test_failures_before_and_during_scoring_are_recorded_per_clip(runs, tmp_path
     group = prepare_group(jobs, cfg, raw, cache)
     assert [o.error_kind for o in group.done] == ["truncated"] and [p.job.clip_id for p in group.clips] == [
         p.stem for p in good]
-    assert read_outcome(cache_path(cache, "broken")).error_kind == "truncated"  # cached, as in the per-clip path
+    assert read_summary(cache_path(cache, "broken")).error_kind == "truncated"  # cached, as in the per-clip path
 
     lost = GroupScores(None, "OutOfMemoryError: CUDA out of memory", 0.5, "ssl-native-x")
-    outcomes = finish_group(group, lost, cfg, raw, cache)
-    assert [(o.clip_id, o.error_kind) for o in outcomes[1:]] == [(p.stem, "internal_error") for p in good]
+    summaries = finish_group(group, lost, cfg, raw, cache)
+    assert [(o.clip_id, o.error_kind) for o in summaries[1:]] == [(p.stem, "internal_error") for p in good]
     assert not any(Path(cache_path(cache, p.stem)).exists() for p in good)  # not cached: a rerun scores them
 
-    outcomes = finish_group(group, score_inputs(model_inputs(group), cfg), cfg, raw, cache)
-    assert [o.scored for o in outcomes] == [False, True, True]
+    summaries = finish_group(group, score_inputs(model_inputs(group), cfg), cfg, raw, cache)
+    assert [o.scored for o in summaries] == [False, True, True]
     assert all(Path(cache_path(cache, p.stem)).exists() for p in good)
 
 

@@ -56,8 +56,9 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_subpackages_are_in_place():
     graph = _graph()
     for name in ("curation.fetch.clip", "curation.fetch.mirror", "curation.localise.model", "curation.localise.train",
-                 "curation.localise.score", "curation.outputs.assemble", "curation.outputs.shards",
-                 "curation.results", "curation.storage", "curation.pipeline"):
+                 "curation.localise.score", "curation.localise.clip_scores", "curation.outputs.assemble",
+                 "curation.outputs.shards", "curation.outputs.sample_media", "curation.clip_cache",
+                 "curation.summary_table", "curation.storage", "curation.pipeline"):
         assert name in graph, name
 
 
@@ -67,7 +68,7 @@ def test_curation_has_no_import_circles():
 
 def test_the_cycle_finder_finds_a_planted_circle():
     graph = _graph()
-    graph["curation.results"] = graph["curation.results"] | {"curation.clip_task"}
+    graph["curation.clip_cache"] = graph["curation.clip_cache"] | {"curation.clip_task"}
     assert _cycle(graph) is not None
 
 

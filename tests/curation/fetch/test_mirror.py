@@ -12,11 +12,11 @@ import pytest
 from conftest import SHARED_REAL, make_av
 
 from curation.__main__ import main
+from curation.clip_cache import ClipJob
 from curation.config import load_config
 from curation.errors import SourceError
 from curation.fetch.mirror import extract_archive, member_key, plan_source, resolve_source, row_key, source_jobs
 from curation.pipeline import run
-from curation.results import ClipJob
 from manifests.readers import read_vggsound
 
 # the archives repeat two clips' bytes under many names: the duplicate filter would (rightly) keep one of each

@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from curation.clip_cache import ClipJob
 from curation.config import load_config
 from curation.decode import DecodedClip, decode_clip
 from curation.demo import generate_world
@@ -16,7 +17,6 @@ from curation.localise.model import AVLocalizer, SSLModelConfig
 from curation.localise.published import PublishedScorer
 from curation.localise.score import LearnedScorer
 from curation.localise.train import load_training_clips, train
-from curation.results import ClipJob
 from manifests.readers import read_clip_table
 
 TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,

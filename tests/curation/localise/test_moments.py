@@ -39,14 +39,14 @@ def test_the_list_wrapped_top_level_is_read(tmp_path):
 
 def test_listed_frames_are_kept_in_the_files_order(tmp_path):
     scorer = _scorer(tmp_path, {"9fhhMaXTraI_44000_54000": [47, 46, 45, 23, 101]})
-    result = scorer.result([47, 46, 45, 23, 101], TIMES)  # 101 is past the clip's 100 frames: dropped
+    result = scorer.clip_scores([47, 46, 45, 23, 101], TIMES)  # 101 is past the clip's 100 frames: dropped
     moments = select_moments(TIMES, result.scores, SelectConfig(top_k=3), given=True)
     np.testing.assert_array_equal(moments.selected, [46, 45, 44])  # 1-based numbers: frame 47 is at 4.6 s
     assert moments.ranks[46] == 1 and moments.ranks[22] == 4
-    zero_based = _scorer(tmp_path, {"x": [0]}, first_frame=0).result([0], TIMES)
+    zero_based = _scorer(tmp_path, {"x": [0]}, first_frame=0).clip_scores([0], TIMES)
     assert zero_based.scores[0] == 1.0
     with pytest.raises(ClipError) as err:
-        scorer.result([150, 160], TIMES)
+        scorer.clip_scores([150, 160], TIMES)
     assert err.value.kind == "moments_out_of_range"
 
 

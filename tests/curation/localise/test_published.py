@@ -228,11 +228,11 @@ def test_a_published_format_without_a_file_is_a_config_error():
 
 
 def test_published_checkpoint_scores_the_margin_with_a_bank_from_the_runs_clips(ezvsl_checkpoint, tmp_path):
+    from curation.clip_cache import ClipJob
     from curation.demo import generate_world
     from curation.localise.bank import load_bank, null_threshold
     from curation.localise.checkpoint import file_digest
     from curation.localise.published import ensure_bank, resolve_checkpoint
-    from curation.results import ClipJob
 
     path, _ = ezvsl_checkpoint
     world = generate_world(tmp_path, n_clips=3, seed=0, duration_s=3.0)

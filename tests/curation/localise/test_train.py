@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from curation.clip_cache import ClipJob
 from curation.config import ConfigError, load_config
 from curation.decode import decode_clip
 from curation.demo import generate_world
@@ -38,7 +39,6 @@ from curation.localise.train import (
     train_restarts,
     training_set,
 )
-from curation.results import ClipJob
 from manifests.readers import read_clip_table
 
 TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,

@@ -8,7 +8,11 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class ScoreResult:
+class ClipScores:
+    """One clip's per-frame scores as numpy arrays, whole (every frame of the clip): what `Scorer.score` returns
+    and what the clip's moments are chosen from. Not `device.FrameScores`, the tensors a model's `forward` returns
+    for one batch of frames (which may span clips); `DeviceScorer.clip_scores` turns those into this."""
+
     scores: np.ndarray  # (T,) float32: ranks the moments of one clip
     maps: np.ndarray | None = None  # (T, h, w) float32, where the scorer localises
     contrastive: np.ndarray | None = None  # (T,) float32: comparable across clips (ranks clips)

@@ -1,6 +1,6 @@
-"""The client's record of a run's per-clip outcomes, as Arrow columns.
+"""The client's table of every clip's summary (`clip_cache.ClipSummary`), as Arrow columns.
 
-A task returns a short list of `ClipOutcome`s; the client turns each list into one record batch at once (the
+A task returns a short list of `ClipSummary`s; the client turns each list into one record batch at once (the
 data-quality fingerprints decoded from their base64 JSON form into list columns), so what it holds grows by
 a few hundred bytes of columns per clip, not by a dataclass and a dict of strings (~10 KiB of Python objects
 per clip before). `outputs.finish` reads the columns with Arrow compute and numpy.
@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.clip_cache import ClipSummary
 from curation.outputs.shards import chunks
 from curation.quality import ARRAYS, Fingerprints, fingerprint
-from curation.results import ClipOutcome
 
-OUTCOMES_SCHEMA = pa.schema([
+SUMMARY_SCHEMA = pa.schema([
     pa.field("clip_id", pa.string()),
     pa.field("scored", pa.bool_()),
     pa.field("error_kind", pa.string()),
@@ -37,32 +37,32 @@ OUTCOMES_SCHEMA = pa.schema([
     # the duplicate fingerprint's arrays (curation.quality.ARRAYS: their names and types are quality's to choose)
     *(pa.field(name, pa.list_(pa.from_numpy_dtype(dtype))) for name, dtype in ARRAYS.items()),
 ])
-_PLAIN = OUTCOMES_SCHEMA.names[:11]
-BATCH_ROWS = 256  # outcomes converted at a time when more come at once (a task returns a few)
+_PLAIN = SUMMARY_SCHEMA.names[:11]
+BATCH_ROWS = 256  # summaries converted at a time when more come at once (a task returns a few)
 COMPACT_EVERY = 256  # batches: merged into one then, so small per-batch buffers do not pile up
 
 
-def _batch(outcomes: list[ClipOutcome]) -> pa.RecordBatch:
-    columns: dict[str, list] = {name: [getattr(o, name) for o in outcomes] for name in _PLAIN}
-    measured = [o.quality for o in outcomes]
+def _batch(summaries: list[ClipSummary]) -> pa.RecordBatch:
+    columns: dict[str, list] = {name: [getattr(s, name) for s in summaries] for name in _PLAIN}
+    measured = [s.quality for s in summaries]
     fps = [fingerprint(q) if q else None for q in measured]
     columns.update(motion=[q["motion"] if q else None for q in measured],
                    loud_db=[q["loud_db"] if q else None for q in measured],
                    quality_s=[q["seconds"] if q else None for q in measured],
                    **{name: [getattr(f, name) if f else None for f in fps] for name in ARRAYS})
-    return pa.RecordBatch.from_pydict(columns, schema=OUTCOMES_SCHEMA)
+    return pa.RecordBatch.from_pydict(columns, schema=SUMMARY_SCHEMA)
 
 
-class Outcomes:
-    """Per-clip outcomes as they come back; a clip recorded twice keeps its last outcome."""
+class SummaryTable:
+    """Every clip's summary as it comes back, in columns; a clip recorded twice keeps its last summary."""
 
-    def __init__(self, outcomes: Iterable[ClipOutcome] = ()):
+    def __init__(self, summaries: Iterable[ClipSummary] = ()):
         self._batches: list[pa.RecordBatch] = []
-        self.add(outcomes)
+        self.add(summaries)
 
-    def add(self, outcomes: Iterable[ClipOutcome]) -> None:
-        """Record outcomes (a task's list, or any iterable: it is read BATCH_ROWS at a time)."""
-        for chunk in chunks(outcomes, BATCH_ROWS):
+    def add(self, summaries: Iterable[ClipSummary]) -> None:
+        """Record summaries (a task's list, or any iterable: it is read BATCH_ROWS at a time)."""
+        for chunk in chunks(summaries, BATCH_ROWS):
             self._batches.append(_batch(chunk))
             if len(self._batches) >= COMPACT_EVERY:
                 self._batches = pa.Table.from_batches(self._batches).combine_chunks().to_batches()
@@ -71,8 +71,8 @@ class Outcomes:
         return len(self.table())
 
     def table(self) -> pa.Table:
-        """One row per clip (its last outcome), in the order they came."""
-        table = pa.Table.from_batches(self._batches, schema=OUTCOMES_SCHEMA)
+        """One row per clip (its last summary), in the order they came."""
+        table = pa.Table.from_batches(self._batches, schema=SUMMARY_SCHEMA)
         if pc.count_distinct(table["clip_id"]).as_py() == table.num_rows:
             return table
         rows = table.select(["clip_id"]).append_column("row", pa.array(np.arange(table.num_rows)))
@@ -86,7 +86,7 @@ class Outcomes:
 
 
 def measured_clips(measured: pa.Table) -> tuple[Fingerprints, np.ndarray]:
-    """Measured clips' outcome rows -> their fingerprint arrays and loudness (dBFS), in clip-id order."""
+    """Measured clips' summary rows -> their fingerprint arrays and loudness (dBFS), in clip-id order."""
     measured = measured.take(pc.sort_indices(measured["clip_id"]))
 
     def flat(name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
