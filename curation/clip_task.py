@@ -13,6 +13,7 @@ import resource
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -128,16 +129,21 @@ def blank_clip(cfg: RunConfig) -> DecodedClip:
                        sample_rate=d.sample_rate, window_s=d.window_s)
 
 
-def warm_up(cfg: RunConfig) -> str:
+class WarmedUp(NamedTuple):
+    model_id: str  # the scorer the worker built
+    frames_scored: int  # of the blank clip (0 for a scorer that runs no model)
+
+
+def warm_up(cfg: RunConfig) -> WarmedUp:
     """Ready a worker before its first scoring task (once per process): import the decoders, build the scorer
     and score one blank 10-s 16:9 clip, so the first real clips pay neither the model's first-call costs nor
     the heap's growth (~7,000 page faults, a quarter of a clip's scoring time)."""
     import_decoders()
     scorer = load_scorer(cfg.score)
     blank = blank_clip(cfg)
-    scorer.warm(blank)
+    frames = scorer.warm(blank)
     measure(blank.frames, blank.audio, blank.sample_rate)  # the filters' first call pays numpy's set-up, not a clip
-    return scorer.model_id
+    return WarmedUp(scorer.model_id, frames)
 
 
 def _process_in(ws: storage.Workspace, job: ClipJob, cfg: RunConfig, cache_dir: str,

@@ -101,8 +101,9 @@ class MomentsScorer(Scorer):
     def for_clip(self, job: ClipJob) -> Scorer:
         return _ListedFrames(self, self.frames_of(job.clip_id, job.ytid, job.start_s))
 
-    def warm(self, clip) -> None:
-        """Nothing to warm: it reads a file, it runs no model."""
+    def warm(self, clip) -> int:
+        """Nothing to warm: it reads a file, it runs no model (no frame scored)."""
+        return 0
 
     def clip_scores(self, numbers: list[int], times: np.ndarray) -> ClipScores:
         """The listed frames as scores: the i-th of k scores (k - i) / k, every other frame 0; `select_moments`

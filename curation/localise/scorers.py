@@ -36,9 +36,9 @@ class Scorer:
         """The scorer of one clip, before the clip is fetched: it may fail the clip now (a ClipError)."""
         return self
 
-    def warm(self, clip: DecodedClip) -> None:
-        """Pay the first call's costs on a blank clip, before a worker's first task."""
-        self.score(clip)
+    def warm(self, clip: DecodedClip) -> int:
+        """Pay the first call's costs on a blank clip, before a worker's first task: the frames it scored."""
+        return len(self.score(clip).scores)
 
 
 class ScorerKind:

@@ -11,8 +11,10 @@ from curation.localise.scorers import load_scorer
 
 @pytest.mark.parametrize("scorer", ["none", "synchrony"])
 def test_warm_up_builds_the_workers_scorer_and_scores_a_blank_clip(scorer):
-    cfg = replace(RunConfig(), score=ScoreConfig(scorer=scorer))
-    assert warm_up(cfg) == load_scorer(cfg.score).model_id
+    cfg = replace(RunConfig(), score=ScoreConfig(scorer=scorer), decode=DecodeConfig(fps=4.0))
+    warmed = warm_up(cfg)
+    assert warmed.model_id == load_scorer(cfg.score).model_id
+    assert warmed.frames_scored == 40  # every frame of the blank 10-s clip at 4 fps
 
 
 def test_a_short_clips_cached_summary_is_reused_only_under_the_setting_it_was_made_with(tmp_path):
