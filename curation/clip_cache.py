@@ -49,7 +49,7 @@ class ClipSummary:
     score_s: float = 0.0  # time inside the scorer (throughput of the model within the pipeline)
     score_page_faults: int = 0  # minor page faults while scoring: memory handed back to the OS and faulted in again
     from_cache: bool = False  # read back from an earlier run's cache file, not processed now
-    quality: dict | None = None  # the data-quality filters' signals (curation.quality.Signals, ~0.8 KB)
+    quality: dict | None = None  # the data-quality filters' signals (curation.quality.Signals, ~4 KB)
     # scored with less audio than one window, tiled (decode.short_clips = tile); false in files cached before
     # the option existed, which never scored such a clip
     audio_tiled: bool = False
