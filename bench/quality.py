@@ -250,7 +250,7 @@ def _decoy_sound(rng: np.random.Generator, kind: str, pitch: float, envelope: np
 
 def build_decoys(folder: Path, per_group: int = 12, seconds: float = 10.0, seed: int = 11) -> tuple[Path, list[dict]]:
     """The decoy world's clip list (csv) and rows (every clip distinct: no duplicates)."""
-    raw = folder / "raw"
+    raw = Path(RunLayout(str(folder)).raw)
     raw.mkdir(parents=True, exist_ok=True)
     n, n_samples = int(seconds * FPS), int(seconds * SR)
     t = np.arange(n_samples) / SR
@@ -460,11 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     decoys["false_pairs_per_group"] = {
         g: int(sum(len(m) * (len(m) - 1) // 2 for m in decoy_clips[decoy_clips.clip_id.str.startswith(g)]
                    .dropna(subset=["dup_group"]).groupby("dup_group")["clip_id"].apply(list))) for g in DECOY_GROUPS}
+    reencoded = RunLayout(str(out / "quality_world")).raw_clip("demo00000_reenc")
     result = {"filters": score_filters(clips, rows), "margins": margins(clips, rows, signals),
               "decoys": {"filters": decoys, "margins": margins(decoy_clips, decoy_rows, decoy_signals),
                          "clips": decoy_summary.n_clips, "rejected_by_filter": decoy_summary.filtered},
-              "cost": {**cost(paths, clips["clip_id"].tolist()), **measure_alone(str(out / "quality_world" / "raw" /
-                                                                                     "demo00000_reenc.mp4"))},
+              "cost": {**cost(paths, clips["clip_id"].tolist()), **measure_alone(reencoded)},
               "index": [index_scale(n) for n in args.index_sizes],
               "scorer": args.scorer, "clips": summary.n_clips, "counts": summary.counts,
               "rejected_by_filter": summary.filtered, "wall_s": round(time.perf_counter() - started, 1),
