@@ -97,9 +97,13 @@ def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
                  gate: FetchGate | None = None) -> ClipSummary:
     """Process one clip unless its cache file exists (and holds under `decode.short_clips`); every failure becomes
     a recorded summary."""
-    path = cache_path(cache_dir, job.clip_id)
-    if (cached := cached_summary(path, cfg.decode.short_clips)) is not None:
-        return cached
+    cached = cached_summary(cache_path(cache_dir, job.clip_id), cfg.decode.short_clips)
+    return cached if cached is not None else _process_uncached(job, cfg, raw_dir, cache_dir, gate)
+
+
+def _process_uncached(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
+                      gate: FetchGate | None) -> ClipSummary:
+    """Fetch, decode and score a clip whose cache file is not usable, and write it."""
     started = time.perf_counter()
     try:
         summary, arrays, model_id = _score_clip(job, cfg, raw_dir, started, gate)
@@ -111,7 +115,7 @@ def process_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, cache_dir: str,
         log.exception("unexpected failure on clip %s", job.clip_id)
         return ClipSummary(job.clip_id, scored=False, error_kind="internal_error",
                            error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started)
-    write_cached(path, summary, arrays, model_id)
+    write_cached(cache_path(cache_dir, job.clip_id), summary, arrays, model_id)
     return summary
 
 
@@ -151,9 +155,9 @@ def _process_in(ws: storage.Workspace, job: ClipJob, cfg: RunConfig, cache_dir: 
     """`process_clip` in a workspace: the clip's earlier fetch is brought there first, what it makes is committed
     after (nothing to move when OUT is local)."""
     if (cached := cached_summary(cache_path(cache_dir, job.clip_id), cfg.decode.short_clips)) is not None:
-        return cached
+        return cached  # nothing of the clip is brought into the workspace
     with ws.clip(job.clip_id, job.path) as path:
-        return process_clip(replace(job, path=path), cfg, Path(ws.layout.raw), cache_dir, gate)
+        return _process_uncached(replace(job, path=path), cfg, Path(ws.layout.raw), cache_dir, gate)
 
 
 def process_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, cache_dir: str,
@@ -172,11 +176,11 @@ def process_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder
     return summaries
 
 
-def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, new_cache: str) -> ClipSummary:
-    """Re-rank a scored clip under new selection options without re-scoring: decode only the chosen frames."""
+def _reselect_uncached(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str,
+                       new_cache: str) -> ClipSummary:
+    """Re-rank a scored clip under new selection options without re-scoring (decode only the chosen frames), and
+    write its new cache file."""
     target = cache_path(new_cache, job.clip_id)
-    if storage.exists(target):
-        return read_summary(target)
     old = read_cached(cache_path(old_cache, job.clip_id))
     if not old.summary.scored:
         write_cached(target, old.summary, {}, old.model_id)
@@ -200,11 +204,11 @@ def reselect_clip(job: ClipJob, cfg: RunConfig, raw_dir: Path, old_cache: str, n
 
 def _reselect_in(ws: storage.Workspace, job: ClipJob, cfg: RunConfig, old_cache: str,
                  new_cache: str) -> ClipSummary:
-    """`reselect_clip` in a workspace, as `_process_in`."""
+    """A clip of `curation select` in a workspace, as `_process_in`: its new cache file, made unless it exists."""
     if storage.exists(cache_path(new_cache, job.clip_id)):
         return read_summary(cache_path(new_cache, job.clip_id))
     with ws.clip(job.clip_id, job.path) as path:
-        return reselect_clip(replace(job, path=path), cfg, Path(ws.layout.raw), old_cache, new_cache)
+        return _reselect_uncached(replace(job, path=path), cfg, Path(ws.layout.raw), old_cache, new_cache)
 
 
 def reselect_group(jobs: list[ClipJob], cfg: RunConfig, folder: storage.RunFolder, old_cache: str,
