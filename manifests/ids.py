@@ -56,6 +56,14 @@ def youtube_clip_id(ytid: str, start_s: float, end_s: float) -> str:
     return f"{ytid}_{_span(start_s, end_s)}"
 
 
+def mirror_key(ytid: str | None, start_s: float | None) -> str | None:
+    """`<ytid>_<start:06d>`, the name VGGSound's mirrors (and VGGSounder) give a clip: None without a ytid or for a
+    start that is not a whole, non-negative second (null or NaN included)."""
+    if not isinstance(ytid, str) or start_s is None or math.isnan(start_s) or start_s < 0 or start_s != int(start_s):
+        return None
+    return f"{ytid}_{int(start_s):06d}"
+
+
 def _stem(source: str) -> str:
     """File stem of a path or URL (query and fragment dropped, %-escapes decoded)."""
     path = unquote(urlsplit(source).path) if "://" in source else source

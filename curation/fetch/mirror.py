@@ -31,6 +31,7 @@ from curation import storage
 from curation.clip_cache import ClipJob, ClipSummary
 from curation.errors import SourceError
 from curation.fetch.clip import raw_path
+from manifests.ids import mirror_key
 from manifests.layout import clip_in, raw_clip_name, source_index_in
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -64,9 +65,7 @@ def member_key(name: str) -> str | None:
 
 def row_key(job: ClipJob) -> str | None:
     """The member key a clip list row asks for (VGGSound rows start on whole seconds)."""
-    if job.ytid is None or job.start_s != int(job.start_s):
-        return None
-    return f"{job.ytid}_{int(job.start_s):06d}"
+    return mirror_key(job.ytid, job.start_s)
 
 
 def is_archive(location: str) -> bool:

@@ -33,6 +33,7 @@ import pandas as pd
 from curation import storage
 from curation.errors import UsageError
 from curation.provenance import read_run_record
+from manifests.ids import mirror_key
 from manifests.io import json_bytes
 from manifests.layout import RunLayout
 
@@ -80,20 +81,10 @@ def read_vggsounder(location: str) -> pd.DataFrame:
     return rows
 
 
-def video_key(ytid, start_s) -> str | None:
-    """`<ytid>_<start:06d>`, VGGSounder's `video_id`; None without a ytid or for a start that is not whole."""
-    if ytid is None or pd.isna(ytid) or start_s is None or pd.isna(start_s):
-        return None
-    start = float(start_s)
-    if start < 0 or abs(start - round(start)) > 1e-6:
-        return None
-    return f"{ytid}_{round(start):06d}"
-
-
 def judge_clips(clips: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run clip with a VGGSounder video: clip_id, label, status, error_kind, still (None when not
     recorded), video_id, label_matched, av, audio_only, static."""
-    keyed = clips.assign(video_id=[video_key(y, s) for y, s in zip(clips["ytid"], clips["start_s"], strict=True)])
+    keyed = clips.assign(video_id=[mirror_key(y, s) for y, s in zip(clips["ytid"], clips["start_s"], strict=True)])
     videos = rows.groupby("video_id").agg(
         any_av=("modality", lambda m: bool((m == "AV").any())),
         audio_only=("modality", lambda m: bool((m == "A").all())),

@@ -16,6 +16,7 @@ from manifests.ids import (
     is_safe_clip_id,
     is_valid_ytid,
     local_clip_id,
+    mirror_key,
     youtube_clip_id,
 )
 from manifests.readers import (
@@ -365,3 +366,10 @@ def test_read_clip_table_rejects_other_tables(tmp_path):
     pd.DataFrame({"clip_id": ["a"]}).to_parquet(tmp_path / "other.parquet")
     with pytest.raises(ClipListError, match="dataset"):
         read_clip_table(tmp_path / "other.parquet")
+
+
+def test_mirror_key_names_a_clip_as_the_mirrors_and_vggsounder_do():
+    assert mirror_key("glLQrEijrKg", 30.0) == "glLQrEijrKg_000030"
+    for ytid, start in ((None, 30.0), (float("nan"), 30.0), ("glLQrEijrKg", 12.5), ("glLQrEijrKg", float("nan")),
+                        ("glLQrEijrKg", -1.0), ("glLQrEijrKg", None)):
+        assert mirror_key(ytid, start) is None, (ytid, start)
