@@ -64,10 +64,7 @@ def _timed_steps(cfg, data, steps: int, warmup: int) -> tuple[list[float], list[
         gen = torch.Generator().manual_seed(step)
         images, waves = _batch(data, cfg.ssl, t.model.cfg.window_s, t.model.cfg.sample_rate, gen, scenes)
         built = time.perf_counter()
-        loss, _ = t.loss(images, waves, cfg.ssl.temperature)
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.optimizer.step()
+        t.step(images, waves, cfg.ssl.temperature, cfg.ssl.lr)
         _sync(t.device)
         if step >= warmup:
             batch_s.append(built - started)

@@ -445,6 +445,16 @@ class _Trainer:
         loss, acc = mil_infonce(self.world.gather(maps.float()), self.world.gather(vectors.float()), temperature)
         return loss * self.world.size, acc
 
+    def step(self, images: torch.Tensor, waves: torch.Tensor, temperature: float, lr: float) -> tuple[float, float]:
+        """One optimisation step at learning rate `lr`: the global batch's loss (as logged) and accuracy."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, acc = self.loss(images, waves, temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item() / self.world.size, acc
+
 
 def _trainer(cfg: RunConfig, blob: dict | None, checkpoint: Path) -> _Trainer:
     """Build the model (from `blob` when resuming, else seeded, from `ssl.image_init` when given) on the device."""
@@ -518,14 +528,8 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
             images, waves = _batch(data, local, t.model.cfg.window_s, t.model.cfg.sample_rate, gen, scenes,
                                    neighbours, eligible)
             lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
-            for group in t.optimizer.param_groups:
-                group["lr"] = lr
-            loss, acc = t.loss(images, waves, cfg.ssl.temperature)
-            t.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t.optimizer.step()
+            loss, acc = t.step(images, waves, cfg.ssl.temperature, lr)
             step += 1
-            loss = loss.item() / t.world.size
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", refresh=False)
             if t.world.is_main:
