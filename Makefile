@@ -27,7 +27,8 @@ shards: $(STAMP)
 		$(if $(META),--meta $(META)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
 		$(if $(SOURCE),--source '$(SOURCE)') \
 		$(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS)) \
-		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(SCORER),--scorer $(SCORER)) \
+		$(if $(CLIPS),--demo-clips $(CLIPS)) $(if $(PRESET),--demo-preset $(PRESET)) \
+		$(if $(SCORER),--scorer $(SCORER)) \
 		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(CHECKPOINT_FORMAT),--checkpoint-format $(CHECKPOINT_FORMAT)) \
 		$(if $(MOMENTS),--moments $(MOMENTS)) $(if $(filter 1 yes true,$(DEBUG)),--debug) \
 		$(if $(LABEL_MAP),--label-map $(LABEL_MAP)) $(if $(COOKIES),--cookies $(COOKIES)) \

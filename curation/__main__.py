@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from curation import run_options
 from curation.config import ConfigError, load_config
+from curation.demo_styles import PRESETS
 from curation.errors import UsageError
 from manifests.readers import ClipListError
 
@@ -106,8 +107,13 @@ def _export_moments(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from curation.demo import generate_world
 
-    world = generate_world(args.out, n_clips=args.clips, seed=args.seed, duration_s=args.duration)
+    world = generate_world(args.out, n_clips=args.clips, seed=args.seed, duration_s=args.duration,
+                           preset=args.preset)
     print(world)
+    if args.sheet:
+        from curation.demo_sheet import contact_sheet
+
+        print(f"contact sheet: {contact_sheet(world, args.sheet)}")
     return 0
 
 
@@ -165,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clips", type=int, default=320)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--duration", type=float, default=8.0, help="seconds per clip")
+    demo.add_argument("--preset", default="easy",
+                      help=f"how hard the world is: {' | '.join(PRESETS)} (docs/demo_worlds.md)")
+    demo.add_argument("--sheet", metavar="PATH.png", help="also write a contact sheet: 3 frames of each of the "
+                                                          "first 8 clips, labelled with category and kind")
     demo.set_defaults(func=_demo)
     for command in sub.choices.values():
         run_options.DEBUG.add_to(command)

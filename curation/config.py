@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from curation.demo_styles import PRESETS
 from curation.localise import registry as scorer_registry
 from manifests.typed_config import ConfigError as ConfigError  # re-exported: the error of this config
 from manifests.typed_config import load_typed, typed_from_dict
@@ -63,8 +64,10 @@ class DemoConfig:
     clips: int = 320
     seed: int = 0
     duration_s: float = 8.0
+    preset: str = "easy"  # how hard the world is: easy, medium, hard, twins (docs/demo_worlds.md)
 
-    CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys(("clips", "seed", "duration_s"), None)  # they make clips, not results
+    # they make clips, not results
+    CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys(("clips", "seed", "duration_s", "preset"), None)
 
 
 @dataclass(frozen=True)
@@ -428,6 +431,7 @@ def _check(cfg: RunConfig, problems: list[str]) -> None:
          f"meta: a clip list is required for dataset {cfg.dataset!r} (META= / --meta path/to/list)")
     need(cfg.source.path is None or cfg.dataset != "demo", "source.path: the demo world makes its own clips")
     need(cfg.demo.clips >= 1, "demo.clips: must be >= 1")
+    need(cfg.demo.preset in PRESETS, f"demo.preset: must be one of {', '.join(PRESETS)}, got {cfg.demo.preset!r}")
     _check_decode(cfg, need)
     _check_score(cfg, need)
     _check_ssl(cfg, need)

@@ -10,6 +10,9 @@ similar shape and colour, or a shared frequency band) and `crowd` (two or three 
 heard category none of them). Loudness follows apparent size; in a `pulsing` clip (counts.clip_pulsing, half
 of each kind) a sounding object swells and shakes with its own sound envelope, in the other half nothing on
 screen moves with the sound (as in most real footage). Clips are real h264 + AAC mp4 written by the ffmpeg CLI.
+How recognisable categories are, and what else a clip holds (busy or moving backgrounds, overlapping sounds,
+compression, noise), follows a named preset of `curation.demo_styles` (docs/demo_worlds.md); the default, `easy`,
+is the world described here, and every preset keeps the truth columns' meaning.
 
 Truth columns (one row per video frame, t = frame / FPS):
   category      primary object's category (for sound-only clips: the category of the sound)
@@ -26,12 +29,13 @@ Truth columns (one row per video frame, t = frame / FPS):
 
 from __future__ import annotations
 
+import colorsys
 import json
 import os
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from curation.demo_styles import BACKGROUNDS, KIND_FRACTIONS, WorldStyle, preset_style
 from curation.errors import UsageError, require_tools
 from manifests.io import write_json, write_parquet
 from manifests.layout import RunLayout, clip_in
@@ -51,15 +56,8 @@ MIN_SCALE = 0.25
 MIN_SEGMENT_S = 1.0
 UNIT_RMS = 0.10  # level of a source at scale 1; 2 sources x PEAK_FACTOR x UNIT_RMS + noise stays < 1
 PEAK_FACTOR = 4.5  # unit waveforms are limited to PEAK_FACTOR x their RMS
-NOISE_RMS = 0.01  # -40 dBFS background noise, always present
-KIND_FRACTIONS = {"normal": 0.52, "mismatched": 0.20, "no_object": 0.10, "two_source": 0.12,
-                  "sound_only": 0.06}
 MISMATCH_VARIANTS = ("random", "lookalike", "crowd")  # dealt in turn over the mismatched clips
 PULSING_FRACTION = 0.5  # of each kind's clips, whose sounding objects swell and shake with their sound
-FFMPEG_ENCODE = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
-                 "-g", "10", "-threads", "1", "-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "1",
-                 "-movflags", "+faststart", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-                 "-flags:a", "+bitexact", "-map_metadata", "-1", "-f", "mp4"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +88,56 @@ CATEGORIES = (
 # each category's look-alike: round red/magenta (circle, ring), blue/cyan four-gons (square, diamond), pointed
 # green/yellow (triangle, star), and orange cross / white hexagon, whose sounds share the 550-1200 Hz band
 LOOKALIKE = (4, 5, 3, 2, 0, 1, 7, 6)
+# style `shared_looks`: category i takes shape i // 2 and colour (i // 2 + i % 2) % 4 of these four, so each shape
+# and each colour names two categories and no two share both; a category's look-alike is its shape partner (i ^ 1)
+_SHARED_SHAPES = ("circle", "square", "triangle", "star")
+_SHARED_COLOURS = ((220, 40, 40), (40, 80, 230), (40, 190, 60), (240, 220, 40))
+SHARED_LOOKS = tuple((_SHARED_SHAPES[i // 2], _SHARED_COLOURS[(i // 2 + i % 2) % 4]) for i in range(8))
+TEXTURES = ("solid", "stripes", "dots", "checker")  # style `texture_pool` draws from these
+SHAPES = ("circle", "square", "triangle", "star", "ring", "diamond", "cross", "hexagon", "bar")  # bar: no category's
+
+
+class Look(NamedTuple):
+    """An object as one clip shows it."""
+
+    shape: str
+    colour: tuple[int, int, int]
+    texture: str
+
+
+class Recipe(NamedTuple):
+    """A world's style and what it makes of the categories, the same for every clip."""
+
+    style: WorldStyle
+    categories: tuple[Category, ...]
+    lookalike: tuple[int, ...]
+
+
+def world_recipe(preset: str) -> Recipe:
+    """The named preset's style, categories and look-alikes (UsageError for an unknown name)."""
+    style = preset_style(preset)
+    cats = CATEGORIES
+    if style.shared_looks:
+        cats = tuple(replace(c, shape=shape, colour=colour) for c, (shape, colour) in zip(cats, SHARED_LOOKS,
+                                                                                           strict=True))
+    if style.sound_overlap:
+        cats = _overlapping_sounds(cats, style.sound_overlap)
+    lookalike = tuple(c ^ 1 for c in range(len(cats))) if style.shared_looks else LOOKALIKE
+    return Recipe(style, cats, lookalike)
+
+
+def _overlapping_sounds(cats: tuple[Category, ...], overlap: float) -> tuple[Category, ...]:
+    """Pull each pitch toward its band's centre (the geometric mean of the four lowest or of the four highest
+    pitches) and each pulse rate toward the mean of its own and its partner's (the category four on), by `overlap`
+    (1: four categories share each pitch, partners share a rhythm; timbre still tells them apart)."""
+    logs = np.log([c.pitch_hz for c in cats])
+    low = logs <= np.median(logs)
+    centre = np.where(low, logs[low].mean(), logs[~low].mean())
+    pitches = np.exp(logs + overlap * (centre - logs))
+    partner = [cats[(i + len(cats) // 2) % len(cats)] for i in range(len(cats))]
+    return tuple(replace(c, pitch_hz=round(float(p), 1),
+                         pulse_hz=round(c.pulse_hz + overlap * ((c.pulse_hz + q.pulse_hz) / 2 - c.pulse_hz), 3))
+                 for c, p, q in zip(cats, pitches, partner, strict=True))
 
 
 @dataclass(frozen=True)
@@ -103,6 +151,7 @@ class DemoWorld:
     n_clips: int
     n_frames: int
     kind_counts: dict[str, int]
+    preset: str = "easy"
 
 
 class Track(NamedTuple):
@@ -137,7 +186,8 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
     return {"circle": lambda: r <= 0.95, "ring": lambda: (r <= 0.95) & (r >= 0.55),
             "square": lambda: polygon(4, 0.7, -np.pi / 4), "diamond": lambda: polygon(4, 0.68, 0.0),
-            "triangle": lambda: polygon(3, 0.5, np.pi / 6), "hexagon": lambda: polygon(6, 0.85, 0.0)}[shape]()
+            "triangle": lambda: polygon(3, 0.5, np.pi / 6), "hexagon": lambda: polygon(6, 0.85, 0.0),
+            "bar": lambda: (np.abs(u) <= 0.95) & (np.abs(v) <= 0.3)}[shape]()
 
 
 def _texture_dark(texture: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -151,19 +201,30 @@ def _texture_dark(texture: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=4096)
-def _sprite(category: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """RGB (uint16) and alpha (0..255, uint16) of a category's object, anti-aliased by 2x supersampling."""
-    spec = CATEGORIES[category]
+def _sprite(look: Look, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB (uint16) and alpha (0..255, uint16) of an object, anti-aliased by 2x supersampling."""
     g = (np.arange(2 * size) + 0.5) / size - 1.0
     u, v = np.meshgrid(g, g)
-    alpha = _shape_mask(spec.shape, u, v).reshape(size, 2, size, 2).mean(axis=(1, 3))
-    dark = _texture_dark(spec.texture, u[::2, ::2], v[::2, ::2])
-    rgb = np.asarray(spec.colour, dtype=np.float64) * np.where(dark, 0.45, 1.0)[..., None]
+    alpha = _shape_mask(look.shape, u, v).reshape(size, 2, size, 2).mean(axis=(1, 3))
+    dark = _texture_dark(look.texture, u[::2, ::2], v[::2, ::2])
+    rgb = np.asarray(look.colour, dtype=np.float64) * np.where(dark, 0.45, 1.0)[..., None]
     return rgb.astype(np.uint16), np.round(alpha * 255).astype(np.uint16)[..., None]
 
 
-def _paste(frame: np.ndarray, category: int, size: int, cx: int, cy: int) -> None:
-    rgb, alpha = _sprite(category, size)
+def _look(recipe: Recipe, rng: np.random.Generator, category: int) -> Look:
+    """A category's object as one clip shows it: its colour's hue turned by a clip-random angle within the style's
+    spread (HSV, so saturation and brightness stay), its texture drawn from all textures when the style pools
+    them. With no spread the colour is the category's exactly."""
+    spec = recipe.categories[category]
+    turn = rng.uniform(-recipe.style.hue_spread_deg, recipe.style.hue_spread_deg) / 360
+    h, sat, val = colorsys.rgb_to_hsv(*(c / 255 for c in spec.colour))
+    colour = tuple(round(c * 255) for c in colorsys.hsv_to_rgb((h + turn) % 1.0, sat, val))
+    texture = TEXTURES[rng.integers(len(TEXTURES))] if recipe.style.texture_pool else spec.texture
+    return Look(spec.shape, colour, texture)
+
+
+def _paste(frame: np.ndarray, look: Look, size: int, cx: int, cy: int) -> None:
+    rgb, alpha = _sprite(look, size)
     x0, y0 = cx - size // 2, cy - size // 2
     sx, sy = max(0, -x0), max(0, -y0)
     x1, y1 = min(WIDTH, x0 + size), min(HEIGHT, y0 + size)
@@ -201,23 +262,124 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _render_video(rng: np.random.Generator, tracks: list[Track], pulses: list[np.ndarray]) -> bytes:
-    """Raw rgb24 frames: the background, then the visible objects, nearer (larger) ones on top."""
-    bg = _background(rng)
+def _texture_background(rng: np.random.Generator) -> np.ndarray:
+    """A high-detail backdrop: a grid of tiles, each a fine pattern (stripes at an angle, checker, or pixel noise)
+    in two random colours. Fine detail costs bits and hides no smooth region a model could key on."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
+    rows, cols = int(rng.integers(2, 5)), int(rng.integers(2, 6))
+    tile = (y * rows // HEIGHT) * cols + x * cols // WIDTH
+    img = np.empty((HEIGHT, WIDTH, 3))
+    for k in range(rows * cols):
+        c0, c1 = rng.uniform(20, 235, size=(2, 3))
+        period, angle, pattern = rng.uniform(2.5, 8), rng.uniform(0, np.pi), rng.integers(3)
+        if pattern == 0:
+            on = np.mod((x * np.cos(angle) + y * np.sin(angle)) / period, 1.0) < 0.5
+        elif pattern == 1:
+            on = (np.floor(x / period) + np.floor(y / period)) % 2 == 1
+        else:
+            on = rng.random((HEIGHT, WIDTH)) < 0.5
+        inside = tile == k
+        img[inside] = np.where(on[inside][:, None], c1, c0)
+    return img.astype(np.uint8)
+
+
+def _clutter_background(rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
+    """A gradient backdrop under 10-20 static distractor objects, small to mid-sized, of any shape (most are a
+    category's) and half of them in a category's colour. They never sound and are not in the truth."""
+    img = _background(rng)
+    colours = [c.colour for c in recipe.categories]
+    for _ in range(int(rng.integers(10, 21))):
+        shape, texture = SHAPES[rng.integers(len(SHAPES))], TEXTURES[rng.integers(len(TEXTURES))]
+        colour = colours[rng.integers(len(colours))] if rng.random() < 0.5 else tuple(rng.integers(30, 250, 3))
+        look = Look(shape, tuple(int(c) for c in colour), texture)
+        _paste(img, look, int(rng.integers(16, 61)), int(rng.integers(0, WIDTH)), int(rng.integers(0, HEIGHT)))
+    return img
+
+
+def _plain_background(rng: np.random.Generator) -> np.ndarray:
+    """A low-detail backdrop: two muted colours blended top to bottom, nothing else."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    column = c0 + (c1 - c0) * np.linspace(0, 1, HEIGHT)[:, None]
+    return np.repeat(column[:, None], WIDTH, axis=1).astype(np.uint8)
+
+
+def _backdrop(kind: str, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
+    """A background of one of the kinds in `curation.demo_styles.BACKGROUNDS`."""
+    if kind == "texture":
+        return _texture_background(rng)
+    if kind == "clutter":
+        return _clutter_background(rng, recipe)
+    if kind == "plain":
+        return _plain_background(rng)
+    return _background(rng)
+
+
+class Camera(NamedTuple):
+    """A camera move over a clip: per frame, the zoom (>= 1) and the view's centre on the backdrop (pixels)."""
+
+    zoom: np.ndarray
+    centre: np.ndarray
+
+
+def _camera(rng: np.random.Generator, n: int) -> Camera:
+    """A slow pan and zoom: the zoom goes linearly between two factors in 1.08..1.2 and the view's centre glides
+    between two points at which the view (sized for the smaller zoom) stays inside the backdrop."""
+    zoom = np.linspace(*rng.uniform(1.08, 1.2, 2), n)
+    size = np.array([WIDTH, HEIGHT])
+    reach = size / 2 * (1 - 1 / zoom.min())
+    ends = size / 2 + rng.uniform(-1, 1, size=(2, 2)) * reach
+    return Camera(zoom, np.linspace(ends[0], ends[1], n))
+
+
+def _camera_views(bg: np.ndarray, camera: Camera | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's backdrop, and how far (pixels, x and y) the pan carries the objects: the scene moves against
+    the view's centre, measured from its mid-point. A static camera shows the backdrop as it is."""
+    if camera is None:
+        return np.broadcast_to(bg, (n, *bg.shape)), np.zeros((n, 2))
+    views = np.empty((n, *bg.shape), dtype=np.uint8)
+    for f in range(n):
+        x = camera.centre[f, 0] + (np.arange(WIDTH) + 0.5 - WIDTH / 2) / camera.zoom[f]
+        y = camera.centre[f, 1] + (np.arange(HEIGHT) + 0.5 - HEIGHT / 2) / camera.zoom[f]
+        views[f] = bg[np.clip(y, 0, HEIGHT - 1).astype(int)][:, np.clip(x, 0, WIDTH - 1).astype(int)]
+    middle = (camera.centre[0] + camera.centre[-1]) / 2
+    return views, -(camera.centre - middle) * camera.zoom[:, None]
+
+
+class Scene(NamedTuple):
+    """What a clip shows besides its sources' paths: its backdrop (None: the gradient drawn from the clip's own
+    generator, as in the easy world), each track's object (None for a track with none), its camera (None:
+    static), and the sigma of its per-frame pixel noise, drawn from `rng`."""
+
+    backdrop: np.ndarray | None
+    looks: list[Look | None]
+    camera: Camera | None
+    noise: float
+    rng: np.random.Generator
+
+
+def _render_video(rng: np.random.Generator, tracks: list[Track], pulses: list[np.ndarray], scene: Scene) -> bytes:
+    """Raw rgb24 frames: the background, then the visible objects, nearer (larger) ones on top. Objects keep a
+    margin from the edges as wide as the pan carries them, so an object on screen stays wholly on screen."""
+    bg = _background(rng) if scene.backdrop is None else scene.backdrop
     n = len(tracks[0].on)
     shake = rng.integers(-2, 3, size=(len(tracks), n, 2))
+    views, shift = _camera_views(bg, scene.camera, n)
+    margin = np.ceil(np.abs(shift).max(axis=0)).astype(int)
     frames = np.empty((n, HEIGHT, WIDTH, 3), dtype=np.uint8)
     for f in range(n):
         frame = frames[f]
-        frame[:] = bg
+        frame[:] = views[f]
         for k in sorted(range(len(tracks)), key=lambda k: tracks[k].scale[f]):
             tr = tracks[k]
             if tr.look is None or not tr.visible[f]:
                 continue
             size = int(round(tr.scale[f] * SPRITE_MAX * (1 + 0.08 * pulses[k][f])))
-            free = np.array([WIDTH, HEIGHT]) - size - 6
-            cx, cy = (size // 2 + 3 + tr.xy[f] * free + shake[k, f] * (pulses[k][f] > 0.05)).astype(int)
-            _paste(frame, tr.look, size, int(cx), int(cy))
+            free = np.array([WIDTH, HEIGHT]) - size - 6 - 2 * margin
+            cx, cy = (size // 2 + 3 + margin + tr.xy[f] * free + shift[f]
+                      + shake[k, f] * (pulses[k][f] > 0.05)).astype(int)
+            _paste(frame, scene.looks[k], size, int(cx), int(cy))
+        if scene.noise:
+            frame[:] = np.clip(np.rint(frame + scene.rng.normal(0, scene.noise, frame.shape)), 0, 255)
     return frames.tobytes()
 
 
@@ -285,11 +447,24 @@ def _to_samples(per_frame: np.ndarray, ramp: int = 320) -> np.ndarray:
     return (c[ramp:] - c[:-ramp]) / ramp
 
 
-def _render_audio(rng: np.random.Generator, tracks: list[Track]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Mix of all sounding tracks plus background noise; also each track's per-frame pulse (0..1)."""
+def _sound_bed(rng: np.random.Generator, t: np.ndarray, rms: float) -> np.ndarray:
+    """Wind, which belongs to no category: noise darkened toward low frequencies and cut above a clip-random
+    300-900 Hz, swelling in slow gusts; at `rms`, peaks limited to 3x."""
+    freqs = np.fft.rfftfreq(t.size, 1 / SAMPLE_RATE)
+    shaped = np.fft.rfft(rng.normal(size=t.size)) / np.sqrt(1 + freqs / 50) * (freqs < rng.uniform(300, 900))
+    wind = np.fft.irfft(shaped, n=t.size) * (0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t
+                                                               + rng.uniform(0, 2 * np.pi)))
+    return np.clip(wind / (np.sqrt(np.mean(wind**2)) + 1e-12) * rms, -3 * rms, 3 * rms)
+
+
+def _render_audio(rng: np.random.Generator, tracks: list[Track], recipe: Recipe,
+                  scene_rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Mix of all sounding tracks plus background noise (and the style's sound bed, drawn from `scene_rng`),
+    limited to full scale; also each track's per-frame pulse (0..1)."""
     n = len(tracks[0].on)
     t = np.arange(n * SAMPLE_RATE // FPS) / SAMPLE_RATE
-    mix = np.clip(rng.normal(0, NOISE_RMS, t.size), -4 * NOISE_RMS, 4 * NOISE_RMS)
+    noise = recipe.style.audio_noise_rms
+    mix = np.clip(rng.normal(0, noise, t.size), -4 * noise, 4 * noise)
     pulses = []
     for tr in tracks:
         if tr.sound is None:
@@ -298,14 +473,16 @@ def _render_audio(rng: np.random.Generator, tracks: list[Track]) -> tuple[np.nda
         if tr.sound < 0:
             wave, rhythm = _no_object_sound(rng, t), np.ones_like(t)
         else:
-            spec = CATEGORIES[tr.sound]
+            spec = recipe.categories[tr.sound]
             rate, offset = spec.pulse_hz, rng.uniform(0, 1)
             rhythm = 0.25 + 0.75 * np.sin(np.pi * (rate * t + offset)) ** 2 if rate else np.ones_like(t)
             wave = _carrier(spec, rng, t) * rhythm
         gate = _to_samples(tr.on)
         mix += _unit(wave) * gate * _to_samples(tr.scale)
         pulses.append((rhythm * gate).reshape(n, -1).mean(axis=1) * (tr.sound == tr.look))
-    return mix.astype(np.float32), pulses
+    if recipe.style.sound_bed_rms:
+        mix += _sound_bed(scene_rng, t, recipe.style.sound_bed_rms)
+    return np.clip(mix, -1.0, 1.0).astype(np.float32), pulses  # a no-op unless a bed and noise top two sources
 
 
 # ---------------------------------------------------------------- clip plans
@@ -332,14 +509,15 @@ def _motion(rng: np.random.Generator, n: int, shrink: float = 1.0) -> tuple[np.n
     return scale.astype(np.float32), xy
 
 
-def _plan_tracks(rng: np.random.Generator, kind: str, cat: int, n: int, variant: str | None = None) -> list[Track]:
+def _plan_tracks(rng: np.random.Generator, kind: str, cat: int, n: int, variant: str | None = None,
+                 lookalike: tuple[int, ...] = LOOKALIKE) -> list[Track]:
     """The sources of one clip; tracks[0] is the primary (its category is the clip's label). `variant`: how a
-    mismatched clip is made (MISMATCH_VARIANTS)."""
+    mismatched clip is made (MISMATCH_VARIANTS); `lookalike`: the world's look-alike of each category."""
     min_len = int(round(MIN_SEGMENT_S * FPS))
     st = _schedule(rng, n, min_len)
     other = int((cat + rng.integers(1, len(CATEGORIES))) % len(CATEGORIES))
     if variant == "lookalike":
-        other = LOOKALIKE[cat]
+        other = lookalike[cat]
     never = np.zeros(n, dtype=bool)
     if kind in ("normal", "two_source", "sound_only"):
         visible = never if kind == "sound_only" else st != 1
@@ -377,14 +555,18 @@ def _truth(clip_id: str, cat: int, tracks: list[Track]) -> pa.Table:
 
 
 # ---------------------------------------------------------------- encoding and the world
-def _encode(frames: bytes, audio: np.ndarray, dst: Path) -> None:
-    """One ffmpeg run: raw frames on stdin + a temp 16-bit wav -> mp4, renamed into place when complete."""
+def _encode(frames: bytes, audio: np.ndarray, dst: Path, crf: int) -> None:
+    """One ffmpeg run: raw frames on stdin + a temp 16-bit wav -> mp4 (x264 at quality `crf`), renamed into place
+    when complete."""
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=dst.parent) as tmp:
         wav, mp4 = Path(tmp) / "audio.wav", Path(tmp) / "clip.mp4"
         sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16")
         cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "pipe:0", "-i", str(wav),
-               "-map", "0:v:0", "-map", "1:a:0", *FFMPEG_ENCODE, str(mp4)]
+               "-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
+               "-pix_fmt", "yuv420p", "-g", "10", "-threads", "1", "-c:a", "aac", "-b:a", "64k", "-ar", "44100",
+               "-ac", "1", "-movflags", "+faststart", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+               "-flags:a", "+bitexact", "-map_metadata", "-1", "-f", "mp4", str(mp4)]
         proc = subprocess.run(cmd, input=frames, capture_output=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed on {dst.name}: {proc.stderr.decode(errors='replace')[-800:]}")
@@ -392,35 +574,65 @@ def _encode(frames: bytes, audio: np.ndarray, dst: Path) -> None:
 
 
 class ClipPlan(NamedTuple):
-    """What one clip is: its kind, its mismatch variant (mismatched clips only), its category, and whether
-    its sounding objects pulse with their sound."""
+    """What one clip is: its kind, its mismatch variant (mismatched clips only), its category, whether its
+    sounding objects pulse with their sound, its background kind and whether its camera moves."""
 
     kind: str
     variant: str | None
     category: int
     pulsing: bool
+    background: str = "gradient"
+    camera: bool = False
 
 
-def _clip(raw_dir: Path, seed: int, index: int, plan: ClipPlan, n_frames: int) -> pa.Table:
+def _scene(recipe: Recipe, plan: ClipPlan, tracks: list[Track], seed: int, index: int) -> Scene:
+    """What the world's style adds to a clip, from a generator of its own (keyed by seed, index and 1), so the
+    easy world's clips draw exactly what they drew before styles existed: its objects' looks, its backdrop (from a
+    generator keyed by the category when the style shares scenes per category), its camera and noise."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1)))
+    looks = [None if tr.look is None else _look(recipe, rng, tr.look) for tr in tracks]
+    backdrop = None
+    if recipe.style.category_scenes:
+        category_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(plan.category, 2)))
+        backdrop = _backdrop(plan.background, category_rng, recipe)
+    elif plan.background != "gradient":
+        backdrop = _backdrop(plan.background, rng, recipe)
+    camera = _camera(rng, len(tracks[0].on)) if plan.camera else None
+    return Scene(backdrop, looks, camera, recipe.style.video_noise, rng)
+
+
+def _clip(raw_dir: Path, seed: int, index: int, plan: ClipPlan, n_frames: int, recipe: Recipe) -> pa.Table:
     """Plan one clip from its own generator (keyed by seed and index), encode it unless present."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
     clip_id = f"demo{index:05d}"
-    tracks = _plan_tracks(rng, plan.kind, plan.category, n_frames, plan.variant)
+    tracks = _plan_tracks(rng, plan.kind, plan.category, n_frames, plan.variant, recipe.lookalike)
     dst = Path(clip_in(raw_dir, clip_id))
     if not dst.exists():
-        audio, pulses = _render_audio(rng, tracks)
-        if not plan.pulsing:
-            pulses = [np.zeros_like(p) for p in pulses]
-        _encode(_render_video(rng, tracks, pulses), audio, dst)
+        _encode(*_render(rng, tracks, plan, recipe, seed, index), dst, recipe.style.crf)
     return _truth(clip_id, plan.category, tracks)
 
 
-def _world_plan(seed: int, n_clips: int) -> list[ClipPlan]:
+def _render(rng: np.random.Generator, tracks: list[Track], plan: ClipPlan, recipe: Recipe, seed: int,
+            index: int) -> tuple[bytes, np.ndarray]:
+    """A planned clip's raw frames and audio, drawn on from the clip's generator `rng`."""
+    scene = _scene(recipe, plan, tracks, seed, index)
+    audio, pulses = _render_audio(rng, tracks, recipe, scene.rng)
+    if not plan.pulsing:
+        pulses = [np.zeros_like(p) for p in pulses]
+    return _render_video(rng, tracks, pulses, scene), audio
+
+
+def _exact_counts(shares: dict[str, float], n: int) -> dict[str, int]:
+    """How many of n items each share gets: rounded, the first one taking the rest."""
+    counts = {k: int(round(f * n)) for k, f in list(shares.items())[1:]}
+    return {next(iter(shares)): n - sum(counts.values()), **counts}
+
+
+def _world_plan(seed: int, n_clips: int, style: WorldStyle) -> list[ClipPlan]:
     """Exact kind counts (rounded fractions, the rest normal) and balanced categories, shuffled by seed; the
     mismatch variants dealt in turn over the mismatched clips, and half of each kind's clips (rounded down)
-    pulsing, chosen by seed."""
-    counts = {k: int(round(f * n_clips)) for k, f in KIND_FRACTIONS.items() if k != "normal"}
-    counts = {"normal": n_clips - sum(counts.values()), **counts}
+    pulsing, chosen by seed; then, as exactly, the background kinds and the clips whose camera moves."""
+    counts = _exact_counts(style.kind_fractions, n_clips)
     rng = np.random.default_rng(seed)
     kinds = rng.permutation(np.repeat(list(counts), list(counts.values()))).tolist()
     cats = rng.permutation(np.arange(n_clips) % len(CATEGORIES))
@@ -432,7 +644,12 @@ def _world_plan(seed: int, n_clips: int) -> list[ClipPlan]:
         if kind == "mismatched":
             for j, i in enumerate(members.tolist()):
                 variants[i] = MISMATCH_VARIANTS[j % len(MISMATCH_VARIANTS)]
-    return [ClipPlan(kinds[i], variants[i], int(cats[i]), bool(pulsing[i])) for i in range(n_clips)]
+    backgrounds = _exact_counts(style.backgrounds, n_clips)
+    backgrounds = rng.permutation(np.repeat(list(backgrounds), list(backgrounds.values()))).tolist()
+    camera = np.zeros(n_clips, dtype=bool)
+    camera[rng.permutation(n_clips)[: int(round(style.camera_motion * n_clips))]] = True
+    return [ClipPlan(kinds[i], variants[i], int(cats[i]), bool(pulsing[i]), backgrounds[i], bool(camera[i]))
+            for i in range(n_clips)]
 
 
 def _clip_list(raw_dir: Path, cats: np.ndarray, duration_s: float) -> pa.Table:
@@ -449,7 +666,7 @@ def _clip_list(raw_dir: Path, cats: np.ndarray, duration_s: float) -> pa.Table:
 def _counts(plans: list[ClipPlan], truth: pa.Table) -> dict:
     df = truth.to_pandas()
     good = good_pair_mask(df)
-    kinds = [p.kind for p in plans]
+    kinds, backgrounds = [p.kind for p in plans], [p.background for p in plans]
     return {
         "kinds": {k: kinds.count(k) for k in KIND_FRACTIONS}, "frames": len(df),
         "mismatch_variants": {v: sum(p.variant == v for p in plans) for v in MISMATCH_VARIANTS},
@@ -460,25 +677,36 @@ def _counts(plans: list[ClipPlan], truth: pa.Table) -> dict:
         "clip_kinds": {f"demo{i:05d}": k for i, k in enumerate(kinds)},
         "clip_variants": {f"demo{i:05d}": p.variant for i, p in enumerate(plans) if p.variant is not None},
         "clip_pulsing": {f"demo{i:05d}": p.pulsing for i, p in enumerate(plans)},
+        "backgrounds": {b: backgrounds.count(b) for b in BACKGROUNDS if b in backgrounds},
+        "clip_backgrounds": {f"demo{i:05d}": b for i, b in enumerate(backgrounds)},
+        "camera_clips": [f"demo{i:05d}" for i, p in enumerate(plans) if p.camera],
     }
 
 
-def world_params(n_clips: int, seed: int, duration_s: float) -> dict:
-    """What makes a demo world: two worlds with the same params are the same bytes."""
-    return json.loads(json.dumps({
+def world_params(n_clips: int, seed: int, duration_s: float, preset: str = "easy") -> dict:
+    """What makes a demo world: two worlds with the same params are the same bytes. The easy world's params are
+    those of worlds made before presets existed (so those are reused); another preset adds its name and style."""
+    recipe = world_recipe(preset)
+    params = {
         "n_clips": n_clips, "seed": seed, "duration_s": float(duration_s), "width": WIDTH, "height": HEIGHT,
-        "fps": FPS, "sample_rate": SAMPLE_RATE, "sprite_max": SPRITE_MAX, "kind_fractions": KIND_FRACTIONS,
-        "mismatch_variants": MISMATCH_VARIANTS, "lookalike": LOOKALIKE, "pulsing_fraction": PULSING_FRACTION,
-        "categories": [asdict(c) for c in CATEGORIES],
-    }))
+        "fps": FPS, "sample_rate": SAMPLE_RATE, "sprite_max": SPRITE_MAX,
+        "kind_fractions": recipe.style.kind_fractions, "mismatch_variants": MISMATCH_VARIANTS,
+        "lookalike": recipe.lookalike, "pulsing_fraction": PULSING_FRACTION,
+        "categories": [asdict(c) for c in recipe.categories],
+    }
+    if preset != "easy":
+        params.update(preset=preset, style=asdict(recipe.style))
+    return json.loads(json.dumps(params))
 
 
 def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0, duration_s: float = 8.0,
-                   workers: int = 2) -> DemoWorld:
-    """Write the demo world under out_dir/raw (mp4s, truth.parquet, demo_clips.parquet, demo_world.json).
+                   workers: int = 2, preset: str = "easy") -> DemoWorld:
+    """Write the demo world of a preset (`curation.demo_styles.PRESETS`) under out_dir/raw (mp4s, truth.parquet,
+    demo_clips.parquet, demo_world.json).
 
     A complete world with the same parameters is reused as is; a killed run resumes (finished mp4s are
     kept); a folder holding a world with other parameters is refused (UsageError)."""
+    recipe = world_recipe(preset)
     n_frames = int(round(duration_s * FPS))
     if n_clips < 1 or workers < 1 or abs(n_frames - duration_s * FPS) > 1e-6 or n_frames < 2 * MIN_SEGMENT_S * FPS:
         raise UsageError(f"demo world of {n_clips} clips of {duration_s} s ({workers} workers): give >= 1 clip "
@@ -487,27 +715,27 @@ def generate_world(out_dir: str | os.PathLike, n_clips: int = 320, seed: int = 0
     require_tools("ffmpeg")  # the demo world is encoded with the ffmpeg CLI
     layout = RunLayout(str(Path(out_dir).resolve()))
     raw = Path(layout.raw)
-    plans = _world_plan(seed, n_clips)
+    plans = _world_plan(seed, n_clips, recipe.style)
     kinds = [p.kind for p in plans]
     world = DemoWorld(raw, Path(layout.demo_clips), Path(layout.truth), Path(layout.demo_world),
-                      n_clips, n_frames, {k: kinds.count(k) for k in KIND_FRACTIONS})
-    params = world_params(n_clips, seed, duration_s)
+                      n_clips, n_frames, {k: kinds.count(k) for k in KIND_FRACTIONS}, preset)
+    params = world_params(n_clips, seed, duration_s, preset)
     if world.world_json.exists():
-        old = json.loads(world.world_json.read_text()).get("params")
+        old = json.loads(world.world_json.read_text()).get("params") or {}
         if old != params:
-            changed = sorted(k for k in params if old is None or old.get(k) != params[k])
+            changed = sorted(k for k in params.keys() | old.keys() if old.get(k) != params.get(k))
             raise UsageError(f"{raw} holds a demo world with other parameters (differing: {', '.join(changed)}); "
                              "choose another output folder")
         if _complete(world):
             return world
-    write_json(world.world_json, {"params": params})
+    write_json(world.world_json, {"preset": preset, "params": params})
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        truths = list(pool.map(lambda i: _clip(raw, seed, i, plans[i], n_frames), range(n_clips)))
+        truths = list(pool.map(lambda i: _clip(raw, seed, i, plans[i], n_frames, recipe), range(n_clips)))
     truth = pa.concat_tables(truths)
     write_parquet(world.truth_path, truth, TRUTH_SCHEMA)
     write_parquet(world.clips_path, _clip_list(raw, np.array([p.category for p in plans]), duration_s),
                   CLIP_LIST_SCHEMA)
-    write_json(world.world_json, {"params": params, "counts": _counts(plans, truth)})
+    write_json(world.world_json, {"preset": preset, "params": params, "counts": _counts(plans, truth)})
     return world
 
 

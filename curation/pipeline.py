@@ -77,16 +77,18 @@ def _demo_world(cfg: RunConfig, folder: storage.RunFolder) -> pa.Table:
     layout, demo = folder.layout, cfg.demo
     with folder.workspace("s2s-demo-") as ws:
         if ws.in_place:
-            world = generate_world(layout.out, n_clips=demo.clips, seed=demo.seed, duration_s=demo.duration_s)
+            world = generate_world(layout.out, n_clips=demo.clips, seed=demo.seed, duration_s=demo.duration_s,
+                                   preset=demo.preset)
             return read_clip_table(world.clips_path)
         if not storage.exists(layout.demo_clips):
-            world = generate_world(ws.layout.out, n_clips=demo.clips, seed=demo.seed, duration_s=demo.duration_s)
+            world = generate_world(ws.layout.out, n_clips=demo.clips, seed=demo.seed, duration_s=demo.duration_s,
+                                   preset=demo.preset)
             for path in sorted(world.raw_dir.iterdir()):
                 if path != world.clips_path:
                     ws.commit(storage.join(layout.raw, path.name))
             ws.commit(layout.demo_clips)
-        elif json.loads(storage.read_bytes(layout.demo_world))["params"] != world_params(demo.clips, demo.seed,
-                                                                                        demo.duration_s):
+        elif json.loads(storage.read_bytes(layout.demo_world))["params"] != world_params(
+                demo.clips, demo.seed, demo.duration_s, demo.preset):
             raise UsageError(f"{layout.out} holds a demo world with other parameters; choose another OUT")
         table = read_clip_table(ws.pull(layout.demo_clips))
     paths = [layout.raw_clip(Path(p).stem) for p in table.column("path").to_pylist()]

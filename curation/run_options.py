@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curation.config import DATASETS, SCORERS
+from curation.demo_styles import PRESETS
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("--workers", "LocalCluster worker processes (default: one per core)", "dask.workers", "WORKERS",
               type=int),
     RunOption("--demo-clips", "number of demo-world clips", "demo.clips", "CLIPS", type=int),
+    RunOption("--demo-preset", f"demo-world preset: {' | '.join(PRESETS)} (default: easy; docs/demo_worlds.md)",
+              "demo.preset", "PRESET"),
     RunOption("--scorer", f"per-frame scorer: {' | '.join(SCORERS)} (curation/localise/registry.py)", "score.scorer",
               "SCORER"),
     RunOption("--checkpoint", "trained localisation model (else one is trained on the clips first)",

@@ -3,7 +3,8 @@
 A frame is a good pair when its object is visible, sounding and matched (`raw/truth.parquet`); a clip is a
 good clip when it has at least one good-pair frame. Per clip kind (`raw/demo_world.json`, with the mismatch
 variants as `mismatched:<variant>`): the share of clips kept and the precision of the frames written from them;
-per category of object: good-clip recall.
+per category of object: good-clip recall; and the world's preset (`preset`, docs/demo_worlds.md), as the same
+scores mean little across presets.
 `python -m curation evaluate --out OUT` (a local folder or an object store: read and written through
 `curation.storage`).
 """
@@ -77,7 +78,9 @@ def truth_metrics(out: str | os.PathLike) -> dict:
         metrics["min_category_recall"] = min(c["recall"] for c in metrics["recall_per_category"].values())
     world_json = layout.demo_world
     if storage.exists(world_json):
-        by_kind = per_kind(joined, ok_clips, json.loads(storage.read_bytes(world_json))["counts"])
+        world = json.loads(storage.read_bytes(world_json))
+        metrics["preset"] = world.get("preset", "easy")  # worlds made before presets existed are easy worlds
+        by_kind = per_kind(joined, ok_clips, world["counts"])
         metrics["per_kind"] = by_kind
         if "mismatched" in by_kind:
             metrics["mismatched_kept_share"] = by_kind["mismatched"]["kept_share"]
