@@ -1,5 +1,5 @@
 """Localiser training speed (`python -m bench.ssl_train`): steps/s and samples/s of one model and of the default
-ensemble (its restarts train one after another), and the share of a step spent outside forward/backward.
+ensemble (its restarts as ssl-train runs them), and the share of a step spent outside forward/backward.
 
 On a demo world (`--clips` clips of 8 s, at least batch/2), decoded once, for `--model default` (the demo's
 CPU-sized localiser, `ssl.*` defaults) or `--model full` (the real-size preset of configs/vggsound.toml:
@@ -7,9 +7,11 @@ EZ-VSL's ResNet-18 pair at 224 px on 257 x 200 spectrograms, batch 128). Each st
 after `--warmup` untimed steps:
 - batch: drawing the clips and moments, background swap, crops and flips, audio windows (the CPU's work);
 - model: the audio front end, forward, the MIL-InfoNCE loss, backward and the optimizer step on `--device`;
-and the whole `train()` loop (with its per-step log line and its checkpoints) is timed on the same clips. From
-the measured steps/s it derives the hours to train 20 epochs of 100k clips (an epoch: each clip once, as one of
-the batch's batch_size/2 clips), the schedule EZ-VSL trains on. Writes `<out>/ssl_train_<model>_<device>.json`.
+and the whole `train()` loop (with its per-step log line and its checkpoints) is timed on the same clips, then
+the model's restarts as `ssl-train` runs them (side by side where the cores hold them, `ssl.parallel_restarts`):
+the ensemble's steps/s is steps of every restart per second of that run. From it the bench derives the hours to
+train 20 epochs of 100k clips (an epoch: each clip once, as one of the batch's batch_size/2 clips), the schedule
+EZ-VSL trains on. Writes `<out>/ssl_train_<model>_<device>.json`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ import torch
 from curation.clip_cache import ClipJob
 from curation.config import load_config
 from curation.demo import generate_world
-from curation.localise.train import _batch, _trainer, clip_backgrounds, load_training_clips, train
+from curation.localise.distributed import World
+from curation.localise.train import (
+    _batch,
+    _trainer,
+    clip_backgrounds,
+    load_training_clips,
+    parallel_restarts,
+    train,
+    train_restarts,
+)
 from manifests.io import write_json
 from manifests.readers import read_clip_table
 
@@ -98,11 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     data = load_training_clips(jobs, cfg, world.raw_dir, progress=False)
     decode_s = time.perf_counter() - started
     batch_s, model_s, device, per_step = _timed_steps(cfg, data, steps, args.warmup)
+    looped = replace(cfg, ssl=replace(cfg.ssl, steps=steps, checkpoint_every=max(1, steps // 2)))
     with tempfile.TemporaryDirectory() as scratch:
-        looped = replace(cfg, ssl=replace(cfg.ssl, steps=steps, checkpoint_every=max(1, steps // 2)))
         started = time.perf_counter()
         train(data, looped, Path(scratch) / "model.pt", progress=False)
         loop_s = time.perf_counter() - started
+    ensemble = replace(looped, ssl=replace(looped.ssl, restarts=restarts))
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        train_restarts(data, ensemble, Path(scratch) / "model.pt", progress=False)
+        ensemble_s = time.perf_counter() - started
     step_s = statistics.median(b + m for b, m in zip(batch_s, model_s, strict=True))
     epoch_steps = 100_000 / (per_step // 2)
     results = {
@@ -115,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch_s_median": round(statistics.median(batch_s), 4), "model_s_median": round(statistics.median(model_s), 4),
         "share_outside_forward_backward": round(statistics.median(batch_s) / step_s, 3),
         "train_loop_steps_per_s": round(steps / loop_s, 3),
-        "ensemble_restarts": restarts, "ensemble_steps_per_s": round(1 / (step_s * restarts), 3),
-        "hours_per_100k_clips_20_epochs": round(20 * epoch_steps * step_s * restarts / 3600, 1),
+        "ensemble_restarts": restarts, "restarts_at_once": min(restarts, parallel_restarts(ensemble.ssl, World())),
+        "ensemble_steps_per_s": round(steps / ensemble_s, 3),
+        "hours_per_100k_clips_20_epochs": round(20 * epoch_steps * ensemble_s / steps / 3600, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
     }
     write_json(out / f"ssl_train_{args.model}_{args.device.replace(':', '')}.json", results)

@@ -186,14 +186,18 @@ class SSLConfig:
     restarts: int = 3
     seed: int = 0
     threads: int = 2
+    # restarts trained at once, each in its own process on `threads` cores; 0 = as many as the machine's cores hold
+    # on the CPU, one at a time on CUDA or under torchrun. How they run, not what they learn: a restart is the same
+    # bits alone or beside others, so the model's folder name leaves this out
+    parallel_restarts: int = 0
     # at most this many clips train the model (a sample fixed by clip id); none = every usable clip
     max_clips: int | None = None
     # decoded clips held in memory at once (~1 MB each for 10-s clips): the training clips are split into chunks of
     # at most this many, each trained on for its share of the steps, so memory does not grow with the clip list
     buffer_clips: int = 2048
     device: str = "auto"  # `auto`: CUDA when this machine has it, else the CPU
-    # `bf16`: forward and loss under bfloat16 autocast (weights and optimizer stay float32); on CUDA the model and
-    # images are channels_last whatever the precision (docs/real_size_localiser.md)
+    # `bf16`: forward and loss under bfloat16 autocast (weights and optimizer stay float32); the model and images
+    # train channels_last whatever the precision (docs/localisation.md, "Training speed")
     precision: str = "fp32"
     # how frames and sound become model inputs: `native` (centre square, log-mel of `window_s`) or `ezvsl`, the
     # published EZ-VSL inputs (whole frame stretched bicubic, 257 x 200 scipy spectrogram of 3 s), which a
@@ -208,14 +212,15 @@ class SSLConfig:
         "widths", "window_s", "image_maxpool", "image_size", "colour_branch", "dim", "n_fft", "hop", "n_mels",
         "train_fps", "steps", "batch_size", "lr", "weight_decay", "temperature", "background_swap", "colour_jitter",
         "bank_size", "hard_negatives", "hard_negative_group", "clean_share", "clean_from", "checkpoint_every",
-        "restarts", "seed", "threads", "max_clips", "buffer_clips", "device", "precision", "preprocess",
-        "image_init"), None)
+        "restarts", "seed", "threads", "parallel_restarts", "max_clips", "buffer_clips", "device", "precision",
+        "preprocess", "image_init"), None)
 
     def settings(self) -> dict:
         """The options as the name of a trained model's folder (OUT/ssl/<hash>) hashes them: options added after
         that name was introduced count only when set away from their defaults, so an update never retrains a
         model that is already there."""
         settings = dict(self.__dict__)
+        del settings["parallel_restarts"]
         for key, default in _LATER_SSL_OPTIONS.items():
             if settings[key] == default:
                 del settings[key]
@@ -487,6 +492,7 @@ def _check_ssl(cfg: RunConfig, need: _Need) -> None:
     need(0 <= cfg.ssl.colour_jitter < 1, "ssl.colour_jitter: must be in [0, 1)")
     need(cfg.ssl.colour_branch >= 0, "ssl.colour_branch: must be >= 0")
     need(cfg.ssl.restarts >= 1, "ssl.restarts: must be >= 1")
+    need(cfg.ssl.parallel_restarts >= 0, "ssl.parallel_restarts: must be >= 0 (0: as many as the cores hold)")
     need(0 < cfg.ssl.clean_share <= 1 and 0 <= cfg.ssl.clean_from < 1,
          "ssl.clean_share / clean_from: must be in (0, 1] / [0, 1)")
     need(2 <= cfg.ssl.hard_negative_group <= cfg.ssl.batch_size // 2,

@@ -17,9 +17,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -436,9 +437,7 @@ class _Trainer:
     def loss(self, images: torch.Tensor, waves: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
         """The global batch's MIL-InfoNCE (every rank's pairs gathered), scaled by the world size so that DDP's
         mean of the ranks' gradients is its gradient; and the in-batch accuracy."""
-        images = images.to(self.device)
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.to(self.device).contiguous(memory_format=torch.channels_last)
         spectrograms = self.front(waves.to(self.device))
         with self.autocast():
             maps, vectors = self.net(images, spectrograms)
@@ -470,9 +469,7 @@ def _trainer(cfg: RunConfig, blob: dict | None, checkpoint: Path) -> _Trainer:
         load_state_strict(model, blob["model"], str(checkpoint))
     elif cfg.ssl.image_init:
         load_image_init(model, cfg.ssl.image_init)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)  # CPU and CUDA: docs/localisation.md, "Training speed"
     net = model
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -569,6 +566,37 @@ def is_finished(checkpoint: Path, steps: int) -> bool:
     return checkpoint.exists() and checkpoint_blob(checkpoint)["step"] >= steps
 
 
+def parallel_restarts(ssl: SSLConfig, world: World) -> int:
+    """How many restarts train at once: `ssl.parallel_restarts`, or with 0 as many as the machine's cores hold at
+    `ssl.threads` each; one on CUDA and under torchrun (the device or the ranks are the parallelism there)."""
+    if world.size > 1 or training_device(ssl).type != "cpu":
+        return 1
+    return ssl.parallel_restarts or max(1, len(os.sched_getaffinity(0)) // max(1, ssl.threads))
+
+
+def _train_quietly(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path) -> None:
+    train(source, cfg, checkpoint, progress=False)
+
+
+def _train_side_by_side(source: TrainingClips | TrainingSet, single: dict[int, RunConfig], paths: list[Path],
+                        at_once: int, progress: bool) -> None:
+    """Train the restarts in `single` in `at_once` spawned processes (the decoded clips reach them through shared
+    memory). Each process trains exactly what it would alone: the same seed, threads and batches, so the same bits.
+    Progress is the steps logged so far by all of them."""
+    total = sum(c.ssl.steps for c in single.values())
+    bar = tqdm(total=total, desc=f"ssl-train: {len(single)} restarts, {at_once} at once", unit="step",
+               disable=not progress)
+    with ProcessPoolExecutor(at_once, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_quietly, source, c, paths[k]) for k, c in single.items()]
+        while not all(f.done() for f in futures):
+            time.sleep(1.0)
+            logs = [Path(ModelFiles(str(paths[k])).loss_log) for k in single]
+            bar.update(sum(len(log.read_bytes().splitlines()) for log in logs if log.exists()) - bar.n)
+        for future in futures:
+            future.result()  # a failed restart fails the training, with its own error
+    bar.close()
+
+
 def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
                    progress: bool = True) -> Path:
     """`ssl.restarts` trainings from seeds `seed * restarts + k`, each resumable in `restarts/<k>/`; the one whose
@@ -586,18 +614,20 @@ def train_restarts(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     unfinished = world.from_main([world.is_main and not is_finished(path, cfg.ssl.steps) for path in paths])
     if any(unfinished) and isinstance(source, TrainingSet) and len(source.chunks) == 1:  # decoded once for all
         source = load_training_clips(list(source.chunks[0]), cfg, source.raw_dir, progress)
-    runs = []
-    for k, path in enumerate(paths):
-        seed = cfg.ssl.seed * cfg.ssl.restarts + k
-        if unfinished[k]:
-            train(source, replace(cfg, ssl=replace(cfg.ssl, seed=seed, restarts=1)), path, progress)
-        if not world.is_main:
-            continue
-        runs.append({"restart": k, "seed": seed,
-                     "final_loss": round(final_loss(Path(files.restart(k).loss_log), cfg.ssl.steps), 5)})
+    single = {k: replace(cfg, ssl=replace(cfg.ssl, seed=cfg.ssl.seed * cfg.ssl.restarts + k, restarts=1))
+              for k in range(cfg.ssl.restarts) if unfinished[k]}
+    at_once = min(len(single), parallel_restarts(cfg.ssl, world))
+    if at_once > 1:
+        _train_side_by_side(source, single, paths, at_once, progress)
+    else:
+        for k, single_cfg in single.items():
+            train(source, single_cfg, paths[k], progress)
     if not world.is_main:
         world.barrier()  # rank 0 assembles the checkpoint
         return checkpoint
+    runs = [{"restart": k, "seed": cfg.ssl.seed * cfg.ssl.restarts + k,
+             "final_loss": round(final_loss(Path(files.restart(k).loss_log), cfg.ssl.steps), 5)}
+            for k in range(cfg.ssl.restarts)]
     runs_by_loss = sorted(runs, key=lambda run: (run["final_loss"], run["restart"]))
     best = runs_by_loss[0]
     chosen = files.restart(best["restart"])

@@ -14,8 +14,7 @@ def test_the_training_bench_times_batch_and_model_parts(tmp_path):
     assert result["batch_pairs"] == 8 and result["timed_steps"] == 2 and result["training_clips"] == 4
     assert result["steps_per_s"] > 0 and result["samples_per_s"] == pytest.approx(8 * result["steps_per_s"], rel=0.01)
     assert 0 < result["share_outside_forward_backward"] < 1
-    assert result["ensemble_steps_per_s"] == pytest.approx(result["steps_per_s"] / result["ensemble_restarts"],
-                                                           rel=0.01)
+    assert 1 <= result["restarts_at_once"] <= result["ensemble_restarts"] and result["ensemble_steps_per_s"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -58,6 +58,7 @@ def _reference_gradient() -> AVLocalizer:
         model = _model()
         images, waves = _global_batch()
         front = AudioFrontEnd(CFG)
+        images = images.contiguous(memory_format=torch.channels_last)  # as _Trainer.loss feeds them
         halves = [model(images[k:k + 4], front(waves[k:k + 4])) for k in (0, 4)]
         loss, _ = mil_infonce(torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves]), 0.07)
         loss.backward()

@@ -19,6 +19,7 @@ from curation.decode import decode_clip
 from curation.demo import generate_world
 from curation.errors import CheckpointError
 from curation.localise.checkpoint import load_checkpoint, load_members
+from curation.localise.distributed import World
 from curation.localise.score import LearnedScorer
 from curation.localise.scorers import ensure_model
 from curation.localise.train import (
@@ -35,6 +36,7 @@ from curation.localise.train import (
     final_loss,
     load_image_init,
     load_training_clips,
+    parallel_restarts,
     train,
     train_restarts,
     training_set,
@@ -246,7 +248,8 @@ def test_training_frames_keep_their_colours_unless_colour_jitter_is_asked_for():
 
 def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
     _, cfg, data, _ = world
-    cfg = replace(cfg, ssl=replace(cfg.ssl, restarts=2, seed=1))  # seeds 2 and 3
+    # seeds 2 and 3, trained side by side in two processes
+    cfg = replace(cfg, ssl=replace(cfg.ssl, restarts=2, seed=1, parallel_restarts=2))
     chosen = train_restarts(data, cfg, tmp_path / "model.pt", progress=False)
     record = json.loads((tmp_path / "restarts.json").read_text())
     assert [run["seed"] for run in record["runs"]] == [2, 3]
@@ -256,7 +259,7 @@ def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
     assert record["by_loss"] == [k, 1 - k]
     assert final_loss(tmp_path / "loss.jsonl", cfg.ssl.steps) == pytest.approx(losses[k], abs=1e-5)
     single = train(data, replace(cfg, ssl=replace(cfg.ssl, restarts=1, seed=2 + k)), tmp_path / "single" / "model.pt",
-                   progress=False)  # a restart is exactly the training with its seed
+                   progress=False)  # a restart is exactly the training with its seed, alone in this process
     a, b = load_checkpoint(single)[0].state_dict(), load_checkpoint(chosen)[0].state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a)
     # the chosen file carries the other restart as an ensemble member, with its bank
@@ -283,6 +286,19 @@ def test_a_model_is_found_under_the_settings_name_it_had_before_later_options(wo
     assert hashlib.sha256(json.dumps([default.settings(), 16000]).encode()).hexdigest()[:12] == "70a4fba7fa4c"
     assert "preprocess" not in default.settings()
     assert replace(default, preprocess="ezvsl").settings()["preprocess"] == "ezvsl"
+
+
+
+def test_restarts_run_side_by_side_as_the_cores_hold_without_renaming_the_model():
+    """How restarts run is not what they learn: the model's folder name ignores it; 0 counts the cores."""
+    ssl = replace(load_config(None, {}).ssl, device="cpu", threads=1)
+    assert replace(ssl, parallel_restarts=3).settings() == ssl.settings()
+    cores = len(os.sched_getaffinity(0))
+    assert parallel_restarts(ssl, World()) == cores
+    assert parallel_restarts(replace(ssl, threads=2), World()) == max(1, cores // 2)
+    assert parallel_restarts(replace(ssl, parallel_restarts=3), World()) == 3
+    assert parallel_restarts(replace(ssl, parallel_restarts=3), World(0, 2, 0)) == 1  # torchrun: ranks, not restarts
+    assert parallel_restarts(replace(ssl, device="cuda"), World()) == 1
 
 
 VGGSOUND_TOML = Path(__file__).resolve().parents[3] / "configs" / "vggsound.toml"
