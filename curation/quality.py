@@ -56,6 +56,7 @@ PEAKS_PER_S = 30  # the loudest peaks kept (a rate over the whole clip: the choi
 PEAKS_MIN_PER_S = 2.0  # fewer peaks in the shared stretch (either clip): the sound is steady, peaks say nothing
 PEAK_TOL = 1  # hops either side a peak of a copy may move (a shift is not a whole number of hops)
 PEAK_TOL_BINS = 1  # bins either side (7.8 Hz)
+RIVAL_GAP = 3  # hops beyond an alignment's window where another alignment's peak match makes the match ambiguous
 # Fine mean spectrum for steady sounds: quarter-tone bands, 100 Hz - 6.4 kHz (a semitone apart is 2 bands)
 SPECTRUM_BANDS = 100.0 * 2.0 ** (np.arange(145) / 24)
 SPECTRUM_RANGE = 40.0  # dB below the loudest band that the spectrum comparison looks at
@@ -385,7 +386,11 @@ def peaks_match(a: Fingerprint, b: Fingerprint, offsets: np.ndarray, matched: np
     window = (offsets >= lo) & (offsets <= hi)
     best = int(matched[window].max()) if window.any() else 0
     score = best / max(1, min(inside_a, inside_b))
-    return Match(score >= cfg.dup_peaks, score >= cfg.dup_peaks, score)
+    # a rhythmic sound (a pulse, a beat, an engine) matches itself one period away as well as here: then the peaks
+    # fit many alignments and say nothing about this one (distinct recordings of one rhythm would pass as copies)
+    far = (offsets < lo - RIVAL_GAP) | (offsets > hi + RIVAL_GAP)
+    rival = int(matched[far].max()) / max(1, min(inside_a, inside_b)) if far.any() else 0.0
+    return Match(score >= cfg.dup_peaks, score >= cfg.dup_peaks and rival < cfg.dup_peaks, score)
 
 
 def envelope_correlations(a: np.ndarray, b: np.ndarray, min_overlap: int) -> dict[int, float]:
