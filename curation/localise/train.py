@@ -18,9 +18,10 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -578,6 +579,17 @@ def _train_quietly(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoi
     train(source, cfg, checkpoint, progress=False)
 
 
+def _exit_with(parent: int) -> None:
+    """A side-by-side restart ends when the process that started it is gone (killed, not only interrupted):
+    an orphan would train on, unseen, beside the next run."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _train_side_by_side(source: TrainingClips | TrainingSet, single: dict[int, RunConfig], paths: list[Path],
                         at_once: int, progress: bool) -> None:
     """Train the restarts in `single` in `at_once` spawned processes (the decoded clips reach them through shared
@@ -586,11 +598,11 @@ def _train_side_by_side(source: TrainingClips | TrainingSet, single: dict[int, R
     total = sum(c.ssl.steps for c in single.values())
     bar = tqdm(total=total, desc=f"ssl-train: {len(single)} restarts, {at_once} at once", unit="step",
                disable=not progress)
-    with ProcessPoolExecutor(at_once, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(at_once, mp_context=torch.multiprocessing.get_context("spawn"), initializer=_exit_with,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_train_quietly, source, c, paths[k]) for k, c in single.items()]
-        while not all(f.done() for f in futures):
-            time.sleep(1.0)
-            logs = [Path(ModelFiles(str(paths[k])).loss_log) for k in single]
+        logs = [Path(ModelFiles(str(paths[k])).loss_log) for k in single]
+        while wait(futures, timeout=1.0).not_done:
             bar.update(sum(len(log.read_bytes().splitlines()) for log in logs if log.exists()) - bar.n)
         for future in futures:
             future.result()  # a failed restart fails the training, with its own error

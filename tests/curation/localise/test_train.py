@@ -43,25 +43,21 @@ from curation.localise.train import (
 )
 from manifests.readers import read_clip_table
 
-TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
-        "ssl.batch_size": 8, "ssl.steps": 30, "ssl.bank_size": 4, "ssl.threads": 1, "ssl.checkpoint_every": 10,
-        "ssl.lr": 0.003, "ssl.restarts": 1}
-
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sslworld")
+def world(tmp_path_factory, demo_clips, tiny_localiser):
+    """The tiny localiser's world in an OUT of this module's, its settings (conftest.py's TINY_SSL)."""
+    out = demo_clips(tmp_path_factory.mktemp("sslworld"), tiny_localiser.world)
     generate_world(out, n_clips=8, seed=3, duration_s=3.0)
     rows = read_clip_table(out / "raw" / "demo_clips.parquet").to_pylist()
     jobs = [ClipJob(r["clip_id"], r["path"], r["url"], r["start_s"], r["end_s"]) for r in rows]
-    cfg = load_config(None, {"out": str(out), **TINY})
+    cfg = load_config(None, {"out": str(out), **tiny_localiser.settings})
     return out, cfg, load_training_clips(jobs, cfg, out / "raw", progress=False), jobs
 
 
-def test_training_loss_decreases_on_a_tiny_run(world, tmp_path):
-    _, cfg, data, _ = world
-    train(data, cfg, tmp_path / "model.pt", progress=False)
-    log = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+def test_training_loss_decreases_on_a_tiny_run(tiny_localiser):
+    """The tiny localiser of conftest.py: train() on the decoded clips with this module's settings, trained once."""
+    log = [json.loads(line) for line in tiny_localiser.checkpoint.with_name("loss.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == list(range(1, 31))
     losses = np.array([entry["loss"] for entry in log])
     assert losses[-10:].mean() < losses[:10].mean() - 0.1
@@ -70,13 +66,14 @@ def test_training_loss_decreases_on_a_tiny_run(world, tmp_path):
 @pytest.mark.parametrize("judged", [{}, {"ssl.hard_negatives": 0.5, "ssl.hard_negative_group": 2,
                                          "ssl.clean_share": 0.75, "ssl.clean_from": 0.3}],
                          ids=["plain", "hard-negatives-and-cleaning"])
-def test_a_killed_training_resumes_to_the_same_weights(world, tmp_path, judged):
+def test_a_killed_training_resumes_to_the_same_weights(world, tiny_localiser, tmp_path, judged):
     out, cfg, data, _ = world
-    cfg = load_config(None, {"out": str(out), **TINY, **judged})
+    settings = {**tiny_localiser.settings, **judged}
+    cfg = load_config(None, {"out": str(out), **settings})
     whole = train(data, cfg, tmp_path / "whole" / "model.pt", progress=False)
     args = [sys.executable, "-m", "curation", "ssl-train", "--out", str(out), "--quiet",
             "--set=demo.clips=8", "--set=demo.seed=3", "--set=demo.duration_s=3.0",
-            *[f"--set={k}={v}".replace(" ", "") for k, v in {**TINY, **judged}.items()]]
+            *[f"--set={k}={v}".replace(" ", "") for k, v in settings.items()]]
     before = set((out / "ssl").glob("*/model.pt"))  # each parametrisation trains into its own settings' folder
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -92,6 +89,32 @@ def test_a_killed_training_resumes_to_the_same_weights(world, tmp_path, judged):
     assert steps == list(range(1, 31))
     a, b = load_checkpoint(whole)[0].state_dict(), load_checkpoint(partial)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_restarts_trained_side_by_side_end_when_their_parent_is_killed(world, tiny_localiser):
+    """SIGKILL reaches the parent alone (not its process group): the restarts it started must not train on."""
+    out, settings = world[0], tiny_localiser.settings
+    args = [sys.executable, "-m", "curation", "ssl-train", "--out", str(out), "--quiet",
+            "--set=demo.clips=8", "--set=demo.seed=3", "--set=demo.duration_s=3.0",
+            *[f"--set={k}={v}".replace(" ", "") for k, v in settings.items() if k not in ("ssl.restarts", "ssl.steps")],
+            "--set=ssl.restarts=2", "--set=ssl.parallel_restarts=2", "--set=ssl.steps=100000", "--set=ssl.seed=7"]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    children: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(children) < 2 and proc.poll() is None:
+        time.sleep(0.1)
+        children = {int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()}
+        children = {pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
+    assert len(children) == 2, proc.stderr.read().decode() if proc.poll() is not None else children
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.2)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
 
 
 def test_one_chunk_trains_exactly_as_the_clips_decoded_in_memory(world, tmp_path):
@@ -128,9 +151,8 @@ def test_max_clips_takes_the_same_sample_whatever_the_list_order(world, tmp_path
     assert len(forward.chunks) == 1 and len(forward.chunks[0]) == 5
 
 
-def test_checkpoint_round_trip_gives_identical_scores(world, tmp_path):
-    out, cfg, data, jobs = world
-    checkpoint = train(data, cfg, tmp_path / "model.pt", progress=False)
+def test_checkpoint_round_trip_gives_identical_scores(tiny_localiser, tmp_path):
+    cfg, jobs, checkpoint = tiny_localiser.cfg, tiny_localiser.jobs, tiny_localiser.checkpoint
     model, bank, _ = load_checkpoint(checkpoint)
     assert bank["audio"].shape == (4, 16) and bank["image"].shape == (4, 16, 2, 2)
     clip = decode_clip(jobs[0].path, 0.0, 3.0, cfg.decode)
@@ -145,7 +167,8 @@ def test_checkpoint_round_trip_gives_identical_scores(world, tmp_path):
 
 def test_ensure_model_trains_once_and_reuses(world):
     out, cfg, _, jobs = world
-    cfg = replace(cfg, ssl=replace(cfg.ssl, restarts=2))
+    # one restart after the other in this process (side by side: test_restarts_keep_...), spawning no Python
+    cfg = replace(cfg, ssl=replace(cfg.ssl, restarts=2, parallel_restarts=1))
     resolved, digest = ensure_model(cfg, jobs, out, progress=False)
     checkpoint = Path(resolved.score.checkpoint)
     assert checkpoint.is_file() and checkpoint.is_relative_to(out / "ssl")
@@ -279,10 +302,10 @@ def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
 
 def test_a_model_is_found_under_the_settings_name_it_had_before_later_options(world):
     """OUT/ssl/<hash>: options added later (precision, preprocess, image_init) count only away from their
-    defaults, so a model trained before they existed is reused, not retrained (70a4fba7fa4c: the demo defaults'
-    name when those options did not exist)."""
+    defaults, so a model trained before they existed is reused, not retrained (70a4fba7fa4c: the name of the demo
+    defaults of then, three restarts of 1,600 steps on two threads, when those options did not exist)."""
     _, cfg, _, _ = world
-    default = load_config(None, {}).ssl
+    default = replace(load_config(None, {}).ssl, steps=1600, restarts=3, threads=2)
     assert hashlib.sha256(json.dumps([default.settings(), 16000]).encode()).hexdigest()[:12] == "70a4fba7fa4c"
     assert "preprocess" not in default.settings()
     assert replace(default, preprocess="ezvsl").settings()["preprocess"] == "ezvsl"
