@@ -42,8 +42,8 @@ def _shard_hashes(out: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean")
+def clean_run(tmp_path_factory, demo_clips):
+    out = demo_clips(tmp_path_factory.mktemp("clean"), DEMO)  # the world's clips encoded once per test run
     summary = run(_demo_config(out), progress=False)
     return out, summary
 
@@ -75,9 +75,10 @@ def test_demo_run_writes_manifests_and_readable_shards(clean_run):
     assert json.loads((out / "manifests" / "run.json").read_text())["counts"] == summary.counts
 
 
-def test_same_inputs_and_config_give_byte_identical_shards_whatever_the_number_of_workers(clean_run, tmp_path):
+def test_same_inputs_and_config_give_byte_identical_shards_whatever_the_number_of_workers(clean_run, tmp_path,
+                                                                                         demo_clips):
     out, _ = clean_run
-    run(_demo_config(tmp_path, **{"dask.workers": 1}), progress=False)  # the clean run had 2 workers
+    run(_demo_config(demo_clips(tmp_path, DEMO), **{"dask.workers": 1}), progress=False)  # the clean run had 2 workers
     assert _shard_hashes(tmp_path) == _shard_hashes(out)
     for name in ("frames.parquet", "clips.parquet", "shards.parquet"):
         ours, theirs = (pd.read_parquet(o / "manifests" / name).drop(columns=["path"], errors="ignore")
@@ -85,8 +86,9 @@ def test_same_inputs_and_config_give_byte_identical_shards_whatever_the_number_o
         assert ours.equals(theirs)
 
 
-def test_a_killed_run_resumes_to_the_same_shards(clean_run, tmp_path):
+def test_a_killed_run_resumes_to_the_same_shards(clean_run, tmp_path, demo_clips):
     out, _ = clean_run
+    demo_clips(tmp_path, DEMO)
     args = [sys.executable, "-m", "curation", "run", "--out", str(tmp_path), "--quiet"]
     args += [f"--set={k}={v}".replace(" ", "") for k, v in DEMO.items()] + ["--set=dask.clips_per_task=1"]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,11 +142,12 @@ def test_bad_inputs_are_recorded_per_clip_and_good_clips_still_written(tmp_path,
     assert len(list((tmp_path / "out" / "cache").iterdir())) == 1
 
 
-def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run):
+def test_run_on_a_cluster_started_with_the_dask_commands(tmp_path, clean_run, demo_clips):
     out, _ = clean_run
     with cli_cluster(tmp_path, [["--nworkers", "2"]]) as (address, _):
         assert address.startswith("tcp://127.0.0.1:")
-        summary = run(_demo_config(tmp_path / "out", **{"dask.scheduler": address}), progress=False)
+        summary = run(_demo_config(demo_clips(tmp_path / "out", DEMO), **{"dask.scheduler": address}),
+                      progress=False)
     kept = pd.read_parquet(out / "manifests" / "clips.parquet")["status"].eq("ok").sum()
     assert summary.counts.get("ok", 0) == kept
     assert _shard_hashes(tmp_path / "out") == _shard_hashes(out)

@@ -15,13 +15,14 @@ from curation.pipeline import reselect, run
 
 BASE = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
         "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
-        "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4, "ssl.threads": 1}
+        "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4, "ssl.threads": 1,
+        "ssl.parallel_restarts": 1}  # the default restarts, trained one after the other: no Python spawned
 NEW_SELECTION = {"select.top_k": 2, "select.min_gap_s": 1.0, "select.keep_quantile": 0.5, "select.min_clip_score": None}
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("first")
+def first_run(tmp_path_factory, demo_clips):
+    out = demo_clips(tmp_path_factory.mktemp("first"), BASE)  # the world's clips encoded once per test run
     run(load_config(None, {"out": str(out), **BASE}), progress=False)
     return out
 
@@ -33,11 +34,11 @@ def _manifests(out):
     return clips, frames, shards
 
 
-def test_reselection_equals_a_fresh_run_with_the_same_selection(first_run, tmp_path_factory):
+def test_reselection_equals_a_fresh_run_with_the_same_selection(first_run, tmp_path_factory, demo_clips):
     record = json.loads((first_run / "manifests" / "run.json").read_text())
     checkpoint = record["config"]["score"]["checkpoint"]
     reselect(first_run, NEW_SELECTION, progress=False)
-    fresh = tmp_path_factory.mktemp("fresh")
+    fresh = demo_clips(tmp_path_factory.mktemp("fresh"), BASE)
     run(load_config(None, {"out": str(fresh), **BASE, **NEW_SELECTION, "score.checkpoint": checkpoint}),
         progress=False)
     (re_clips, re_frames, re_shards), (clips, frames, shards) = _manifests(first_run), _manifests(fresh)

@@ -45,10 +45,10 @@ def _cache_dir(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, demo_clips):
     """One demo world curated twice in one OUT: per-clip scoring, then scoring on the LocalCluster worker that offers
     the resource (another cache key, so every clip is scored again; the model trained by the first run is reused)."""
-    out = tmp_path_factory.mktemp("split")
+    out = demo_clips(tmp_path_factory.mktemp("split"), DEMO)
     run(_config(out), progress=False)
     per_clip = {name: _manifest(out, name) for name in ("clips", "frames")}, _samples(out)
     summary = run(_config(out, **SPLIT), progress=False)

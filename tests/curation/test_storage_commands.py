@@ -58,9 +58,9 @@ def _record(data: bytes) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(store, tmp_path_factory):
+def runs(store, tmp_path_factory, demo_clips):
     """The world curated into a local OUT (training its model) and into a bucket with that model as CHECKPOINT."""
-    local = tmp_path_factory.mktemp("local") / "run"
+    local = demo_clips(tmp_path_factory.mktemp("local") / "run", WORLD)
     run(load_config(None, {"out": str(local), **WORLD}), progress=False)
     model = _record(_local(local, "manifests/run.json"))["config"]["score"]["checkpoint"]
     store.client().create_bucket(Bucket="given")

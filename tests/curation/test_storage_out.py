@@ -32,9 +32,10 @@ def _config(out: str, **extra):
 
 
 @pytest.fixture(scope="module")
-def local_hashes(tmp_path_factory):
-    """The same world curated into a local OUT: the shards every run on S3 must reproduce byte for byte."""
-    out = tmp_path_factory.mktemp("local")
+def local_hashes(tmp_path_factory, demo_clips):
+    """The same world curated into a local OUT: the shards every run on S3 must reproduce byte for byte (its clips
+    encoded once per test run; each run on S3 makes its own world)."""
+    out = demo_clips(tmp_path_factory.mktemp("local"), WORLD)
     run(_config(str(out)), progress=False)
     shards = pd.read_parquet(out / "manifests" / "shards.parquet")
     return dict(zip(shards["shard"], shards["sha256"], strict=True))

@@ -8,33 +8,21 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from curation.clip_cache import ClipJob
 from curation.config import load_config
 from curation.decode import DecodedClip, decode_clip
-from curation.demo import generate_world
 from curation.localise.device import DeviceError, resolve_device
 from curation.localise.model import AVLocalizer, SSLModelConfig
 from curation.localise.published import PublishedScorer
 from curation.localise.score import LearnedScorer
-from curation.localise.train import load_training_clips, train
-from manifests.readers import read_clip_table
-
-TINY = {"ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
-        "ssl.batch_size": 8, "ssl.steps": 30, "ssl.bank_size": 4, "ssl.threads": 1, "ssl.checkpoint_every": 10}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny localiser trained on an 8-clip demo world, and the world's decoded clips (30 frames each)."""
-    out = tmp_path_factory.mktemp("device")
-    generate_world(out, n_clips=8, seed=3, duration_s=3.0)
-    rows = read_clip_table(out / "raw" / "demo_clips.parquet").to_pylist()
-    jobs = [ClipJob(r["clip_id"], r["path"], r["url"], r["start_s"], r["end_s"]) for r in rows]
-    cfg = load_config(None, {"out": str(out), **TINY})
-    checkpoint = train(load_training_clips(jobs, cfg, out / "raw", progress=False), cfg, out / "model.pt",
-                       progress=False)
-    clips = [decode_clip(job.path, 0.0, 3.0, cfg.decode) for job in jobs]
-    return replace(cfg.score, checkpoint=str(checkpoint)), clips
+def trained(tiny_localiser):
+    """The tiny localiser of conftest.py (trained on an 8-clip demo world) and the world's decoded clips (30 frames
+    each)."""
+    cfg = tiny_localiser.cfg
+    clips = [decode_clip(job.path, 0.0, 3.0, cfg.decode) for job in tiny_localiser.jobs]
+    return replace(cfg.score, checkpoint=str(tiny_localiser.checkpoint)), clips
 
 
 def test_batches_across_clips_give_the_per_clip_scores(trained):

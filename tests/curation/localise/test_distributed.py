@@ -92,8 +92,9 @@ def _torchrun(out, *, wait: bool = True):
     return subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
-def test_torchrun_two_ranks_train_one_checkpoint_and_resume_a_killed_run(tmp_path):
+def test_torchrun_two_ranks_train_one_checkpoint_and_resume_a_killed_run(tmp_path, demo_clips):
     for name in ("whole", "killed"):
+        demo_clips(tmp_path / name, {"demo.clips": 8, "demo.seed": 3, "demo.duration_s": 3.0})
         generate_world(tmp_path / name, n_clips=8, seed=3, duration_s=3.0)
     proc = _torchrun(tmp_path / "whole")
     assert proc.returncode == 0, proc.stderr[-3000:]
