@@ -6,13 +6,15 @@ with the demo defaults (`--set` adds overrides: a candidate recipe), and the run
 truth: frame AP, kept-frame precision, good-clip recall, the share of mismatched and of sound-only clips kept, and
 clips rejected as duplicates (every demo clip is distinct footage, so each one is a false rejection). Per world it
 reports the mean, the lowest and the highest over model seeds, and which targets every seed met.
-Writes `<out>/worlds.json` (rows and summary) and prints the markdown table.
+Writes `<out>/worlds.json` (rows and summary) after every run and prints the markdown table; a rerun with the
+same overrides and world size keeps the runs already there and adds the missing ones.
 Run: `python -m bench.worlds --presets medium hard --world-seeds 1 --model-seeds 0 1 2`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -108,18 +110,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="work/bench")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve() / "worlds"
-    rows = []
+    rows = _earlier_rows(out / "worlds.json", args.assignments, args.clips)
     for preset in args.presets:
         for world_seed in args.world_seeds:
+            todo = [m for m in args.model_seeds if (preset, world_seed, m) not in {_key(r) for r in rows}]
+            if not todo:
+                continue
             raw = _world(out, preset, world_seed, args.clips)
-            for model_seed in args.model_seeds:
+            for model_seed in todo:
                 rows.append(curate(raw, out, preset, world_seed, model_seed, args.clips, args.assignments))
                 print(rows[-1], flush=True)
-    summary = summarise(rows)
-    write_json(out / "worlds.json", {"assignments": args.assignments, "clips": args.clips, "rows": rows,
-                                     "summary": summary, "targets": TARGETS})
-    print("\n".join(table(summary)))
+                _write(out / "worlds.json", args, rows)
+    _write(out / "worlds.json", args, rows)
+    print("\n".join(table(summarise(rows))))
     return 0
+
+
+def _key(row: dict) -> tuple[str, int, int]:
+    return row["preset"], row["world_seed"], row["model_seed"]
+
+
+def _earlier_rows(path: Path, assignments: list[str], clips: int) -> list[dict]:
+    """The runs a killed or narrower earlier call already made with the same overrides and world size: a rerun
+    adds the missing ones (and a wider grid reuses them)."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    same = earlier.get("assignments") == assignments and earlier.get("clips") == clips
+    return earlier["rows"] if same else []
+
+
+def _write(path: Path, args: argparse.Namespace, rows: list[dict]) -> None:
+    write_json(path, {"assignments": args.assignments, "clips": args.clips, "rows": rows,
+                      "summary": summarise(rows), "targets": TARGETS})
 
 
 if __name__ == "__main__":
