@@ -9,7 +9,8 @@ after `--warmup` untimed steps:
 - model: the audio front end, forward, the MIL-InfoNCE loss, backward and the optimizer step on `--device`;
 and the whole `train()` loop (with its per-step log line and its checkpoints) is timed on the same clips, then
 the model's restarts as `ssl-train` runs them (side by side where the cores hold them, `ssl.parallel_restarts`):
-the ensemble's steps/s is steps of every restart per second of that run. From it the bench derives the hours to
+the ensemble's steps/s is the steps each restart made per second of that run (the side-by-side processes'
+start included, which a short run feels most). From it the bench derives the hours to
 train 20 epochs of 100k clips (an epoch: each clip once, as one of the batch's batch_size/2 clips), the schedule
 EZ-VSL trains on. Writes `<out>/ssl_train_<model>_<device>.json`.
 """
