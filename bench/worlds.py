@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = _earlier_rows(out / "worlds.json", args.assignments, args.clips)
     for preset in args.presets:
         for world_seed in args.world_seeds:
-            todo = [m for m in args.model_seeds if (preset, world_seed, m) not in {_key(r) for r in rows}]
+            done = {_key(r) for r in rows}
+            todo = [m for m in args.model_seeds if (preset, world_seed, m) not in done]
             if not todo:
                 continue
             raw = _world(out, preset, world_seed, args.clips)
@@ -121,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(curate(raw, out, preset, world_seed, model_seed, args.clips, args.assignments))
                 print(rows[-1], flush=True)
                 _write(out / "worlds.json", args, rows)
-    _write(out / "worlds.json", args, rows)
     print("\n".join(table(summarise(rows))))
     return 0
 

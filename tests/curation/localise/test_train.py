@@ -47,12 +47,19 @@ from manifests.readers import read_clip_table
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, demo_clips, tiny_localiser):
     """The tiny localiser's world in an OUT of this module's, its settings (conftest.py's TINY_SSL)."""
-    out = demo_clips(tmp_path_factory.mktemp("sslworld"), tiny_localiser.world)
-    generate_world(out, n_clips=8, seed=3, duration_s=3.0)
+    tiny = tiny_localiser.world
+    out = demo_clips(tmp_path_factory.mktemp("sslworld"), tiny)
+    generate_world(out, n_clips=tiny["demo.clips"], seed=tiny["demo.seed"], duration_s=tiny["demo.duration_s"])
     rows = read_clip_table(out / "raw" / "demo_clips.parquet").to_pylist()
     jobs = [ClipJob(r["clip_id"], r["path"], r["url"], r["start_s"], r["end_s"]) for r in rows]
     cfg = load_config(None, {"out": str(out), **tiny_localiser.settings})
     return out, cfg, load_training_clips(jobs, cfg, out / "raw", progress=False), jobs
+
+
+def _ssl_train_args(out: Path, options: dict) -> list[str]:
+    """`python -m curation ssl-train` on OUT with these options as --set assignments."""
+    return [sys.executable, "-m", "curation", "ssl-train", "--out", str(out), "--quiet",
+            *[f"--set={k}={v}".replace(" ", "") for k, v in options.items()]]
 
 
 def test_training_loss_decreases_on_a_tiny_run(tiny_localiser):
@@ -71,9 +78,7 @@ def test_a_killed_training_resumes_to_the_same_weights(world, tiny_localiser, tm
     settings = {**tiny_localiser.settings, **judged}
     cfg = load_config(None, {"out": str(out), **settings})
     whole = train(data, cfg, tmp_path / "whole" / "model.pt", progress=False)
-    args = [sys.executable, "-m", "curation", "ssl-train", "--out", str(out), "--quiet",
-            "--set=demo.clips=8", "--set=demo.seed=3", "--set=demo.duration_s=3.0",
-            *[f"--set={k}={v}".replace(" ", "") for k, v in settings.items()]]
+    args = _ssl_train_args(out, {**tiny_localiser.world, **settings})
     before = set((out / "ssl").glob("*/model.pt"))  # each parametrisation trains into its own settings' folder
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -94,10 +99,8 @@ def test_a_killed_training_resumes_to_the_same_weights(world, tiny_localiser, tm
 def test_restarts_trained_side_by_side_end_when_their_parent_is_killed(world, tiny_localiser):
     """SIGKILL reaches the parent alone (not its process group): the restarts it started must not train on."""
     out, settings = world[0], tiny_localiser.settings
-    args = [sys.executable, "-m", "curation", "ssl-train", "--out", str(out), "--quiet",
-            "--set=demo.clips=8", "--set=demo.seed=3", "--set=demo.duration_s=3.0",
-            *[f"--set={k}={v}".replace(" ", "") for k, v in settings.items() if k not in ("ssl.restarts", "ssl.steps")],
-            "--set=ssl.restarts=2", "--set=ssl.parallel_restarts=2", "--set=ssl.steps=100000", "--set=ssl.seed=7"]
+    args = _ssl_train_args(out, {**tiny_localiser.world, **settings, "ssl.restarts": 2, "ssl.parallel_restarts": 2,
+                                 "ssl.steps": 100000, "ssl.seed": 7})
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     children: set[int] = set()
     deadline = time.monotonic() + 120
