@@ -1,5 +1,6 @@
 """Localiser training speed (`python -m bench.ssl_train`): steps/s and samples/s of one model and of the default
-ensemble (its restarts as ssl-train runs them), and the share of a step spent outside forward/backward.
+training as ssl-train runs it (its restarts, where `ssl.restarts` > 1), and the share of a step spent outside
+forward/backward.
 
 On a demo world (`--clips` clips of 8 s, at least batch/2), decoded once, for `--model default` (the demo's
 CPU-sized localiser, `ssl.*` defaults) or `--model full` (the real-size preset of configs/vggsound.toml:

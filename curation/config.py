@@ -154,9 +154,9 @@ class SSLConfig:
     hop: int = 320  # 20 ms
     n_mels: int = 64
     train_fps: float = 2.0  # frames sampled per second of each clip for training
-    # two restarts of 600 steps side by side (docs/localisation.md, "Training speed"; before: three restarts of
-    # 1,600 steps one after another)
-    steps: int = 600
+    # one model of 1,200 steps on two threads (docs/localisation.md, "Training speed"; before: two restarts of 600
+    # steps side by side, and before that three restarts of 1,600 steps one after another)
+    steps: int = 1200
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -185,9 +185,11 @@ class SSLConfig:
     # trainings from different seeds (ssl.seed * restarts + k); the one whose loss ends lowest is the checkpoint's
     # model and carries the others as ensemble members (score.ensemble scores with several). The same settings
     # gave localisers of very different quality by seed alone (docs/localisation.md, "Restarts and ensembles")
-    restarts: int = 2
+    restarts: int = 1
     seed: int = 0
-    threads: int = 1  # one per restart: restarts side by side fill the cores without thread contention
+    # CPU threads of one training (its bits depend on it: the summation order); restarts side by side take
+    # `threads` cores each
+    threads: int = 2
     # restarts trained at once, each in its own process on `threads` cores; 0 = as many as the machine's cores hold
     # on the CPU, one at a time on CUDA or under torchrun. How they run, not what they learn: a restart is the same
     # bits alone or beside others, so the model's folder name leaves this out

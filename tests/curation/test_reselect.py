@@ -15,8 +15,7 @@ from curation.pipeline import reselect, run
 
 BASE = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
         "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
-        "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4, "ssl.threads": 1,
-        "ssl.parallel_restarts": 1}  # the default restarts, trained one after the other: no Python spawned
+        "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4, "ssl.threads": 1}
 NEW_SELECTION = {"select.top_k": 2, "select.min_gap_s": 1.0, "select.keep_quantile": 0.5, "select.min_clip_score": None}
 
 
