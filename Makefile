@@ -5,6 +5,8 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 OUT     ?= work/demo
 DATASET ?= demo
+# test processes (pytest-xdist); a test file runs whole in one of them, so its module fixtures are built once
+TEST_WORKERS ?= 2
 
 .PHONY: setup shards test bench bench-scale report train clean
 
@@ -39,7 +41,7 @@ shards: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m ruff check curation manifests training tests bench
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(STAMP)
 	$(VPY) -m bench.curation --out work/bench

@@ -122,8 +122,8 @@ def test_the_per_host_cap_and_rate_limit_hold_across_workers(server, tmp_path, p
     rows = [{"url": server.url(f"delay/200/good{i}.mp4"), "start_s": 0.0, "end_s": 4.0, "label": "x"}
             for i in range(4)]
     pd.DataFrame(rows).to_csv(tmp_path / "clips.csv", index=False)
-    cfg = _config(tmp_path / "clips.csv", tmp_path / "out", **{
-        "dask.clips_per_task": 1, "fetch.per_host": per_host, "fetch.rate_limit": rate})
+    cfg = _config(tmp_path / "clips.csv", tmp_path / "out", **{  # a socket timeout no busy machine reaches: no retry
+        "dask.clips_per_task": 1, "fetch.per_host": per_host, "fetch.rate_limit": rate, "fetch.socket_timeout_s": 10.0})
     assert run(cfg, progress=False).counts == {"ok": 4}
     assert len(server.waits) == 12  # per clip: ours (the host seeks), ffprobe's, then ffmpeg's stream copy
     if per_host == 1:  # two workers, yet never two requests at once
