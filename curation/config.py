@@ -174,6 +174,14 @@ class SSLConfig:
     # (docs/localisation.md, "Tried and not adopted"), so off (0 = every clip at random)
     hard_negatives: float = 0.0
     hard_negative_group: int = 4
+    # training moments: a frame whose moving foreground (the per-clip median background's difference, as
+    # background swap finds it) covers less than this share of it is left out, its object off screen; a frame
+    # whose camera moved counts as showing something (0 = every frame)
+    moment_foreground: float = 0.02
+    # training moments: an audio window whose RMS is below this multiple of the training clips' quiet level (the
+    # 5th percentile of all their windows' RMS) is left out, silence. With both, three in four training pairs of the
+    # `medium` demo world were noise before and one in two after (docs/localisation.md, "Training moments")
+    moment_loudness: float = 2.0
     # from `clean_from` of the steps on, batches draw only the `clean_share` of clips whose sound and picture the
     # model finds most in agreement against every other clip's (re-judged at every checkpoint step): the clips
     # whose visible object is not what sounds stop teaching it that pairing (1 = every clip, always)
@@ -215,14 +223,14 @@ class SSLConfig:
     CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys((
         "widths", "window_s", "image_maxpool", "image_size", "colour_branch", "dim", "n_fft", "hop", "n_mels",
         "train_fps", "steps", "batch_size", "lr", "weight_decay", "temperature", "background_swap", "colour_jitter",
-        "bank_size", "hard_negatives", "hard_negative_group", "clean_share", "clean_from", "checkpoint_every",
-        "restarts", "seed", "threads", "parallel_restarts", "max_clips", "buffer_clips", "device", "precision",
-        "preprocess", "image_init"), None)
+        "bank_size", "hard_negatives", "hard_negative_group", "moment_foreground", "moment_loudness", "clean_share",
+        "clean_from", "checkpoint_every", "restarts", "seed", "threads", "parallel_restarts", "max_clips",
+        "buffer_clips", "device", "precision", "preprocess", "image_init"), None)
 
     def settings(self) -> dict:
         """The options as the name of a trained model's folder (OUT/ssl/<hash>) hashes them: options added after
-        that name was introduced count only when set away from their defaults, so an update never retrains a
-        model that is already there."""
+        that name was introduced count only when set away from the value that trains as before they existed
+        (`_LATER_SSL_OPTIONS`), so an update retrains only where what it trains differs."""
         settings = dict(self.__dict__)
         del settings["parallel_restarts"]
         for key, default in _LATER_SSL_OPTIONS.items():
@@ -231,7 +239,8 @@ class SSLConfig:
         return settings
 
 
-_LATER_SSL_OPTIONS = {"precision": "fp32", "preprocess": "native", "image_init": None}
+_LATER_SSL_OPTIONS = {"precision": "fp32", "preprocess": "native", "image_init": None, "moment_foreground": 0.0,
+                      "moment_loudness": 0.0}
 
 
 @dataclass(frozen=True)
@@ -497,6 +506,8 @@ def _check_ssl(cfg: RunConfig, need: _Need) -> None:
     need(cfg.ssl.colour_branch >= 0, "ssl.colour_branch: must be >= 0")
     need(cfg.ssl.restarts >= 1, "ssl.restarts: must be >= 1")
     need(cfg.ssl.parallel_restarts >= 0, "ssl.parallel_restarts: must be >= 0 (0: as many as the cores hold)")
+    need(0 <= cfg.ssl.moment_foreground < 1, "ssl.moment_foreground: must be in [0, 1)")
+    need(cfg.ssl.moment_loudness >= 0, "ssl.moment_loudness: must be >= 0")
     need(0 < cfg.ssl.clean_share <= 1 and 0 <= cfg.ssl.clean_from < 1,
          "ssl.clean_share / clean_from: must be in (0, 1] / [0, 1)")
     need(2 <= cfg.ssl.hard_negative_group <= cfg.ssl.batch_size // 2,

@@ -8,6 +8,8 @@ identity further (colour jitter is an option, off by default: it hides the colou
 apart); a random gain keeps loudness from identifying a clip. Background swap removes
 the rest of it: each training frame keeps only its moving foreground, pasted on another clip's background, so
 a backdrop never predicts a sound (docs/localisation.md, "Background swap, steps and temperature").
+Only moments that show a moving foreground and sound are paired (`ssl.moment_foreground`, `ssl.moment_loudness`):
+a silence or an off-screen sound pairs a sound with what does not make it (docs/localisation.md, "Training moments").
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 _CROP_MARGIN = 1.15  # frames are kept this much larger than the model input, for random crops
 _FOREGROUND_LEVEL = 40  # a pixel is foreground where a channel differs from the clip's median by more (0..255)
 _MAX_FOREGROUND = 0.5  # a larger foreground means the camera moved: such frames are never swapped
+_QUIET_QUANTILE = 0.05  # the training windows' quiet level: this quantile of their RMS (ssl.moment_loudness)
 
 
 @dataclass
@@ -86,6 +90,50 @@ def clip_backgrounds(data: TrainingClips) -> tuple[torch.Tensor, torch.Tensor]:
         grown[:, :, :-1] |= rows_grown[:, :, 1:]
         backgrounds[c], foreground[rows] = median.to(torch.uint8), grown
     return backgrounds, foreground
+
+
+@dataclass(frozen=True)
+class ActiveMoments:
+    """The training moments that show something and sound (`frames`, (N,) bool), and the clips with at least two
+    of them (`clips`, (C,) bool): a batch takes two moments of each of its clips."""
+
+    frames: torch.Tensor
+    clips: torch.Tensor
+
+
+def window_rms(data: TrainingClips, window_s: float, rate: int) -> torch.Tensor:
+    """(N,) RMS of the audio window centred on each training frame."""
+    rms = torch.empty(len(data.frame_t))
+    for c, audio in enumerate(data.audio):
+        rows = torch.nonzero(data.frame_clip == c).flatten()
+        rms[rows] = audio_windows(audio, data.frame_t[rows], window_s, rate).square().mean(dim=1).sqrt()
+    return rms
+
+
+def active_moments(data: TrainingClips, foreground: torch.Tensor | None, ssl: SSLConfig,
+                   rate: int) -> ActiveMoments | None:
+    """The moments a batch may pair: not those whose frame shows no moving foreground (`ssl.moment_foreground`;
+    a moved camera's frame counts as showing something) nor those whose window is silence (`ssl.moment_loudness`
+    times the quiet level). Either pairs a sound with what does not make it: on the `medium` demo world three in
+    four training pairs were such noise, and the model learnt colour where colour and shape name a category
+    (docs/localisation.md, "Training moments"). None where nothing is left out, or where fewer than four clips
+    keep two moments (then every moment trains, logged)."""
+    active = torch.ones(len(data.frame_t), dtype=torch.bool)
+    if ssl.moment_foreground > 0 and foreground is not None:
+        active &= foreground.float().mean(dim=(1, 2)) >= ssl.moment_foreground
+    if ssl.moment_loudness > 0:
+        rms = window_rms(data, ssl.window_s, rate)
+        active &= rms > ssl.moment_loudness * torch.quantile(rms, _QUIET_QUANTILE)
+    if active.all():
+        return None
+    clips = torch.bincount(data.frame_clip[active], minlength=len(data.audio)) >= 2
+    if int(clips.sum()) < 4:
+        log.warning("ssl-train: only %d clips have two moments that show a foreground and sound; every moment "
+                    "trains", int(clips.sum()))
+        return None
+    log.info("ssl-train: %d of %d moments show a foreground and sound; %d of %d clips have two or more",
+             int(active.sum()), len(active), int(clips.sum()), len(clips))
+    return ActiveMoments(active, clips)
 
 
 def model_config(ssl: SSLConfig, sample_rate: int) -> SSLModelConfig:
@@ -173,6 +221,15 @@ def load_training_clips(jobs: list[ClipJob], cfg: RunConfig, raw_dir: Path, prog
     return TrainingClips(torch.cat(frames), torch.cat(clip_index), torch.cat(times), audio, ids)
 
 
+class _Chunk(NamedTuple):
+    """A decoded chunk: its clips, their (backgrounds, foreground masks) where background swap is on, and the
+    moments a batch may pair (None = all)."""
+
+    data: TrainingClips
+    scenes: tuple[torch.Tensor, torch.Tensor] | None
+    active: ActiveMoments | None
+
+
 class _Chunks:
     """The decoded chunk a step trains on, with its backgrounds; the next chunk is decoded in a thread meanwhile."""
 
@@ -182,12 +239,15 @@ class _Chunks:
         self.pool = ThreadPoolExecutor(1)
         self.ahead: dict[int, Future] = {}
 
-    def _load(self, k: int) -> tuple[TrainingClips, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _load(self, k: int) -> _Chunk:
         data = self.source if isinstance(self.source, TrainingClips) else load_training_clips(
             list(self.source.chunks[k]), self.cfg, self.source.raw_dir, self.progress and k == 0)
-        return data, clip_backgrounds(data) if self.cfg.ssl.background_swap > 0 else None
+        ssl = self.cfg.ssl
+        scenes = clip_backgrounds(data) if ssl.background_swap > 0 or ssl.moment_foreground > 0 else None
+        active = active_moments(data, scenes[1] if scenes else None, ssl, self.cfg.decode.sample_rate)
+        return _Chunk(data, scenes if ssl.background_swap > 0 else None, active)
 
-    def at(self, step: int) -> tuple[TrainingClips, tuple[torch.Tensor, torch.Tensor] | None]:
+    def at(self, step: int) -> _Chunk:
         if isinstance(self.source, TrainingClips):
             k, n = 0, 1
         else:
@@ -346,18 +406,28 @@ def _agreeing(disagreement: torch.Tensor, share: float) -> torch.Tensor:
     return mask
 
 
+def _batch_frames(data: TrainingClips, cfg: SSLConfig, gen: torch.Generator, neighbours: torch.Tensor | None,
+                  eligible: torch.Tensor | None, active: ActiveMoments | None) -> torch.Tensor:
+    """The frames of a batch: B/2 clips, two frames each, so the same clip appears twice and clip identity alone
+    cannot match. `neighbours` (`ClipViews.neighbours`) hard negatives; `eligible` the clips a batch may hold;
+    `active` the moments it may pair (None = all)."""
+    if active is not None:
+        eligible = active.clips if eligible is None else eligible & active.clips
+    frame_ids = []
+    for c in _batch_clips(len(data.audio), cfg, gen, neighbours, eligible).tolist():
+        candidates = torch.nonzero(data.frame_clip == c).flatten()
+        if active is not None:
+            candidates = candidates[active.frames[candidates]]
+        frame_ids.append(candidates[torch.randperm(len(candidates), generator=gen)[:2]])
+    return torch.cat(frame_ids)
+
+
 def _batch(data: TrainingClips, cfg: SSLConfig, window_s: float, rate: int, gen: torch.Generator,
            scenes: tuple[torch.Tensor, torch.Tensor] | None = None, neighbours: torch.Tensor | None = None,
-           eligible: torch.Tensor | None = None):
-    """B/2 clips, two frames each: the same clip appears twice, so clip identity alone cannot match.
-    `scenes` = (backgrounds, foreground masks) turns background swap on; `neighbours` (`ClipViews.neighbours`)
-    hard negatives; `eligible` the clips a batch may hold."""
-    clips = _batch_clips(len(data.audio), cfg, gen, neighbours, eligible)
-    frame_ids = []
-    for c in clips.tolist():
-        candidates = torch.nonzero(data.frame_clip == c).flatten()
-        frame_ids.append(candidates[torch.randperm(len(candidates), generator=gen)[:2]])
-    frame_ids = torch.cat(frame_ids)
+           eligible: torch.Tensor | None = None, active: ActiveMoments | None = None):
+    """A batch's images and audio windows (`_batch_frames`), augmented. `scenes` = (backgrounds, foreground
+    masks) turns background swap on."""
+    frame_ids = _batch_frames(data, cfg, gen, neighbours, eligible, active)
     frames = data.frames[frame_ids]
     if scenes is not None:
         frames = _swap_backgrounds(frames, data.frame_clip[frame_ids], scenes[0], scenes[1][frame_ids],
@@ -512,7 +582,7 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
     try:
         neighbours, eligible, mined_on = None, None, None
         while step < cfg.ssl.steps:
-            data, scenes = chunks.at(step)
+            data, scenes, active = chunks.at(step)
             cleaning = cfg.ssl.clean_share < 1 and step >= cfg.ssl.clean_from * cfg.ssl.steps
             judge = step % cfg.ssl.checkpoint_every == 0 or mined_on is not data  # a resume starts on such a step
             if (cfg.ssl.hard_negatives > 0 or cleaning) and judge:
@@ -524,7 +594,7 @@ def train(source: TrainingClips | TrainingSet, cfg: RunConfig, checkpoint: Path,
             t.model.train()
             gen = torch.Generator().manual_seed(cfg.ssl.seed * 1_000_003 + step + t.world.rank * 2**40)
             images, waves = _batch(data, local, t.model.cfg.window_s, t.model.cfg.sample_rate, gen, scenes,
-                                   neighbours, eligible)
+                                   neighbours, eligible, active)
             lr = cfg.ssl.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ssl.steps))
             loss, acc = t.step(images, waves, cfg.ssl.temperature, lr)
             step += 1

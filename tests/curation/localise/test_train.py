@@ -29,9 +29,11 @@ from curation.localise.train import (
     _agreeing,
     _augment_images,
     _batch_clips,
+    _batch_frames,
     _Chunks,
     _swap_backgrounds,
     _trainer,
+    active_moments,
     clip_backgrounds,
     final_loss,
     load_image_init,
@@ -217,6 +219,31 @@ def test_background_swap_moves_the_foreground_onto_another_clips_backdrop():
     assert torch.equal(kept, frames)
 
 
+def test_training_pairs_leave_out_moments_that_show_nothing_or_sound_nothing():
+    """Moments 0 and 1 of each clip show their square and sound; moment 2 sounds with nothing on screen, moment 3
+    shows the square in silence. Clip 4's square never sounds: it keeps no pair to train on."""
+    rate, tone = 16000, torch.sin(torch.arange(16000) / 16000 * 2 * torch.pi * 440) * 0.3
+    quiet = torch.randn(16000, generator=torch.Generator().manual_seed(0)) * 1e-3
+    sounding, silent = torch.cat([tone, quiet]), torch.cat([quiet, quiet])
+    frames = torch.cat([_scene(40 * c + 20, [(2, 2), (8, 8), None, (2, 10)]) for c in range(5)])
+    data = TrainingClips(frames=frames, frame_clip=torch.arange(5).repeat_interleave(4),
+                         frame_t=torch.tensor([0.25, 0.5, 0.75, 1.5]).repeat(5), audio=[sounding] * 4 + [silent],
+                         clip_ids=list("abcde"))
+    ssl = load_config(None, {"ssl.window_s": 0.5, "ssl.batch_size": 16}).ssl
+    _, foreground = clip_backgrounds(data)
+    active = active_moments(data, foreground, ssl, rate)
+    assert active.frames.view(5, 4).tolist() == [[True, True, False, False]] * 4 + [[False] * 4]
+    assert active.clips.tolist() == [True] * 4 + [False]
+    for seed in range(3):
+        drawn = _batch_frames(data, ssl, torch.Generator().manual_seed(seed), None, None, active)
+        assert sorted(drawn.tolist()) == [0, 1, 4, 5, 8, 9, 12, 13]
+    assert active_moments(data, foreground, replace(ssl, moment_foreground=0.0), rate).frames.view(5, 4)[0].tolist() \
+        == [True, True, True, False]  # the off-screen sound trains where the foreground is not asked for
+    off = replace(ssl, moment_foreground=0.0, moment_loudness=0.0)
+    assert active_moments(data, foreground, off, rate) is None  # every moment
+    assert active_moments(data, foreground, replace(ssl, moment_loudness=1e6), rate) is None  # too few: all train
+
+
 def _views(pairs: list[tuple[int, int]]) -> ClipViews:
     """Views of clips whose (object, sound) categories are `pairs`, each category its own direction (+ a little
     per-clip spread so no two clips tie)."""
@@ -304,14 +331,17 @@ def test_restarts_keep_the_training_whose_loss_ended_lowest(world, tmp_path):
 
 
 def test_a_model_is_found_under_the_settings_name_it_had_before_later_options(world):
-    """OUT/ssl/<hash>: options added later (precision, preprocess, image_init) count only away from their
-    defaults, so a model trained before they existed is reused, not retrained (70a4fba7fa4c: the name of the demo
-    defaults of then, three restarts of 1,600 steps on two threads, when those options did not exist)."""
+    """OUT/ssl/<hash>: options added later (precision, preprocess, image_init, moment_*) count only away from the
+    value that trains as before them, so a model trained before they existed is reused, not retrained
+    (70a4fba7fa4c: the name of the demo defaults of then, three restarts of 1,600 steps on two threads, when those
+    options did not exist); the training moments' defaults train differently, so they name a new model."""
     _, cfg, _, _ = world
-    default = replace(load_config(None, {}).ssl, steps=1600, restarts=3, threads=2)
+    default = replace(load_config(None, {}).ssl, steps=1600, restarts=3, threads=2, moment_foreground=0.0,
+                      moment_loudness=0.0)
     assert hashlib.sha256(json.dumps([default.settings(), 16000]).encode()).hexdigest()[:12] == "70a4fba7fa4c"
     assert "preprocess" not in default.settings()
     assert replace(default, preprocess="ezvsl").settings()["preprocess"] == "ezvsl"
+    assert load_config(None, {}).ssl.settings()["moment_loudness"] == 2.0
 
 
 
