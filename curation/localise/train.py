@@ -8,8 +8,9 @@ identity further (colour jitter is an option, off by default: it hides the colou
 apart); a random gain keeps loudness from identifying a clip. Background swap removes
 the rest of it: each training frame keeps only its moving foreground, pasted on another clip's background, so
 a backdrop never predicts a sound (docs/localisation.md, "Background swap, steps and temperature").
-Only moments that show a moving foreground and sound are paired (`ssl.moment_foreground`, `ssl.moment_loudness`):
-a silence or an off-screen sound pairs a sound with what does not make it (docs/localisation.md, "Training moments").
+`ssl.moment_foreground` and `ssl.moment_loudness` (off by default) pair only moments that show a moving foreground
+and sound: a silence or an off-screen sound pairs a sound with what does not make it (docs/localisation.md,
+"Training moments").
 """
 
 from __future__ import annotations
