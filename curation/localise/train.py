@@ -115,9 +115,9 @@ def active_moments(data: TrainingClips, foreground: torch.Tensor | None, ssl: SS
                    rate: int) -> ActiveMoments | None:
     """The moments a batch may pair: not those whose frame shows no moving foreground (`ssl.moment_foreground`;
     a moved camera's frame counts as showing something) nor those whose window is silence (`ssl.moment_loudness`
-    times the quiet level). Either pairs a sound with what does not make it: on the `medium` demo world three in
-    four training pairs were such noise, and the model learnt colour where colour and shape name a category
-    (docs/localisation.md, "Training moments"). None where nothing is left out, or where fewer than four clips
+    times the quiet level). Either pairs a sound with what does not make it: on the `medium` demo world half the
+    training pairs were silences or off-screen sounds (docs/localisation.md, "Training moments", where the rules
+    are measured and why they are off by default). None where nothing is left out, or where fewer than four clips
     keep two moments (then every moment trains, logged)."""
     active = torch.ones(len(data.frame_t), dtype=torch.bool)
     if ssl.moment_foreground > 0 and foreground is not None:
