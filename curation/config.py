@@ -180,7 +180,8 @@ class SSLConfig:
     moment_foreground: float = 0.0
     # with > 0, an audio window whose RMS is below this multiple of the training windows' quiet level (their 5th
     # percentile) is not paired, silence. 0.02 and 2.0 raised recall and cut mismatches on the `medium` demo world
-    # but kept no-object clips on the unseen `easy` seed (docs/localisation.md, "Training moments"): not default
+    # but kept more no-object and mismatched clips on `easy` seeds 1 and 2 (docs/localisation.md, "Training
+    # moments"): not default
     moment_loudness: float = 0.0
     # from `clean_from` of the steps on, batches draw only the `clean_share` of clips whose sound and picture the
     # model finds most in agreement against every other clip's (re-judged at every checkpoint step): the clips
