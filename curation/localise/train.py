@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,6 +71,12 @@ class TrainingClips:
     audio: list[torch.Tensor]  # per clip (samples,) float32
     clip_ids: list[str]
 
+    @cached_property
+    def clip_rows(self) -> list[torch.Tensor]:
+        """Each clip's frame indices in ascending order, found once: every batch draws from them."""
+        order = torch.argsort(self.frame_clip, stable=True)
+        return list(order.split(torch.bincount(self.frame_clip, minlength=len(self.audio)).tolist()))
+
 
 def clip_backgrounds(data: TrainingClips) -> tuple[torch.Tensor, torch.Tensor]:
     """Each clip's background, the per-pixel median of its frames (C, 3, S, S) uint8, and each frame's
@@ -79,7 +86,7 @@ def clip_backgrounds(data: TrainingClips) -> tuple[torch.Tensor, torch.Tensor]:
     backgrounds = torch.empty((len(data.audio), *data.frames.shape[1:]), dtype=torch.uint8)
     foreground = torch.zeros((data.frames.shape[0], *data.frames.shape[2:]), dtype=torch.bool)
     for c in range(len(data.audio)):
-        rows = torch.nonzero(data.frame_clip == c).flatten()
+        rows = data.clip_rows[c]
         frames = data.frames[rows].to(torch.int16)
         median = frames.median(dim=0).values
         mask = (frames - median).abs().amax(dim=1) > _FOREGROUND_LEVEL
@@ -106,7 +113,7 @@ def window_rms(data: TrainingClips, window_s: float, rate: int) -> torch.Tensor:
     """(N,) RMS of the audio window centred on each training frame."""
     rms = torch.empty(len(data.frame_t))
     for c, audio in enumerate(data.audio):
-        rows = torch.nonzero(data.frame_clip == c).flatten()
+        rows = data.clip_rows[c]
         rms[rows] = audio_windows(audio, data.frame_t[rows], window_s, rate).square().mean(dim=1).sqrt()
     return rms
 
@@ -355,7 +362,7 @@ def clip_views(model: AVLocalizer, front: torch.nn.Module, data: TrainingClips, 
     per frame, the image-map vector where the frame's own audio window matches best, and that window's vector."""
     rows = []
     for c in range(len(data.audio)):
-        candidates = torch.nonzero(data.frame_clip == c).flatten()
+        candidates = data.clip_rows[c]
         rows.append(candidates[torch.linspace(0, len(candidates) - 1, per_clip).round().long()])
     objects, sounds, matches = [], [], []
     for maps, vectors in _moment_features(model, front, data, torch.cat(rows)):
@@ -416,7 +423,7 @@ def _batch_frames(data: TrainingClips, cfg: SSLConfig, gen: torch.Generator, nei
         eligible = active.clips if eligible is None else eligible & active.clips
     frame_ids = []
     for c in _batch_clips(len(data.audio), cfg, gen, neighbours, eligible).tolist():
-        candidates = torch.nonzero(data.frame_clip == c).flatten()
+        candidates = data.clip_rows[c]
         if active is not None:
             candidates = candidates[active.frames[candidates]]
         frame_ids.append(candidates[torch.randperm(len(candidates), generator=gen)[:2]])
@@ -456,7 +463,7 @@ def _reference_banks(model: AVLocalizer, front: torch.nn.Module, data: TrainingC
     contrastive score compares a frame's (and an audio window's) own match against."""
     frames = []
     for c in torch.randperm(len(data.audio), generator=gen)[:size].tolist():
-        candidates = torch.nonzero(data.frame_clip == c).flatten()
+        candidates = data.clip_rows[c]
         frames.append(int(candidates[torch.randint(len(candidates), (1,), generator=gen)]))
     maps, vectors = zip(*_moment_features(model, front, data, torch.tensor(frames)), strict=True)
     return {"audio": torch.cat(vectors).cpu(), "image": torch.cat(maps).cpu()}

@@ -245,6 +245,14 @@ def test_training_pairs_leave_out_moments_that_show_nothing_or_sound_nothing():
     assert active_moments(data, foreground, replace(ssl, moment_loudness=1e6), rate) is None  # too few: all train
 
 
+def test_each_clips_frames_are_found_in_frame_order_even_when_clips_interleave():
+    """How frames are decoded decides the order of `frame_clip`; a batch draws a clip's frames by their index."""
+    frame_clip = torch.tensor([2, 0, 2, 1, 0, 2, 0])
+    data = TrainingClips(frames=torch.zeros(7, 3, 4, 4, dtype=torch.uint8), frame_clip=frame_clip,
+                         frame_t=torch.zeros(7), audio=[torch.zeros(10)] * 4, clip_ids=list("abcd"))
+    assert [rows.tolist() for rows in data.clip_rows] == [[1, 4, 6], [3], [0, 2, 5], []]
+
+
 def _views(pairs: list[tuple[int, int]]) -> ClipViews:
     """Views of clips whose (object, sound) categories are `pairs`, each category its own direction (+ a little
     per-clip spread so no two clips tie)."""
