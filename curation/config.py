@@ -183,6 +183,12 @@ class SSLConfig:
     # but kept more no-object and mismatched clips on `easy` seeds 1 and 2 (docs/localisation.md, "Training
     # moments"): not default
     moment_loudness: float = 0.0
+    # with > -1, a clip's moments pair only where its foreground's size and its loudness rise and fall together:
+    # the correlation, over the moments the two rules above keep, of the square root of the foreground's share of
+    # the frame and the log RMS of the window must exceed this (a clip with fewer than four such moments does not
+    # pair). An object that approaches gets louder; an object shown while another sounds does not follow it
+    # (docs/localisation.md, "Training moments"). -1 = off
+    moment_synchrony: float = -1.0
     # from `clean_from` of the steps on, batches draw only the `clean_share` of clips whose sound and picture the
     # model finds most in agreement against every other clip's (re-judged at every checkpoint step): the clips
     # whose visible object is not what sounds stop teaching it that pairing (1 = every clip, always)
@@ -224,9 +230,9 @@ class SSLConfig:
     CLIP_KEY: ClassVar[ClipKeys] = dict.fromkeys((
         "widths", "window_s", "image_maxpool", "image_size", "colour_branch", "dim", "n_fft", "hop", "n_mels",
         "train_fps", "steps", "batch_size", "lr", "weight_decay", "temperature", "background_swap", "colour_jitter",
-        "bank_size", "hard_negatives", "hard_negative_group", "moment_foreground", "moment_loudness", "clean_share",
-        "clean_from", "checkpoint_every", "restarts", "seed", "threads", "parallel_restarts", "max_clips",
-        "buffer_clips", "device", "precision", "preprocess", "image_init"), None)
+        "bank_size", "hard_negatives", "hard_negative_group", "moment_foreground", "moment_loudness",
+        "moment_synchrony", "clean_share", "clean_from", "checkpoint_every", "restarts", "seed", "threads",
+        "parallel_restarts", "max_clips", "buffer_clips", "device", "precision", "preprocess", "image_init"), None)
 
     def settings(self) -> dict:
         """The options as the name of a trained model's folder (OUT/ssl/<hash>) hashes them: options added after
@@ -241,7 +247,7 @@ class SSLConfig:
 
 
 _LATER_SSL_OPTIONS = {"precision": "fp32", "preprocess": "native", "image_init": None, "moment_foreground": 0.0,
-                      "moment_loudness": 0.0}
+                      "moment_loudness": 0.0, "moment_synchrony": -1.0}
 
 
 @dataclass(frozen=True)
@@ -509,6 +515,7 @@ def _check_ssl(cfg: RunConfig, need: _Need) -> None:
     need(cfg.ssl.parallel_restarts >= 0, "ssl.parallel_restarts: must be >= 0 (0: as many as the cores hold)")
     need(0 <= cfg.ssl.moment_foreground < 1, "ssl.moment_foreground: must be in [0, 1)")
     need(cfg.ssl.moment_loudness >= 0, "ssl.moment_loudness: must be >= 0")
+    need(-1 <= cfg.ssl.moment_synchrony < 1, "ssl.moment_synchrony: must be in [-1, 1)")
     need(0 < cfg.ssl.clean_share <= 1 and 0 <= cfg.ssl.clean_from < 1,
          "ssl.clean_share / clean_from: must be in (0, 1] / [0, 1)")
     need(2 <= cfg.ssl.hard_negative_group <= cfg.ssl.batch_size // 2,

@@ -9,8 +9,9 @@ apart); a random gain keeps loudness from identifying a clip. Background swap re
 the rest of it: each training frame keeps only its moving foreground, pasted on another clip's background, so
 a backdrop never predicts a sound (docs/localisation.md, "Background swap, steps and temperature").
 `ssl.moment_foreground` and `ssl.moment_loudness` (off by default) pair only moments that show a moving foreground
-and sound: a silence or an off-screen sound pairs a sound with what does not make it (docs/localisation.md,
-"Training moments").
+and sound, `ssl.moment_synchrony` only clips whose foreground grows louder as it grows larger: a silence, an
+off-screen sound or an object shown while another sounds pairs a sound with what does not make it
+(docs/localisation.md, "Training moments").
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ _CROP_MARGIN = 1.15  # frames are kept this much larger than the model input, fo
 _FOREGROUND_LEVEL = 40  # a pixel is foreground where a channel differs from the clip's median by more (0..255)
 _MAX_FOREGROUND = 0.5  # a larger foreground means the camera moved: such frames are never swapped
 _QUIET_QUANTILE = 0.05  # the training windows' quiet level: this quantile of their RMS (ssl.moment_loudness)
+_SYNCHRONY_MOMENTS = 4  # a clip's size-loudness correlation needs this many moments (ssl.moment_synchrony)
 
 
 @dataclass
@@ -118,28 +120,51 @@ def window_rms(data: TrainingClips, window_s: float, rate: int) -> torch.Tensor:
     return rms
 
 
+def size_loudness_correlation(data: TrainingClips, area: torch.Tensor, rms: torch.Tensor,
+                              moments: torch.Tensor) -> torch.Tensor:
+    """(C,) per clip, the Pearson correlation over its `moments` (a bool mask) of the square root of the foreground's
+    share of the frame (`area`) and the log RMS of the window (`rms`); NaN where fewer than four moments, or either
+    is constant. A sounding object that approaches gets larger and louder together."""
+    rho = torch.full((len(data.audio),), float("nan"))
+    for c, rows in enumerate(data.clip_rows):
+        rows = rows[moments[rows]]
+        if len(rows) < _SYNCHRONY_MOMENTS:
+            continue
+        pair = torch.stack([area[rows].sqrt(), rms[rows].clamp_min(1e-8).log()])
+        if bool((pair.std(dim=1) > 0).all()):
+            rho[c] = torch.corrcoef(pair)[0, 1]
+    return rho
+
+
 def active_moments(data: TrainingClips, foreground: torch.Tensor | None, ssl: SSLConfig,
                    rate: int) -> ActiveMoments | None:
     """The moments a batch may pair: not those whose frame shows no moving foreground (`ssl.moment_foreground`;
     a moved camera's frame counts as showing something) nor those whose window is silence (`ssl.moment_loudness`
-    times the quiet level). Either pairs a sound with what does not make it: on the `medium` demo world half the
-    training pairs were silences or off-screen sounds (docs/localisation.md, "Training moments", where the rules
-    are measured and why they are off by default). None where nothing is left out, or where fewer than four clips
-    keep two moments (then every moment trains, logged)."""
+    times the quiet level), nor the moments of a clip whose foreground's size and loudness do not rise and fall
+    together (`ssl.moment_synchrony`: an object shown while another sounds). Each pairs a sound with what does not
+    make it: on the `medium` demo world half the training pairs were silences or off-screen sounds
+    (docs/localisation.md, "Training moments", where the rules are measured and why they are off by default). None
+    where nothing is left out, or where fewer than four clips keep two moments (then every moment trains, logged)."""
     active = torch.ones(len(data.frame_t), dtype=torch.bool)
-    if ssl.moment_foreground > 0 and foreground is not None:
-        active &= foreground.float().mean(dim=(1, 2)) >= ssl.moment_foreground
+    area = foreground.float().mean(dim=(1, 2)) if foreground is not None else None
+    rms = window_rms(data, ssl.window_s, rate) if ssl.moment_loudness > 0 or ssl.moment_synchrony > -1 else None
+    if ssl.moment_foreground > 0 and area is not None:
+        active &= area >= ssl.moment_foreground
     if ssl.moment_loudness > 0:
-        rms = window_rms(data, ssl.window_s, rate)
         active &= rms > ssl.moment_loudness * torch.quantile(rms, _QUIET_QUANTILE)
+    if ssl.moment_synchrony > -1 and area is not None:
+        rho = size_loudness_correlation(data, area, rms, active)
+        active &= (rho > ssl.moment_synchrony)[data.frame_clip]
+        log.info("ssl-train: %d of %d clips' foreground size and loudness correlate above %g",
+                 int((rho > ssl.moment_synchrony).sum()), len(rho), ssl.moment_synchrony)
     if active.all():
         return None
     clips = torch.bincount(data.frame_clip[active], minlength=len(data.audio)) >= 2
     if int(clips.sum()) < 4:
-        log.warning("ssl-train: only %d clips have two moments that show a foreground and sound; every moment "
+        log.warning("ssl-train: only %d clips have two moments the training-moment rules keep; every moment "
                     "trains", int(clips.sum()))
         return None
-    log.info("ssl-train: %d of %d moments show a foreground and sound; %d of %d clips have two or more",
+    log.info("ssl-train: the training-moment rules keep %d of %d moments; %d of %d clips have two or more",
              int(active.sum()), len(active), int(clips.sum()), len(clips))
     return ActiveMoments(active, clips)
 
@@ -251,7 +276,8 @@ class _Chunks:
         data = self.source if isinstance(self.source, TrainingClips) else load_training_clips(
             list(self.source.chunks[k]), self.cfg, self.source.raw_dir, self.progress and k == 0)
         ssl = self.cfg.ssl
-        scenes = clip_backgrounds(data) if ssl.background_swap > 0 or ssl.moment_foreground > 0 else None
+        scenes = (clip_backgrounds(data) if ssl.background_swap > 0 or ssl.moment_foreground > 0
+                  or ssl.moment_synchrony > -1 else None)
         active = active_moments(data, scenes[1] if scenes else None, ssl, self.cfg.decode.sample_rate)
         return _Chunk(data, scenes if ssl.background_swap > 0 else None, active)
 

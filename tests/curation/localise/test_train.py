@@ -39,6 +39,7 @@ from curation.localise.train import (
     load_image_init,
     load_training_clips,
     parallel_restarts,
+    size_loudness_correlation,
     train,
     train_restarts,
     training_set,
@@ -245,6 +246,37 @@ def test_training_pairs_leave_out_moments_that_show_nothing_or_sound_nothing():
     assert active_moments(data, foreground, replace(ssl, moment_loudness=1e6), rate) is None  # too few: all train
 
 
+def test_synchrony_pairs_only_clips_whose_object_grows_louder_as_it_grows():
+    """Clips 0-3: the square's side and the tone's level rise and fall together (an object that approaches);
+    clip 4: the same square, but the sound fades as it grows (a source other than the one shown)."""
+    rate, sides = 16000, [2, 4, 6, 8, 5, 3]
+    tone = torch.sin(torch.arange(rate) / rate * 2 * torch.pi * 440)
+    frames, audio = [], []
+    for c in range(5):
+        clip = torch.full((6, 3, 32, 32), 30 * c + 20, dtype=torch.uint8)
+        for k, side in enumerate(sides):  # corners in turn: the median over the clip is the bare backdrop
+            y, x = (k % 2) * 22, (k // 2 % 2) * 22
+            clip[k, :, y:y + side, x:x + side] = 250
+        frames.append(clip)
+        levels = [side / 20 for side in sides] if c < 4 else [0.1 / side for side in sides]
+        audio.append(torch.cat([tone * level for level in levels]))  # one second per moment
+    data = TrainingClips(frames=torch.cat(frames), frame_clip=torch.arange(5).repeat_interleave(6),
+                         frame_t=(torch.arange(6) + 0.5).repeat(5), audio=audio, clip_ids=list("abcde"))
+    _, foreground = clip_backgrounds(data)
+    ssl = load_config(None, {"ssl.window_s": 0.5, "ssl.batch_size": 8, "ssl.moment_synchrony": 0.0}).ssl
+    active = active_moments(data, foreground, ssl, rate)
+    assert active.clips.tolist() == [True] * 4 + [False]
+    assert active.frames.view(5, 6).all(dim=1).tolist() == [True] * 4 + [False]
+    area = foreground.float().mean(dim=(1, 2))
+    levels = torch.tensor([[side / 20 for side in sides]] * 4 + [[0.1 / side for side in sides]]).flatten()
+    rho = size_loudness_correlation(data, area, levels, torch.ones(30, dtype=torch.bool))
+    assert (rho[:4] > 0.9).all() and rho[4] < -0.9
+    three = torch.ones(30, dtype=torch.bool)
+    three[3:6] = False  # clip 0 keeps three moments: too few to correlate
+    assert torch.isnan(size_loudness_correlation(data, area, levels, three)[0])
+    assert active_moments(data, foreground, replace(ssl, moment_synchrony=-1.0), rate) is None  # off: every moment
+
+
 def test_each_clips_frames_are_found_in_frame_order_even_when_clips_interleave():
     """How frames are decoded decides the order of `frame_clip`; a batch draws a clip's frames by their index."""
     frame_clip = torch.tensor([2, 0, 2, 1, 0, 2, 0])
@@ -351,6 +383,8 @@ def test_a_model_is_found_under_the_settings_name_it_had_before_later_options(wo
     assert replace(default, preprocess="ezvsl").settings()["preprocess"] == "ezvsl"
     assert "moment_loudness" not in default.settings()
     assert replace(default, moment_loudness=2.0).settings()["moment_loudness"] == 2.0
+    assert "moment_synchrony" not in default.settings()
+    assert replace(default, moment_synchrony=0.3).settings()["moment_synchrony"] == 0.3
 
 
 
