@@ -68,7 +68,9 @@ def curate(raw: Path, out: Path, preset: str, world_seed: int, model_seed: int, 
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per world: mean, lowest and highest of each metric over its model seeds, and the targets all seeds met."""
+    """Per world: mean, lowest and highest of each metric over its model seeds, and the targets all seeds met. A run
+    that kept nothing has no kept-frame precision: it is left out of that metric's spread (None where no run has
+    one) and counts as a miss."""
     worlds: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         worlds.setdefault((r["preset"], r["world_seed"]), []).append(r)
@@ -76,9 +78,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     for (preset, seed), runs in worlds.items():
         entry = {"preset": preset, "world_seed": seed, "model_seeds": [r["model_seed"] for r in runs]}
         for key in (*TARGETS, "false_duplicates"):
-            values = [r[key] for r in runs]
-            entry[key] = {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values)}
-        entry["met"] = {key: all((r[key] >= v) if kind == "min" else (r[key] <= v) for r in runs)
+            values = [r[key] for r in runs if r[key] is not None]
+            entry[key] = ({"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values)}
+                          if values else None)
+        entry["met"] = {key: all(r[key] is not None and ((r[key] >= v) if kind == "min" else (r[key] <= v))
+                                 for r in runs)
                         for key, (kind, v) in TARGETS.items()}
         out.append(entry)
     return out
@@ -93,7 +97,7 @@ def table(summary: list[dict]) -> list[str]:
         for key in (*TARGETS, "false_duplicates"):
             m = w[key]
             missed = "" if w["met"].get(key, True) else " *"
-            cells.append(f"{m['mean']:.3g} ({m['min']:.3g}-{m['max']:.3g}){missed}")
+            cells.append(("none kept" if m is None else f"{m['mean']:.3g} ({m['min']:.3g}-{m['max']:.3g})") + missed)
         lines.append(f"| {w['preset']} seed {w['world_seed']} ({len(w['model_seeds'])} model seeds) | "
                      + " | ".join(cells) + " |")
     return lines

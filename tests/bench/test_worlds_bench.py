@@ -15,13 +15,26 @@ def _args(out, model_seeds):
             "--out", str(out), *tiny, "--set=dask.workers=1"]
 
 
+def test_a_run_that_kept_nothing_misses_precision_and_leaves_the_spread_to_the_others():
+    row = {"preset": "hard", "world_seed": 1, "ap": 0.5, "recall": 0.0, "mismatched_kept": 0.0,
+           "sound_only_kept": 0.0, "false_duplicates": 0}
+    rows = [{**row, "model_seed": 0, "precision": None}, {**row, "model_seed": 1, "precision": 0.95}]
+    (summary,) = worlds.summarise(rows)
+    assert summary["precision"] == {"mean": 0.95, "min": 0.95, "max": 0.95}
+    assert summary["met"]["precision"] is False and summary["met"]["mismatched_kept"] is True
+    (alone,) = worlds.summarise(rows[:1])
+    assert alone["precision"] is None
+    assert "none kept *" in worlds.table([alone])[2]
+
+
 def test_each_model_seed_is_judged_and_a_wider_rerun_adds_only_the_missing_runs(tmp_path, capsys):
     assert worlds.main(_args(tmp_path, ["0"])) == 0
     path = tmp_path / "worlds" / "worlds.json"
     first = json.loads(path.read_text())
     (row,) = first["rows"]
     assert (row["preset"], row["world_seed"], row["model_seed"]) == ("easy", 1, 0)
-    assert all(0.0 <= row[k] <= 1.0 for k in worlds.TARGETS)
+    assert all(0.0 <= row[k] <= 1.0 for k in worlds.TARGETS if k != "precision")
+    assert row["precision"] is None or 0.0 <= row["precision"] <= 1.0  # None: the tiny model kept nothing
     assert row["false_duplicates"] == 0  # every clip of a demo world is its own footage
     assert set(first["summary"][0]["met"]) == set(worlds.TARGETS)
     run_0 = (tmp_path / "worlds" / "easy-w1-m0" / "manifests" / "clips.parquet").stat().st_mtime_ns
