@@ -146,7 +146,8 @@ def active_moments(data: TrainingClips, foreground: torch.Tensor | None, ssl: SS
     (docs/localisation.md, "Training moments", where the rules are measured and why they are off by default). None
     where nothing is left out, or where fewer than four clips keep two moments (then every moment trains, logged)."""
     active = torch.ones(len(data.frame_t), dtype=torch.bool)
-    area = foreground.float().mean(dim=(1, 2)) if foreground is not None else None
+    uses_area = foreground is not None and (ssl.moment_foreground > 0 or ssl.moment_synchrony > -1)
+    area = foreground.float().mean(dim=(1, 2)) if uses_area else None
     rms = window_rms(data, ssl.window_s, rate) if ssl.moment_loudness > 0 or ssl.moment_synchrony > -1 else None
     if ssl.moment_foreground > 0 and area is not None:
         active &= area >= ssl.moment_foreground
