@@ -7,7 +7,7 @@ truth: frame AP, kept-frame precision, good-clip recall, the share of mismatched
 clips rejected as duplicates (every demo clip is distinct footage, so each one is a false rejection). Per world it
 reports the mean, the lowest and the highest over model seeds, and which targets every seed met.
 Writes `<out>/worlds.json` (rows and summary) after every run and prints the markdown table; a rerun with the
-same overrides and world size keeps the runs already there and adds the missing ones.
+same overrides and world size (`--clips`, `--duration-s`) keeps the runs already there and adds the missing ones.
 Run: `python -m bench.worlds --presets medium hard --world-seeds 1 --model-seeds 0 1 2`.
 """
 
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from curation.config import load_config
+from curation.config import DemoConfig, load_config
 from curation.demo import generate_world
 from curation.outputs.evaluate import write_truth_metrics
 from curation.pipeline import run
@@ -34,10 +34,10 @@ TARGETS = {"ap": ("min", 0.85), "precision": ("min", 0.90), "recall": ("min", 0.
            "mismatched_kept": ("max", 0.05), "sound_only_kept": ("max", 0.05)}
 
 
-def _world(out: Path, preset: str, seed: int, clips: int) -> Path:
+def _world(out: Path, preset: str, seed: int, clips: int, duration_s: float) -> Path:
     """The world's raw folder, generated once per (preset, seed)."""
     folder = out / f"{preset}-w{seed}"
-    generate_world(folder, n_clips=clips, seed=seed, preset=preset)
+    generate_world(folder, n_clips=clips, seed=seed, duration_s=duration_s, preset=preset)
     return folder / "raw"
 
 
@@ -52,14 +52,15 @@ def _row(preset: str, world_seed: int, model_seed: int, metrics: dict, summary, 
             "wall_s": round(wall_s, 1)}
 
 
-def curate(raw: Path, out: Path, preset: str, world_seed: int, model_seed: int, clips: int,
+def curate(raw: Path, out: Path, preset: str, world_seed: int, model_seed: int, clips: int, duration_s: float,
            assignments: list[str]) -> dict:
     """One model seed's run over a copy of the world (hard links: the clips are read, never written)."""
     run_dir = out / f"{preset}-w{world_seed}-m{model_seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(raw, run_dir / "raw", copy_function=os.link)
     cfg = load_config(DEMO_CONFIG, {"out": str(run_dir), "demo.preset": preset, "demo.seed": world_seed,
-                                    "demo.clips": clips, "ssl.seed": model_seed}, assignments)
+                                    "demo.clips": clips, "demo.duration_s": duration_s, "ssl.seed": model_seed},
+                      assignments)
     started = time.perf_counter()
     summary = run(cfg, progress=False)
     wall = time.perf_counter() - started
@@ -109,21 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--model-seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--clips", type=int, default=320)
+    parser.add_argument("--duration-s", type=float, default=DemoConfig.duration_s,
+                        help="each clip's length (default: the demo world's)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (a candidate recipe)")
     parser.add_argument("--out", default="work/bench")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve() / "worlds"
-    rows = _earlier_rows(out / "worlds.json", args.assignments, args.clips)
+    rows = _earlier_rows(out / "worlds.json", args)
     for preset in args.presets:
         for world_seed in args.world_seeds:
             done = {_key(r) for r in rows}
             todo = [m for m in args.model_seeds if (preset, world_seed, m) not in done]
             if not todo:
                 continue
-            raw = _world(out, preset, world_seed, args.clips)
+            raw = _world(out, preset, world_seed, args.clips, args.duration_s)
             for model_seed in todo:
-                rows.append(curate(raw, out, preset, world_seed, model_seed, args.clips, args.assignments))
+                rows.append(curate(raw, out, preset, world_seed, model_seed, args.clips, args.duration_s,
+                                   args.assignments))
                 print(rows[-1], flush=True)
                 _write(out / "worlds.json", args, rows)
     print("\n".join(table(summarise(rows))))
@@ -134,19 +138,20 @@ def _key(row: dict) -> tuple[str, int, int]:
     return row["preset"], row["world_seed"], row["model_seed"]
 
 
-def _earlier_rows(path: Path, assignments: list[str], clips: int) -> list[dict]:
+def _earlier_rows(path: Path, args: argparse.Namespace) -> list[dict]:
     """The runs a killed or narrower earlier call already made with the same overrides and world size: a rerun
     adds the missing ones (and a wider grid reuses them)."""
     if not path.exists():
         return []
     earlier = json.loads(path.read_text())
-    same = earlier.get("assignments") == assignments and earlier.get("clips") == clips
+    same = (earlier.get("assignments"), earlier.get("clips"), earlier.get("duration_s", DemoConfig.duration_s)) == \
+        (args.assignments, args.clips, args.duration_s)
     return earlier["rows"] if same else []
 
 
 def _write(path: Path, args: argparse.Namespace, rows: list[dict]) -> None:
-    write_json(path, {"assignments": args.assignments, "clips": args.clips, "rows": rows,
-                      "summary": summarise(rows), "targets": TARGETS})
+    write_json(path, {"assignments": args.assignments, "clips": args.clips, "duration_s": args.duration_s,
+                      "rows": rows, "summary": summarise(rows), "targets": TARGETS})
 
 
 if __name__ == "__main__":

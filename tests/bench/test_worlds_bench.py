@@ -12,7 +12,7 @@ from bench import worlds
 def _args(out, model_seeds):
     tiny = [f"--set={k}={v}".replace(" ", "") for k, v in TINY_SSL.items()]
     return ["--presets", "easy", "--world-seeds", "1", "--model-seeds", *model_seeds, "--clips", "12",
-            "--out", str(out), *tiny, "--set=dask.workers=1"]
+            "--duration-s", "3", "--out", str(out), *tiny, "--set=dask.workers=1"]
 
 
 def test_a_run_that_kept_nothing_misses_precision_and_leaves_the_spread_to_the_others():
