@@ -15,7 +15,7 @@ from curation.__main__ import main
 from curation.config import load_config
 from curation.pipeline import run
 
-FAST = {"score.scorer": "none", "select.keep_quantile": None, "dask.workers": 2, "dask.clips_per_task": 2,
+FAST = {"score.scorer": "none", "select.keep_quantile": None, "dask.workers": 1, "dask.clips_per_task": 2,
         "fetch.socket_timeout_s": 1.0, "fetch.retries": 1, "fetch.backoff_s": 0.05,
         "filters.reject_duplicates": False}  # one file is served under several urls on purpose
 GOOD = ["ok/good.mp4", "ok/moov_last.mp4", "flaky/1/good.mp4", "norange/moov_last.mp4"]
@@ -107,7 +107,7 @@ def test_consecutive_rate_limits_stop_the_run_and_leave_the_rest_pending(server,
             for i in range(6)]
     pd.DataFrame(rows).to_csv(tmp_path / "clips.csv", index=False)
     cfg = _config(tmp_path / "clips.csv", tmp_path / "out", **{
-        "dask.workers": 1, "dask.tasks_in_flight_per_worker": 1, "fetch.retries": 0, "fetch.stop_after": 2})
+        "dask.tasks_in_flight_per_worker": 1, "fetch.retries": 0, "fetch.stop_after": 2})
     summary = run(cfg, progress=False)
     assert summary.counts == {"failed": 2, "pending": 4} and summary.error_kinds == {"rate_limited": 2}
     assert sum(server.hits[f"/status/429/stop{i}.mp4"] for i in range(6)) == 2
@@ -123,7 +123,8 @@ def test_the_per_host_cap_and_rate_limit_hold_across_workers(server, tmp_path, p
             for i in range(4)]
     pd.DataFrame(rows).to_csv(tmp_path / "clips.csv", index=False)
     cfg = _config(tmp_path / "clips.csv", tmp_path / "out", **{  # a socket timeout no busy machine reaches: no retry
-        "dask.clips_per_task": 1, "fetch.per_host": per_host, "fetch.rate_limit": rate, "fetch.socket_timeout_s": 10.0})
+        "dask.workers": 2, "dask.clips_per_task": 1, "fetch.per_host": per_host, "fetch.rate_limit": rate,
+        "fetch.socket_timeout_s": 10.0})
     assert run(cfg, progress=False).counts == {"ok": 4}
     assert len(server.waits) == 12  # per clip: ours (the host seeks), ffprobe's, then ffmpeg's stream copy
     if per_host == 1:  # two workers, yet never two requests at once
@@ -145,7 +146,7 @@ def test_an_offline_vggsound_list_fails_fast_as_network_with_a_summary(tmp_path,
         "-XxUW9gW6mc,60,dog barking,test\nFwVYUHKoLtQ,34,playing piano,train\n")
     started = time.monotonic()
     code = main(["run", "--dataset", "vggsound", "--meta", str(tmp_path / "vggsound.csv"), "--out",
-                 str(tmp_path / "out"), "--proxy", proxy, "--workers", "2", "--scorer", "none", "--quiet"])
+                 str(tmp_path / "out"), "--proxy", proxy, "--workers", "1", "--scorer", "none", "--quiet"])
     elapsed = time.monotonic() - started
     printed = capsys.readouterr().out
     assert code == 0 and elapsed < 60

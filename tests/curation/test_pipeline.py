@@ -117,7 +117,7 @@ def test_bad_inputs_are_recorded_per_clip_and_good_clips_still_written(tmp_path,
     rows.append({"path": str(good[0]), "start_s": 3.0, "end_s": 1.0, "label": "tone", "split": "train"})
     clip_list = tmp_path / "clips.csv"
     pd.DataFrame(rows).to_csv(clip_list, index=False)
-    options = {"dataset": "csv", "meta": str(clip_list), "out": str(tmp_path / "out"), "dask.workers": 2,
+    options = {"dataset": "csv", "meta": str(clip_list), "out": str(tmp_path / "out"), "dask.workers": 1,
                "select.keep_quantile": None, "score.scorer": "synchrony", "decode.short_clips": "reject"}
     summary = run(load_config(None, options), progress=False)
     clips = pd.read_parquet(tmp_path / "out" / "manifests" / "clips.parquet").set_index("label")

@@ -13,7 +13,7 @@ from curation.outputs.evaluate import average_precision, frames_with_truth, trut
 from curation.outputs.report import write_report
 from curation.pipeline import reselect, run
 
-BASE = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
+BASE = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 1, "dask.clips_per_task": 3,
         "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16, "ssl.n_mels": 16, "ssl.hop": 640,
         "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4, "ssl.threads": 1}
 NEW_SELECTION = {"select.top_k": 2, "select.min_gap_s": 1.0, "select.keep_quantile": 0.5, "select.min_clip_score": None}

@@ -23,7 +23,7 @@ from manifests.readers import read_vggsound
 
 # one small demo world, its model trained by the local run and given to the bucket's run as CHECKPOINT; the share
 # cap alone selects, so every command has kept clips and shards to compare
-WORLD = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 3,
+WORLD = {"demo.clips": 12, "demo.duration_s": 3.0, "dask.workers": 1, "dask.clips_per_task": 3,
          "write.samples_per_shard": 4, "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16,
          "ssl.n_mels": 16, "ssl.hop": 640, "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4,
          "ssl.threads": 1, "ssl.restarts": 1,

@@ -20,8 +20,9 @@ from curation.config import load_config
 from curation.errors import UsageError
 from curation.pipeline import run
 
-# a small world and a tiny localisation model, trained by each run into OUT/ssl/ (the default path of `make shards`)
-WORLD = {"demo.clips": 8, "demo.duration_s": 3.0, "dask.workers": 2, "dask.clips_per_task": 1,
+# a small world and a tiny localisation model, trained by each run into OUT/ssl/ (the default path of `make shards`);
+# one worker (each worker's start costs seconds of imports), two where workers writing to the bucket together is tested
+WORLD = {"demo.clips": 8, "demo.duration_s": 3.0, "dask.workers": 1, "dask.clips_per_task": 1,
          "write.samples_per_shard": 3, "ssl.widths": [4, 8, 8, 16], "ssl.image_size": 32, "ssl.dim": 16,
          "ssl.n_mels": 16, "ssl.hop": 640, "ssl.batch_size": 8, "ssl.steps": 10, "ssl.bank_size": 4,
          "ssl.threads": 1, "ssl.restarts": 1}
@@ -63,7 +64,7 @@ def _wait_for_cache_objects(s3, bucket: str, n: int, timeout_s: float = 120) -> 
 
 def test_a_local_cluster_run_writes_everything_with_its_model_to_the_bucket_and_webdataset_reads_it(s3, local_hashes):
     out = _bucket(s3, "run-local")
-    summary = run(_config(out), progress=False)
+    summary = run(_config(out, **{"dask.workers": 2}), progress=False)
     assert summary.counts.get("pending", 0) == 0 and summary.paths.shards == f"{out}/shards"
     keys = s3.keys("run-local", "run/")
     checkpoint = json.loads(s3.get("run-local", "run/manifests/run.json"))["config"]["score"]["checkpoint"]
