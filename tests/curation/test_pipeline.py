@@ -90,7 +90,8 @@ def test_a_killed_run_resumes_to_the_same_shards(clean_run, tmp_path, demo_clips
     out, _ = clean_run
     demo_clips(tmp_path, DEMO)
     args = [sys.executable, "-m", "curation", "run", "--out", str(tmp_path), "--quiet"]
-    args += [f"--set={k}={v}".replace(" ", "") for k, v in DEMO.items()] + ["--set=dask.clips_per_task=1"]
+    args += [f"--set={k}={v}".replace(" ", "") for k, v in DEMO.items()]
+    args += ["--set=dask.clips_per_task=1", "--set=dask.workers=1"]  # the resumed run has 2 workers
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache = tmp_path / "cache"
     deadline = time.monotonic() + 120
