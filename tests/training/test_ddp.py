@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -46,7 +47,9 @@ def test_two_gloo_processes_train_every_stage_past_the_process_group_timeout(tin
 
 
 def _gathered_gradient(rank: int, world: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    # a collective that never completes fails in a minute instead of holding the test run until its timeout
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
     x, v, model = _problem()
     part, net = slice(rank * 4, rank * 4 + 4), DistributedDataParallel(model)  # kept alive through backward
     loss, _ = global_batch_loss(Dist(rank, world, 0, torch.device("cpu")), net(x[part]), v[part],
