@@ -245,6 +245,16 @@ class SSLConfig:
                 del settings[key]
         return settings
 
+    @property
+    def moment_rules_read_foreground(self) -> bool:
+        """A training-moment rule reads each frame's moving foreground (`moment_foreground`, `moment_synchrony`)."""
+        return self.moment_foreground > 0 or self.moment_synchrony > -1
+
+    @property
+    def moment_rules_read_loudness(self) -> bool:
+        """A training-moment rule reads each window's RMS (`moment_loudness`, `moment_synchrony`)."""
+        return self.moment_loudness > 0 or self.moment_synchrony > -1
+
 
 _LATER_SSL_OPTIONS = {"precision": "fp32", "preprocess": "native", "image_init": None, "moment_foreground": 0.0,
                       "moment_loudness": 0.0, "moment_synchrony": -1.0}

@@ -146,18 +146,18 @@ def active_moments(data: TrainingClips, foreground: torch.Tensor | None, ssl: SS
     (docs/localisation.md, "Training moments", where the rules are measured and why they are off by default). None
     where nothing is left out, or where fewer than four clips keep two moments (then every moment trains, logged)."""
     active = torch.ones(len(data.frame_t), dtype=torch.bool)
-    uses_area = foreground is not None and (ssl.moment_foreground > 0 or ssl.moment_synchrony > -1)
+    uses_area = foreground is not None and ssl.moment_rules_read_foreground
     area = foreground.float().mean(dim=(1, 2)) if uses_area else None
-    rms = window_rms(data, ssl.window_s, rate) if ssl.moment_loudness > 0 or ssl.moment_synchrony > -1 else None
+    rms = window_rms(data, ssl.window_s, rate) if ssl.moment_rules_read_loudness else None
     if ssl.moment_foreground > 0 and area is not None:
         active &= area >= ssl.moment_foreground
     if ssl.moment_loudness > 0:
         active &= rms > ssl.moment_loudness * torch.quantile(rms, _QUIET_QUANTILE)
     if ssl.moment_synchrony > -1 and area is not None:
-        rho = size_loudness_correlation(data, area, rms, active)
-        active &= (rho > ssl.moment_synchrony)[data.frame_clip]
+        synced = size_loudness_correlation(data, area, rms, active) > ssl.moment_synchrony
+        active &= synced[data.frame_clip]
         log.info("ssl-train: %d of %d clips' foreground size and loudness correlate above %g",
-                 int((rho > ssl.moment_synchrony).sum()), len(rho), ssl.moment_synchrony)
+                 int(synced.sum()), len(synced), ssl.moment_synchrony)
     if active.all():
         return None
     clips = torch.bincount(data.frame_clip[active], minlength=len(data.audio)) >= 2
@@ -277,8 +277,7 @@ class _Chunks:
         data = self.source if isinstance(self.source, TrainingClips) else load_training_clips(
             list(self.source.chunks[k]), self.cfg, self.source.raw_dir, self.progress and k == 0)
         ssl = self.cfg.ssl
-        scenes = (clip_backgrounds(data) if ssl.background_swap > 0 or ssl.moment_foreground > 0
-                  or ssl.moment_synchrony > -1 else None)
+        scenes = clip_backgrounds(data) if ssl.background_swap > 0 or ssl.moment_rules_read_foreground else None
         active = active_moments(data, scenes[1] if scenes else None, ssl, self.cfg.decode.sample_rate)
         return _Chunk(data, scenes if ssl.background_swap > 0 else None, active)
 
